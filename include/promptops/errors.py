@@ -1,0 +1,108 @@
+"""The platform's error codes (platform-api.md, "Errors") and the exceptions the project raises.
+
+Each code maps to one exception class whose message carries the code, what it means and what
+the operator should do. Messages never contain the API key or any other secret: callers pass
+only the platform's own message text, which the client truncates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: int
+    http_status: int
+    meaning: str
+    remedy: str
+    retryable: bool
+
+
+#: The contract's table, verbatim in meaning; the single source for client and simulator.
+ERROR_CODES: dict[int, ErrorCode] = {
+    1001: ErrorCode(1001, 401, "authentication failed (missing, wrong or expired key)",
+                    "check the API key", retryable=False),
+    1002: ErrorCode(1002, 403, "permission denied for this key",
+                    "check the service account's permissions", retryable=False),
+    2001: ErrorCode(2001, 504, "upstream request timed out",
+                    "raise the timeout or retry policy", retryable=True),
+    2002: ErrorCode(2002, 429, "rate limited",
+                    "lower the request rate or raise the rate limit", retryable=True),
+    3002: ErrorCode(3002, 422, "request or data format invalid",
+                    "fix the request or check the platform's response format", retryable=False),
+    4003: ErrorCode(4003, 503, "platform database unavailable",
+                    "check the platform database", retryable=True),
+    5000: ErrorCode(5000, 500, "internal error",
+                    "retry later; if it persists, contact the platform team", retryable=True),
+}
+
+
+class PromptOpsError(Exception):
+    """Base class of every error promptops raises on purpose."""
+
+
+class PlatformError(PromptOpsError):
+    """An error answer (or a broken answer) from the monitored platform's API."""
+
+    code: int = 5000
+
+    def __init__(self, detail: str = "", *, http_status: int | None = None,
+                 endpoint: str | None = None) -> None:
+        spec = ERROR_CODES[self.code]
+        self.detail = detail[:300]
+        self.http_status = http_status if http_status is not None else spec.http_status
+        self.endpoint = endpoint
+        where = f" on {endpoint}" if endpoint else ""
+        extra = f": {self.detail}" if self.detail else ""
+        super().__init__(
+            f"platform error {spec.code} (HTTP {self.http_status}){where}, "
+            f"{spec.meaning}{extra}. What to do: {spec.remedy}."
+        )
+
+    @property
+    def retryable(self) -> bool:
+        return ERROR_CODES[self.code].retryable
+
+
+class AuthenticationFailed(PlatformError):
+    code = 1001
+
+
+class PermissionDenied(PlatformError):
+    code = 1002
+
+
+class UpstreamTimeout(PlatformError):
+    code = 2001
+
+
+class RateLimited(PlatformError):
+    code = 2002
+
+
+class DataFormatError(PlatformError):
+    code = 3002
+
+
+class PlatformDatabaseUnavailable(PlatformError):
+    code = 4003
+
+
+class PlatformInternalError(PlatformError):
+    code = 5000
+
+
+ERROR_CLASSES: dict[int, type[PlatformError]] = {
+    cls.code: cls
+    for cls in (AuthenticationFailed, PermissionDenied, UpstreamTimeout, RateLimited,
+                DataFormatError, PlatformDatabaseUnavailable, PlatformInternalError)
+}
+
+
+class CircuitOpenError(PromptOpsError):
+    """The client refuses to call the platform because recent calls kept failing."""
+
+
+class RejectShareExceeded(PromptOpsError):
+    """Too large a share of a batch broke the record schema."""

@@ -1,0 +1,51 @@
+"""Runtime settings, read from ``PROMPTOPS_*`` environment variables.
+
+One pydantic model so every knob has a type, a default and a validation error that names the
+variable. DAGs, tests and tools call :func:`get_settings` instead of reading ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The repository root when the package is installed in editable mode (the default set-up).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROMPTOPS_", extra="ignore")
+
+    #: Base URI of the Parquet lake: ``file:///abs/path`` or ``s3://bucket/prefix``.
+    lake_uri: str = Field(default=f"file://{PROJECT_ROOT / 'data' / 'lake'}")
+    #: Where small cross-run state lives (circuit breaker, alert state) on local disk.
+    state_dir: Path = Field(default=PROJECT_ROOT / "data" / "state")
+
+    #: Airflow connection that holds the platform's base URL (host) and API key (password).
+    platform_conn_id: str = "prompt_platform"
+
+    # Ingest
+    page_size: int = Field(default=10_000, ge=1, le=10_000)
+    #: Share of rejected records above which an ingest fails (after writing what was good).
+    max_reject_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    #: How many earlier hours each hourly run re-reads, so late records reach their partition.
+    lateness_hours: int = Field(default=1, ge=0, le=24)
+    #: How long the hourly DAG waits for ``/health`` before giving up.
+    health_wait_s: int = Field(default=300, ge=0)
+
+    # API client
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    backoff_factor_s: float = Field(default=0.5, ge=0)
+    max_retry_after_s: float = Field(default=60.0, ge=0)
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=300.0, ge=0)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
