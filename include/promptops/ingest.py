@@ -1,0 +1,150 @@
+"""Hourly ingest: pull a window of call records, validate, dedupe, write partitions.
+
+One run covers its data interval plus ``lateness_hours`` earlier hours. Every hour is read
+whole from the API again and its partition replaced, so records that arrived late (after the
+hour's own run) land in the right partition on the next run, and a rerun gives the same
+partition rather than a second copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from promptops.errors import RejectShareExceeded
+from promptops.lake import Lake, hour_floor, hours_between
+from promptops.records import CALLS_SCHEMA, QUARANTINE_SCHEMA, validate_page
+
+log = logging.getLogger(__name__)
+
+CALLS = "calls"
+QUARANTINE = "quarantine"
+
+
+class CallRecordSource(Protocol):
+    def iter_call_record_pages(self, start: datetime, end: datetime,
+                               limit: int = ...) -> object: ...
+
+
+@dataclass
+class HourResult:
+    hour: str
+    received: int = 0
+    written: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    pages: int = 0
+    calls_uri: str | None = None
+    quarantine_uri: str | None = None
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+@dataclass
+class IngestSummary:
+    window_start: str
+    window_end: str
+    hours: list[HourResult]
+
+    @property
+    def received(self) -> int:
+        return sum(h.received for h in self.hours)
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for h in self.hours:
+            for reason, n in h.rejected.items():
+                out[reason] = out.get(reason, 0) + n
+        return out
+
+    def as_dict(self) -> dict:
+        """Small and JSON-safe: what goes to XCom."""
+        return {
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "received": self.received,
+            "written": sum(h.written for h in self.hours),
+            "duplicates": sum(h.duplicates for h in self.hours),
+            "rejected": self.rejected,
+            "hours": [asdict(h) for h in self.hours],
+        }
+
+
+def ingest_hour(source: CallRecordSource, lake: Lake, hour: datetime, *, run_id: str | None,
+                page_size: int = 10_000) -> HourResult:
+    """Read one hour whole, write its ``calls`` partition and its quarantine."""
+    hour = hour_floor(hour)
+    end = hour + timedelta(hours=1)
+    result = HourResult(hour=hour.isoformat())
+    seen: set[str] = set()
+    seen_add = seen.add
+    rejects: list[dict] = []
+
+    with lake.partition_writer(CALLS, hour, CALLS_SCHEMA) as writer:
+        for page in source.iter_call_record_pages(hour, end, limit=page_size):
+            result.pages += 1
+            result.received += len(page)
+            checked = validate_page(page, hour, end)
+            rejects.extend(checked.rejects)
+            good = checked.good
+            ids = good.column("call_id").to_pylist()
+            # Keep the first copy of each call_id across the whole hour.
+            keep = np.fromiter((not (i in seen or seen_add(i)) for i in ids),
+                               dtype=bool, count=len(ids))
+            if not keep.all():
+                result.duplicates += int((~keep).sum())
+                good = good.filter(pa.array(keep))
+            writer.write(good)
+    result.written = writer.rows
+    result.calls_uri = writer.info.uri if writer.info else None
+
+    for rej in rejects:
+        result.rejected[rej["reason"]] = result.rejected.get(rej["reason"], 0) + 1
+    if rejects:
+        now = datetime.now(UTC)
+        table = pa.Table.from_pylist(
+            [{**r, "window_start": hour, "window_end": end, "run_id": run_id, "ingested_at": now}
+             for r in rejects], schema=QUARANTINE_SCHEMA)
+        result.quarantine_uri = lake.write_partition(QUARANTINE, hour, table).uri
+    else:
+        lake.delete_partition(QUARANTINE, hour)  # a rerun that finds none clears old ones
+    log.info("hour %s: %d received, %d written, %d duplicates, rejected %s",
+             result.hour, result.received, result.written, result.duplicates,
+             result.rejected or "none")
+    return result
+
+
+def ingest_interval(source: CallRecordSource, lake: Lake, start: datetime, end: datetime, *,
+                    run_id: str | None = None, lateness_hours: int = 1,
+                    page_size: int = 10_000, max_reject_share: float = 0.05) -> IngestSummary:
+    """Ingest every hour of ``[start - lateness_hours, end)``, then check the reject share.
+
+    The partitions (good rows and quarantine) are written before the share is checked, so a
+    failed run keeps everything it read; fixing the cause and rerunning replaces them.
+    """
+    first = hour_floor(start) - timedelta(hours=lateness_hours)
+    hours = [ingest_hour(source, lake, h, run_id=run_id, page_size=page_size)
+             for h in hours_between(first, end)]
+    summary = IngestSummary(window_start=first.isoformat(), window_end=end.isoformat(),
+                            hours=hours)
+    rejected = sum(h.rejected_total for h in hours)
+    if summary.received and rejected / summary.received > max_reject_share:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(summary.rejected.items()))
+        where = sorted({h.quarantine_uri for h in hours if h.quarantine_uri})
+        raise RejectShareExceeded(
+            f"{rejected} of {summary.received} call records "
+            f"({rejected / summary.received:.1%}) between {summary.window_start} and "
+            f"{summary.window_end} broke the record schema ({reasons}); the limit is "
+            f"{max_reject_share:.1%}. The good records were written; the rejected ones, with "
+            f"their reasons and raw JSON, are in {', '.join(where)}. Ask the platform team to "
+            f"fix them, or raise PROMPTOPS_MAX_REJECT_SHARE, then rerun this run."
+        )
+    return summary

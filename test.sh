@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (lint included). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/bootstrap.sh
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"
