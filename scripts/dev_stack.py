@@ -29,8 +29,8 @@ PROMPTOPS_DAGS = ("promptops_hourly",)
 
 
 def stack_env(args: argparse.Namespace) -> dict[str, str]:
-    home = ROOT / "airflow_home"
-    home.mkdir(exist_ok=True)
+    home = Path(args.home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
     platform = {"conn_type": "http", "host": f"http://127.0.0.1:{args.simulator_port}",
                 "password": args.api_key}
     slack = {"conn_type": "slackwebhook",
@@ -47,6 +47,7 @@ def stack_env(args: argparse.Namespace) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__API__PORT": str(args.airflow_port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{args.airflow_port}",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW_CONN_PROMPT_PLATFORM": json.dumps(platform),
         "AIRFLOW_CONN_SLACK_ALERTS": json.dumps(slack),
@@ -61,7 +62,7 @@ class Stack:
         self.args = args
         self.env = stack_env(args)
         self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.logs = ROOT / "airflow_home" / "logs-dev-stack"
+        self.logs = Path(args.home).resolve() / "logs-dev-stack"
         self.logs.mkdir(parents=True, exist_ok=True)
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
@@ -122,8 +123,8 @@ def wait_for(url: str, stack: Stack, timeout: float, what: str) -> None:
     raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
-def admin_password() -> str:
-    path = ROOT / "airflow_home" / "simple_auth_manager_passwords.json.generated"
+def admin_password(home: str) -> str:
+    path = Path(home).resolve() / "simple_auth_manager_passwords.json.generated"
     deadline = time.monotonic() + 60
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(1)
@@ -172,6 +173,8 @@ class AirflowApi:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", default=str(ROOT / "airflow_home"),
+                        help="AIRFLOW_HOME for this stack (SQLite database, logs)")
     parser.add_argument("--airflow-port", type=int, default=8080)
     parser.add_argument("--simulator-port", type=int, default=8700)
     parser.add_argument("--slack-port", type=int, default=8701)
@@ -207,7 +210,7 @@ def main() -> int:
         wait_for(f"http://127.0.0.1:{args.slack_port}/health", stack, 60, "the Slack sink")
         base = f"http://127.0.0.1:{args.airflow_port}"
         wait_for(f"{base}/api/v2/monitor/health", stack, 300, "Airflow's API server")
-        password = admin_password()
+        password = admin_password(args.home)
         api = AirflowApi(base, password)
         for dag_id in PROMPTOPS_DAGS:
             api.wait_for_dag(dag_id, stack)
