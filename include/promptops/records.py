@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # -- the lake schema -------------------------------------------------------------------------
 
@@ -164,10 +165,6 @@ def validate_page(records: list, window_start: datetime, window_end: datetime) -
     columns: dict[str, pa.Array] = {}
     for rule in FIELD_RULES:
         values = [r.get(rule.name) for r in rows]
-        present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
-        if rule.required:
-            reject(~present & is_obj, MISSING_FIELD, rule.name)
-
         accepted = _ACCEPTED[rule.kind]
         seen_types = set(map(type, values))
         seen_types.discard(type(None))
@@ -190,8 +187,13 @@ def validate_page(records: list, window_start: datetime, window_end: datetime) -
                 lo, hi = rule.value_range
                 reject(valid & ((num < lo) | (num > hi)), OUT_OF_RANGE, rule.name)
             arr = pa.array(num, type=pa.float64(), mask=~valid)
+        # Wrong-typed values are None by now, but their record was already rejected above.
+        present = arr.is_valid().to_numpy(zero_copy_only=False)
+        if rule.required:
+            reject(~present & is_obj, MISSING_FIELD, rule.name)
         if rule.choices is not None:
-            choice_ok = pd.Series(values, dtype=object).isin(rule.choices).to_numpy()
+            choice_ok = pc.is_in(arr, value_set=pa.array(rule.choices)).to_numpy(
+                zero_copy_only=False)
             reject(present & ~choice_ok, INVALID_VALUE, rule.name)
         columns[rule.name] = arr
 

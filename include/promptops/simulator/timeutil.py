@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
@@ -40,8 +40,6 @@ def parse_rfc3339(text: str) -> datetime:
         oh, om = int(offset[1:3]), int(offset[4:6])
         if oh > 23 or om > 59:
             raise ValueError(f"{text!r} has an invalid UTC offset")
-        from datetime import timezone
-
         tz = timezone(sign * timedelta(hours=oh, minutes=om))
     try:
         dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
