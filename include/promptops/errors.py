@@ -106,3 +106,56 @@ class CircuitOpenError(PromptOpsError):
 
 class RejectShareExceeded(PromptOpsError):
     """Too large a share of a batch broke the record schema."""
+
+
+# -- Client-side failures that have no platform code (added with the API client) ---------------
+
+
+class PlatformUnreachable(PromptOpsError):
+    """No HTTP answer at all: connection refused or reset, DNS failure, connect timeout.
+
+    Not one of the platform's codes (the platform never answered), so ``code`` is None; the
+    message names the host and the endpoint, never the key.
+    """
+
+    code: int | None = None
+    retryable = True
+
+    def __init__(self, host: str, *, reason: str, endpoint: str | None = None,
+                 attempts: int = 1) -> None:
+        self.host = host
+        self.reason = reason
+        self.endpoint = endpoint
+        self.attempts = attempts
+        where = f" on {endpoint}" if endpoint else ""
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(
+            f"cannot reach the platform at {host} ({reason}){where}{tries}. What to do: check "
+            f"that the platform is up and reachable from this worker, and that the host and "
+            f"port of the platform connection are right."
+        )
+
+
+class PlatformReadTimeout(UpstreamTimeout):
+    """Code 2001 seen from our side: the platform accepted the request but did not answer
+    within the client's read timeout (so there is no HTTP status)."""
+
+    def __init__(self, detail: str = "", *, endpoint: str | None = None,
+                 timeout_s: float | None = None) -> None:
+        spec = ERROR_CODES[self.code]
+        self.detail = detail[:300]
+        self.http_status = None
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        where = f" on {endpoint}" if endpoint else ""
+        extra = f": {self.detail}" if self.detail else ""
+        PromptOpsError.__init__(
+            self,
+            f"platform error {spec.code} (no answer within the client's read timeout){where}, "
+            f"{spec.meaning}{extra}. What to do: {spec.remedy}.",
+        )
+
+
+class PlatformNotConfigured(PromptOpsError):
+    """Neither the Airflow connection nor the environment says where the platform is or
+    which key to use."""

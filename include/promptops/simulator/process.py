@@ -19,13 +19,13 @@ from typing import Any
 
 import requests
 
-_LISTENING = re.compile(r"listening on (http://[^\s]+)")
-
 
 class _ChildServer:
     """Start a server subcommand, learn its URL from its first stdout line, stop it."""
 
     subcommand = "serve"
+    #: The start-up line that carries the URL (the sink beside a simulator prints its own).
+    listening = re.compile(r"^promptops simulator listening on (http://\S+)", re.M)
     startup_timeout_s = 30.0
 
     def __init__(self, args: list[str], env: dict[str, str] | None, port: int | None) -> None:
@@ -59,7 +59,7 @@ class _ChildServer:
         try:
             while not self.url:
                 self._check_alive()
-                m = _LISTENING.search(self.log_path.read_text(errors="replace"))
+                m = self.listening.search(self.log_path.read_text(errors="replace"))
                 if m:
                     self.url = m.group(1).rstrip("/")
                     break
@@ -137,14 +137,16 @@ class SimulatorProcess(_ChildServer):
 
     subcommand = "serve"
 
-    def __init__(self, *extra_args: str, api_key: str = "test-key", seed: int = 7,
+    def __init__(self, *extra_args: str, api_key: str = "test-key", seed: int | None = 7,
                  port: int | None = None, read_only_key: str | None = None,
                  env: dict[str, str] | None = None) -> None:
         child_env = {"PROMPT_API_KEY": api_key}
         if read_only_key is not None:
             child_env["PROMPT_READ_ONLY_API_KEY"] = read_only_key
         child_env.update(env or {})
-        super().__init__(["--seed", str(seed), *extra_args], child_env, port)
+        # seed=None leaves the seed to the scenario file (or the default, 42).
+        seed_args = [] if seed is None else ["--seed", str(seed)]
+        super().__init__([*seed_args, *extra_args], child_env, port)
         self.api_key = api_key
         self.read_only_key = read_only_key
         self.seed = seed
@@ -193,6 +195,7 @@ class SlackSinkProcess(_ChildServer):
     """A Slack-compatible incoming-webhook sink in a subprocess."""
 
     subcommand = "slack-sink"
+    listening = re.compile(r"^slack sink listening on (http://\S+)", re.M)
 
     def __init__(self, *extra_args: str, port: int | None = None,
                  env: dict[str, str] | None = None) -> None:

@@ -6,7 +6,7 @@ Times are absolute RFC 3339 or relative to the simulator's start floored to the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -15,9 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from promptops.errors import ERROR_CODES
-from promptops.simulator.catalog import MODEL_NAMES, TEMPLATE_NAMES, slice_values
+from promptops.simulator.catalog import slice_values
 from promptops.simulator.faults import FaultRule
-from promptops.simulator.timeutil import parse_time_spec
+from promptops.simulator.timeutil import format_ts, parse_time_spec
 
 IncidentKind = Literal["error_burst", "latency_spike", "user_flood", "token_surge",
                        "intent_drop", "relevance_drop", "gpu_saturation", "api_down"]
@@ -159,8 +159,6 @@ class Incident:
         return self.start <= at and (self.end is None or at < self.end)
 
     def truth(self) -> dict[str, Any]:
-        from promptops.simulator.timeutil import format_ts
-
         return {"name": self.name, "kind": self.kind, "start": format_ts(self.start),
                 "end": None if self.end is None else format_ts(self.end),
                 "slice": dict(self.slice), "params": self.params.model_dump(),
@@ -238,11 +236,3 @@ def resolve_incidents(specs: list[IncidentSpec], anchor: datetime,
                             spec.typed_params()))
     return out
 
-
-@dataclass
-class ResolvedTargets:
-    """Kept for callers that want the valid target names of ops actions."""
-
-    models: tuple[str, ...] = MODEL_NAMES
-    templates: tuple[str, ...] = TEMPLATE_NAMES
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -28,7 +28,7 @@ def parse_rfc3339(text: str) -> datetime:
     m = _RFC3339.match(text)
     if not m:
         hint = ""
-        if " " in text and "T" not in text.upper():
+        if re.search(r"\d \d{2}:\d{2}$", text):
             hint = " (a '+' in a query string must be percent-encoded as %2B)"
         raise ValueError(f"{text!r} is not an RFC 3339 timestamp{hint}")
     year, month, day, hour, minute, second, frac, offset = m.groups()
