@@ -62,9 +62,14 @@ def promptops_hourly():
     def wait_for_platform() -> PokeReturnValue:
         """Done when `/health` answers `ok`; a degraded answer keeps waiting."""
         from promptops.client import PlatformClient
+        from promptops.errors import PlatformUnreachable, UpstreamTimeout
 
-        with PlatformClient.from_airflow() as client:
-            health = client.health()
+        try:
+            with PlatformClient.from_airflow() as client:
+                health = client.health()
+        except (PlatformUnreachable, UpstreamTimeout) as exc:
+            print(f"platform not answering yet: {exc}")
+            return PokeReturnValue(is_done=False)
         print(f"platform health: {health.status} ({health.latency_ms:.0f} ms)"
               + (f", reason: {health.reason}" if health.reason else ""))
         return PokeReturnValue(is_done=health.ok, xcom_value=health.status)
