@@ -61,7 +61,7 @@ def test_run_command_backfills_under_the_scheduler_and_stops_cleanly(tmp_path):
         hour = end - timedelta(hours=h)
         table = lake.read_partition("calls", hour)
         assert table is not None and table.num_rows > 0, f"no calls partition for {hour}"
-        assert table.column("call_id").unique().length() == table.num_rows
+        assert len(table.column("call_id").unique()) == table.num_rows
 
     # Ctrl-C semantics: nothing the stack started is still running.
     assert processes_using(home) == []
