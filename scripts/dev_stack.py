@@ -196,7 +196,10 @@ def main() -> int:
             stopping = True
             raise KeyboardInterrupt
 
+    # Explicit for SIGINT too: a launcher that ignores it (a background job) would otherwise
+    # leave Ctrl-C ignored in this process.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     py = sys.executable
     try:
         print("promptops: starting the local stack")
