@@ -83,18 +83,14 @@ class Stack:
                 victims.append(parent)
             except psutil.NoSuchProcess:
                 pass
-        for p in victims:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(victims, timeout=15)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(alive, timeout=5)
+        alive = victims
+        for action, grace in (("terminate", 15), ("kill", 5)):
+            for p in alive:
+                try:
+                    getattr(p, action)()
+                except psutil.NoSuchProcess:
+                    pass
+            _, alive = psutil.wait_procs(alive, timeout=grace)
         for _, proc in self.procs:
             try:
                 proc.wait(timeout=1)

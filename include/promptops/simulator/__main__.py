@@ -110,17 +110,13 @@ def cmd_records(args: argparse.Namespace) -> int:
 
 
 def cmd_slack_sink(args: argparse.Namespace) -> int:
+    from promptops.simulator.server import serve_forever
     from promptops.simulator.slack_sink import SlackSinkServer
 
     server = SlackSinkServer(args.host, args.port, args.store)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"slack sink listening on {server.url}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_forever(server)
     return 0
 
 

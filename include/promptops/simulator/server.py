@@ -404,7 +404,8 @@ class SimulatorHandler(JsonHandler):
             self.send_json(404, error_body(3002, f"no such control endpoint: {path}"))
 
 
-def serve_forever(server: SimulatorServer) -> None:
+def serve_forever(server) -> None:
+    """Serve until Ctrl-C / SIGTERM, then close the socket (simulator and Slack sink)."""
     try:
         server.serve_forever()
     except KeyboardInterrupt:
