@@ -1,4 +1,5 @@
-"""The platform API over HTTP (platform-api.md), plus the test-only ``/_sim`` control plane.
+"""The platform API over HTTP (platform-api.md), plus the test-only ``/_sim`` control plane
+and an OpenAI-compatible ``POST /v1/chat/completions`` judge (``simulator/judge.py``).
 
 Order of checks for a request: injected fault, then (for /v1) an active ``api_down``
 incident, then authentication, then the endpoint's own strict validation. The Authorization
@@ -27,6 +28,15 @@ from promptops.simulator.actions import ActionInvalid
 from promptops.simulator.cursor import CursorCodec, CursorError
 from promptops.simulator.faults import BARE_PAGES, FaultInjector, FaultRule, parse_rules
 from promptops.simulator.httpbase import JsonHandler, SimHTTPServer
+from promptops.simulator.judge import (
+    CHAT_COMPLETIONS,
+    ChatRequestInvalid,
+    JudgeFaults,
+    completion,
+    openai_error,
+    parse_judge_rules,
+    parse_request,
+)
 from promptops.simulator.platform import Platform
 from promptops.simulator.timeutil import format_ts, parse_rfc3339, to_us
 
@@ -78,6 +88,7 @@ class SimulatorServer(SimHTTPServer):
         self.api_key = api_key
         self.read_only_key = read_only_key
         self.faults = FaultInjector(faults)
+        self.judge_faults = JudgeFaults()
         self.request_log = RequestLog()
         self.cursors = CursorCodec(platform.config.seed)
         self.allow_remote_control = allow_remote_control
@@ -180,8 +191,9 @@ class SimulatorHandler(JsonHandler):
             self._send_error(3002, f"no such endpoint: {path}", http_status=404)
             return
         down = self.server.platform.api_down()
-        if down is not None and not path.startswith("/v1/ops/actions"):
-            # The ops plane stays up during an outage, or nobody could restart the gateway.
+        if down is not None and not path.startswith(("/v1/ops/actions", CHAT_COMPLETIONS)):
+            # The ops plane stays up during an outage, or nobody could restart the gateway;
+            # the judge stands for a separate LLM service, which the outage does not touch.
             code = down.params.error_code
             raise ApiError(code, f"service unavailable ({ERROR_CODES[code].meaning})")
         role = self._authenticate()
@@ -196,6 +208,9 @@ class SimulatorHandler(JsonHandler):
             if role != "full":
                 raise ApiError(1002, "this key may read but not request ops actions")
             self._create_action(body)
+        elif path == CHAT_COMPLETIONS:
+            self._require("POST")
+            self._chat_completion(body)
         elif path.startswith("/v1/ops/actions/"):
             self._require("GET")
             action_id = path[len("/v1/ops/actions/"):]
@@ -298,6 +313,19 @@ class SimulatorHandler(JsonHandler):
         self.send_json(202, {"action_id": action.action_id,
                              "status": "dry_run" if action.dry_run else "accepted"})
 
+    def _chat_completion(self, body: bytes) -> None:
+        # Any key the platform accepts (full or read-only) may use the judge.
+        try:
+            data = orjson.loads(body) if body else None
+            req = parse_request(data)
+        except orjson.JSONDecodeError:
+            self.send_json(400, openai_error("body is not valid JSON"))
+            return
+        except ChatRequestInvalid as exc:
+            self.send_json(400, openai_error(str(exc)))
+            return
+        self.send_json(200, completion(req, self.server.judge_faults.take()))
+
     # -- faults ----------------------------------------------------------------------------
     def _apply_fault(self, rule: FaultRule, path: str) -> bool:
         """Apply a fault; True when the response has been sent (or the connection dropped)."""
@@ -374,6 +402,22 @@ class SimulatorHandler(JsonHandler):
             elif m == "DELETE":
                 srv.faults.clear()
                 self.send_json(200, {"faults": []})
+            else:
+                self.send_json(405, error_body(3002, "use GET, POST or DELETE"))
+        elif path == "/_sim/judge":
+            if m == "GET":
+                self.send_json(200, {"judge": srv.judge_faults.list()})
+            elif m == "POST":
+                try:
+                    judge_rules = parse_judge_rules(data)
+                except ValueError as exc:
+                    self.send_json(400, error_body(3002, f"bad judge rule: {exc}"))
+                    return
+                srv.judge_faults.add(judge_rules)
+                self.send_json(200, {"judge": srv.judge_faults.list()})
+            elif m == "DELETE":
+                srv.judge_faults.clear()
+                self.send_json(200, {"judge": []})
             else:
                 self.send_json(405, error_body(3002, "use GET, POST or DELETE"))
         elif path == "/_sim/clock":
