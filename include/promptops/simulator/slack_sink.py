@@ -4,16 +4,33 @@ Any POST with a JSON body is stored (path, received_at, body) and answered like 
 ``200`` with the text ``ok``. A body that is not JSON gets Slack's ``400 invalid_payload``.
 ``GET /messages`` lists what was stored, ``DELETE /messages`` clears it, ``GET /health``
 answers ``ok``. With ``store`` every message is also appended to a JSONL file.
+
+Fault injection, for tests of delivery errors: ``POST /_faults`` with one rule or a list of
+rules queues them, ``GET /_faults`` lists what is left, ``DELETE /_faults`` clears them.
+A rule applies to the next ``count`` webhook POSTs (``null``: until cleared) whose path
+starts with ``path`` (default: any), first queued first used:
+
+- ``{"mode": "rate_limit", "retry_after": 1}``: ``429 rate_limited`` with ``Retry-After``.
+- ``{"mode": "invalid_webhook", "status": 404}``: Slack's answer to a wrong or revoked
+  webhook: ``404 no_service`` (or ``403 invalid_token``, ``410 channel_is_archived``).
+- ``{"mode": "server_error", "status": 500}``: ``500``/``503`` with a body Slack might send.
+- ``{"mode": "slow", "delay_s": 2}``: answer (and store) only after the delay, as a slow
+  Slack does; a client that timed out meanwhile may retry and post twice.
+- ``{"mode": "disconnect"}``: close the connection without any answer.
+
+A faulted request is not stored, except ``slow`` ones (Slack got them, late).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from promptops.simulator.httpbase import JsonHandler, SimHTTPServer
 from promptops.simulator.timeutil import format_ts
@@ -42,6 +59,65 @@ class MessageStore:
             self._messages.clear()
 
 
+_INVALID_WEBHOOK_BODY = {403: "invalid_token", 404: "no_service", 410: "channel_is_archived"}
+
+
+class SinkFault(BaseModel):
+    """One injected fault rule (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["rate_limit", "invalid_webhook", "server_error", "slow", "disconnect"]
+    #: How many requests it applies to; None = until cleared.
+    count: int | None = Field(default=1, ge=1)
+    path: str = ""
+    retry_after: int = Field(default=1, ge=0)
+    status: int | None = None
+    delay_s: float = Field(default=2.0, ge=0, le=300)
+
+    @model_validator(mode="after")
+    def _status_fits_mode(self) -> SinkFault:
+        allowed = {"invalid_webhook": (404, {403, 404, 410}), "server_error": (500, {500, 502, 503})}
+        if self.mode in allowed:
+            default, ok = allowed[self.mode]
+            if self.status is None:
+                self.status = default
+            elif self.status not in ok:
+                raise ValueError(f"status for {self.mode} must be one of {sorted(ok)}")
+        return self
+
+
+class FaultQueue:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[SinkFault] = []
+
+    def add(self, faults: list[SinkFault]) -> None:
+        with self._lock:
+            self._faults.extend(faults)
+
+    def take(self, path: str) -> SinkFault | None:
+        """The first rule for this path, used once (removed when its count runs out)."""
+        with self._lock:
+            for i, fault in enumerate(self._faults):
+                if path.startswith(fault.path):
+                    if fault.count is not None:
+                        if fault.count <= 1:
+                            del self._faults[i]
+                        else:
+                            self._faults[i] = fault.model_copy(update={"count": fault.count - 1})
+                    return fault
+            return None
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [f.model_dump() for f in self._faults]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+
 class SlackSinkHandler(JsonHandler):
     server: SlackSinkServer
 
@@ -49,33 +125,81 @@ class SlackSinkHandler(JsonHandler):
         path = self.path.split("?", 1)[0]
         if path == "/messages":
             self.send_json(200, {"messages": self.server.messages.list()})
+        elif path == "/_faults":
+            self.send_json(200, {"faults": self.server.faults.list()})
         elif path == "/health":
             self.send_json(200, {"status": "ok"})
         else:
             self.send_body(404, b"no_service", "text/plain; charset=utf-8")
 
     def do_DELETE(self) -> None:
-        if self.path.split("?", 1)[0] == "/messages":
+        path = self.path.split("?", 1)[0]
+        if path == "/messages":
             self.server.messages.clear()
             self.send_json(200, {"messages": []})
+        elif path == "/_faults":
+            self.server.faults.clear()
+            self.send_json(200, {"faults": []})
         else:
             self.send_body(404, b"no_service", "text/plain; charset=utf-8")
 
     def do_POST(self) -> None:
         raw = self.read_body()
+        path = self.path.split("?", 1)[0]
+        if path == "/_faults":
+            self._add_faults(raw)
+            return
+        fault = self.server.faults.take(path)
+        if fault is not None and fault.mode != "slow":
+            self._answer_fault(fault)
+            return
+        if fault is not None:
+            time.sleep(fault.delay_s)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            self.send_body(400, b"invalid_payload", "text/plain; charset=utf-8")
+            self._text(400, "invalid_payload")
             return
-        self.server.messages.add(self.path.split("?", 1)[0], body)
-        self.send_body(200, b"ok", "text/plain; charset=utf-8")
+        self.server.messages.add(path, body)
+        self._text(200, "ok")
+
+    def _text(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
+        self.send_body(status, text.encode(), "text/plain; charset=utf-8", headers)
+
+    def _add_faults(self, raw: bytes) -> None:
+        try:
+            data = orjson.loads(raw)
+            items = data if isinstance(data, list) else [data]
+            faults = [SinkFault.model_validate(item) for item in items]
+        except orjson.JSONDecodeError:
+            self.send_json(400, {"error": "body must be a JSON fault rule or a list of them"})
+            return
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'rule'}: {e['msg']}"
+                                 for e in exc.errors(include_url=False))
+            self.send_json(400, {"error": problems})
+            return
+        self.server.faults.add(faults)
+        self.send_json(200, {"faults": self.server.faults.list()})
+
+    def _answer_fault(self, fault: SinkFault) -> None:
+        if fault.mode == "rate_limit":
+            self._text(429, "rate_limited", {"Retry-After": str(fault.retry_after)})
+        elif fault.mode == "invalid_webhook":
+            assert fault.status is not None
+            self._text(fault.status, _INVALID_WEBHOOK_BODY[fault.status])
+        elif fault.mode == "server_error":
+            self._text(fault.status or 500, "internal_error")
+        else:  # disconnect: no status line at all
+            self.close_connection = True
+            self._log_access(0)
 
 
 class SlackSinkServer(SimHTTPServer):
     def __init__(self, host: str, port: int, store: Path | None = None) -> None:
         super().__init__((host, port), SlackSinkHandler)
         self.messages = MessageStore(store)
+        self.faults = FaultQueue()
 
     @property
     def url(self) -> str:
