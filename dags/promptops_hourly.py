@@ -1,10 +1,11 @@
-"""promptops hourly DAG: ingest the platform's call records into the lake."""
+"""promptops hourly DAG: ingest the platform's call records, compute metrics, alert."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
 from promptops.assets import CALLS_ASSET
@@ -15,14 +16,14 @@ SETTINGS = get_settings()
 
 @dag(
     dag_id="promptops_hourly",
-    dag_display_name="promptops · hourly ingest",
+    dag_display_name="promptops · hourly ingest and analysis",
     # A real [start, end) interval per run (plain "@hourly" in Airflow 3 gives a point).
     schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=3,
     dagrun_timeout=timedelta(minutes=55),
-    tags=["promptops", "ingest", "hourly"],
+    tags=["promptops", "ingest", "analysis", "alerts", "hourly"],
     default_args={
         "owner": "promptops",
         "retries": 3,
@@ -34,7 +35,7 @@ SETTINGS = get_settings()
 )
 def promptops_hourly():
     """
-    ### promptops hourly: ingest the platform's call records
+    ### promptops hourly: ingest, metrics, rules, alerts
 
     Every hour, for the run's data interval `[data_interval_start, data_interval_end)`:
 
@@ -45,6 +46,18 @@ def promptops_hourly():
        against the record contract, drop duplicate `call_id`s and replace the partitions
        `calls/date=YYYY-MM-DD/hour=HH/`. Rejected records go to `quarantine/` with their reason.
        Publishes the `promptops://lake/calls` asset with the partitions written.
+3. **Metrics**: for every hour written, cost (price table `include/config/model_prices.json`),
+   success rate, latency percentiles, tokens, intent accuracy, relevance and peak calls per
+   minute, overall and per slice, into `metrics/date=.../hour=.../` (one row per hour, metric,
+   dimension and slice). With `PROMPTOPS_JUDGE_ENABLED=true` an LLM judge scores a sample
+   of unscored answers (connection `relevance_judge`).
+4. **Evaluate**: the rules in `include/config/thresholds.yaml` (thresholds, comparisons with
+   the previous hour / yesterday / last week, composites, budgets) feed the alert engine
+   (`include/config/alerting.yaml`: pending, grouping, repeat, inhibition, silences), which
+   posts to Slack (connection `slack_alerts`, critical to `slack_alerts_critical` if set)
+   and logs every alert in `alert_log/`.
+5. **Respond**: nothing to do, alerts sent, or a heal request (kept in `heal_requests/`
+   and named in the Slack message).
 
     Reruns and backfills rewrite exactly their own partitions, so they never duplicate:
     `airflow backfill create --dag-id promptops_hourly --from-date ... --to-date ...`.
@@ -96,7 +109,62 @@ def promptops_hourly():
         }
         return summary
 
-    wait_for_platform() >> ingest_calls()
+    @task(task_display_name="Compute hourly metrics")
+    def hourly_metrics(ingested: dict) -> list[dict]:
+        """Metrics for every hour the ingest wrote (late records change earlier hours too)."""
+        from promptops.hourly_analysis import analyse_hour
+        from promptops.lake import Lake
+        from promptops.pricing import load_price_table
+
+        lake, prices = Lake(), load_price_table()
+        return [analyse_hour(lake, datetime.fromisoformat(h["hour"]), prices=prices)
+                for h in ingested["hours"] if h["calls_uri"]]
+
+    @task(task_display_name="Evaluate rules and alert")
+    def evaluate_alerts(metrics: list[dict], **context) -> dict:
+        """Rules on the run's hour, then the alert engine (state, claims, Slack, alert log)."""
+        from promptops.hourly_analysis import alert_on_findings, findings_for_hour
+        from promptops.lake import Lake
+
+        lake = Lake()
+        start, end = context["data_interval_start"], context["data_interval_end"]
+        findings = findings_for_hour(lake, start)
+        print(f"{len(findings)} rule findings for [{start}, {end})")
+        run_url = context["ti"].log_url.split("/tasks/")[0]
+        outcome = alert_on_findings(lake, findings, end, run_id=context["run_id"],
+                                    run_url=run_url)
+        print(f"alerts: {len(outcome['firing'])} firing, {len(outcome['pending'])} pending, "
+              f"{len(outcome['resolved'])} resolved, "
+              f"{len(outcome['notifications'])} notifications"
+              + (f" (replay: {outcome['replay']})" if outcome["replay"] else ""))
+        return outcome
+
+    @task.branch(task_display_name="Choose response")
+    def choose_response(outcome: dict) -> str:
+        from promptops.hourly_analysis import response_for
+
+        return response_for(outcome)
+
+    @task(task_display_name="Request heal")
+    def request_heal(outcome: dict, **context) -> str | None:
+        """Keep the heal requests in the lake; the Slack message already names the playbook."""
+        from promptops.hourly_analysis import write_heal_requests
+        from promptops.lake import Lake
+
+        uri = write_heal_requests(Lake(), context["data_interval_start"],
+                                  outcome["heal_requests"], run_id=context["run_id"])
+        for r in outcome["heal_requests"]:
+            print(f"heal requested: playbook {r['playbook']} for {r['summary']}")
+        return uri
+
+    ingested = ingest_calls()
+    outcome = evaluate_alerts(hourly_metrics(ingested))
+    wait_for_platform() >> ingested
+    choose_response(outcome) >> [
+        EmptyOperator(task_id="all_clear", task_display_name="Nothing to do"),
+        EmptyOperator(task_id="alerts_sent", task_display_name="Alerts sent"),
+        request_heal(outcome),
+    ]
 
 
 promptops_hourly()

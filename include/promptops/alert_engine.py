@@ -14,7 +14,9 @@ firing source mutes matching targets with equal labels). Muted alerts keep their
 still inhibit others; they are simply not posted. Unmuted firing alerts are grouped by the
 route's ``group_by`` labels, and a group gets one message in an evaluation when it has an
 alert Slack has not seen firing, a resolved alert Slack saw firing (``send_resolved``), or
-when ``repeat_interval`` has passed since its last delivered message. A message lists every
+when ``repeat_interval`` has passed since its last delivered message. Changes to a group
+that Slack already saw firing wait ``group_interval`` since its last message (Alertmanager's
+knob), except the all-clear, which goes out at once. A message lists every
 firing alert of its group, as Alertmanager's do. What Slack has seen changes only when a
 message is delivered, so a failed delivery is simply due again at the next evaluation.
 
@@ -50,6 +52,7 @@ from typing import Any, Protocol
 from promptops.alert_store import AlertStore, StateConflict, StoreUnavailable
 from promptops.alerting import AlertingConfig, Route, matches_all
 from promptops.findings import SEVERITY_ORDER, Finding
+from promptops.lake import as_utc
 from promptops.silences import Silence, SilenceSource
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,7 @@ def _utc(now: datetime) -> datetime:
     if not isinstance(now, datetime) or now.tzinfo is None:
         raise ValueError(f"evaluation time must be an aware datetime (the run's data interval "
                          f"end, UTC), got {now!r}")
-    return now.astimezone(UTC)
+    return as_utc(now)
 
 
 def _hash(*parts: Any) -> str:
@@ -402,7 +405,12 @@ def plan_evaluation(doc: dict[str, Any] | None, findings: dict[str, Finding], no
         last = gs["last_notified_at"]
         repeat_due = bool(firing) and (
             last is None or now - _dt(last) >= config.repeat_interval_for(g.route))
-        reason = "new" if new else "resolved" if resolved_views else \
+        # group_interval: a change to a group Slack already knows about waits; the first
+        # message of a group and its all-clear do not.
+        change_due = not notified or not firing or last is None or \
+            now - _dt(last) >= config.group_interval_for(g.route)
+        reason = "new" if new and change_due else \
+            "resolved" if resolved_views and change_due else \
             "repeat" if repeat_due else None
         if reason is not None and key not in waiting:
             entries.append({

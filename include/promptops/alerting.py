@@ -153,6 +153,7 @@ class Route(_Strict):
     connections: list[str] = Field(min_length=1)
     #: Per-route overrides of the top-level settings.
     group_by: list[str] | None = None
+    group_interval: Duration | None = None
     repeat_interval: Duration | None = None
     send_resolved: bool | None = None
 
@@ -178,6 +179,10 @@ class AlertingConfig(_Strict):
     #: A group that is still firing and has nothing new is re-sent after this long
     #: (evaluation time, not wall-clock).
     repeat_interval: Duration = timedelta(hours=4)
+    #: Alertmanager's ``group_interval``: after a group's first message, changes to it (an
+    #: alert joining, some of its alerts resolving) wait this long since its last message.
+    #: A group's first message and its all-clear (nothing left firing) go out at once.
+    group_interval: Duration = timedelta(0)
     send_resolved: bool = True
     #: First matching route wins; alerts no route matches go to ``default_connections``.
     routes: list[Route] = Field(default_factory=list)
@@ -196,7 +201,7 @@ class AlertingConfig(_Strict):
     #: State document versions kept in the store (older ones are deleted).
     keep_state_versions: int = Field(default=20, ge=2)
 
-    @field_validator("repeat_interval", "claim_timeout")
+    @field_validator("repeat_interval", "group_interval", "claim_timeout")
     @classmethod
     def _positive(cls, v: timedelta) -> timedelta:
         if v < timedelta(0):
@@ -215,6 +220,9 @@ class AlertingConfig(_Strict):
 
     def repeat_interval_for(self, route: Route) -> timedelta:
         return route.repeat_interval if route.repeat_interval is not None else self.repeat_interval
+
+    def group_interval_for(self, route: Route) -> timedelta:
+        return route.group_interval if route.group_interval is not None else self.group_interval
 
     def send_resolved_for(self, route: Route) -> bool:
         return route.send_resolved if route.send_resolved is not None else self.send_resolved

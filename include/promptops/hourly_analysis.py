@@ -79,3 +79,71 @@ def findings_for_hour(lake: Lake, hour: datetime,
                           f"{lake.partition_dir(METRICS, hour)}; run the metrics task first")
     history = MetricHistory.from_lake(lake, hour, config)
     return evaluate(config, current, history, hour)
+
+
+#: Lake dataset of heal requests raised by alerts (read by the heal DAG once it exists).
+HEAL_REQUESTS = "heal_requests"
+
+HEAL_REQUESTS_SCHEMA = pa.schema([
+    pa.field("requested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("fingerprint", pa.string(), nullable=False),
+    pa.field("rule", pa.string(), nullable=False),
+    pa.field("severity", pa.string(), nullable=False),
+    pa.field("playbook", pa.string(), nullable=False),
+    pa.field("labels", pa.string(), nullable=False),
+    pa.field("summary", pa.string()),
+    pa.field("newly_fired", pa.bool_()),
+    pa.field("run_id", pa.string()),
+])
+
+
+def alert_on_findings(lake: Lake, findings: list[Finding], now: datetime, *, run_id: str,
+                      run_url: str | None = None, scope: str = "hourly") -> dict:
+    """Run the alert engine on one evaluation; returns its outcome as a JSON-safe dict."""
+    # Imported here: slack_sdk and the engine are only needed by the evaluating task.
+    from promptops.alert_engine import AlertEngine
+    from promptops.alert_store import AlertStore
+    from promptops.alerting import load_alerting_config
+    from promptops.slack_notify import SlackNotifier
+
+    config = load_alerting_config()
+    engine = AlertEngine(config, AlertStore(lake, scope=scope), SlackNotifier.from_config(config))
+    outcome = engine.evaluate(findings, now, run_id=run_id, run_url=run_url)
+    for warning in outcome.warnings:
+        log.warning("alert engine: %s", warning)
+    return outcome.as_dict()
+
+
+def write_heal_requests(lake: Lake, hour: datetime, requests: list[dict], *,
+                        run_id: str) -> str | None:
+    """Keep the hour's heal requests in the lake (replacing the hour's partition, so a rerun
+    never duplicates); returns the partition URI, or None when there was nothing to keep."""
+    import json
+
+    hour = hour_floor(hour)
+    if not requests:
+        lake.delete_partition(HEAL_REQUESTS, hour)
+        return None
+    rows = {
+        "requested_at": [hour + timedelta(hours=1)] * len(requests),
+        "fingerprint": [r["fingerprint"] for r in requests],
+        "rule": [r["rule"] for r in requests],
+        "severity": [r["severity"] for r in requests],
+        "playbook": [r["playbook"] for r in requests],
+        "labels": [json.dumps(r.get("labels", {}), sort_keys=True) for r in requests],
+        "summary": [r.get("summary") for r in requests],
+        "newly_fired": [bool(r.get("newly_fired")) for r in requests],
+        "run_id": [run_id] * len(requests),
+    }
+    info = lake.write_partition(HEAL_REQUESTS, hour,
+                                pa.Table.from_pydict(rows, schema=HEAL_REQUESTS_SCHEMA))
+    return info.uri
+
+
+def response_for(outcome: dict) -> str:
+    """What the hourly run does next: ``request_heal``, ``alerts_sent`` or ``all_clear``."""
+    if outcome.get("heal_requests"):
+        return "request_heal"
+    if outcome.get("notifications") or outcome.get("firing"):
+        return "alerts_sent"
+    return "all_clear"

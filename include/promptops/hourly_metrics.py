@@ -298,8 +298,13 @@ def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
     ok = req - errors
     rows.add(mt.REQUESTS, name, labels, req, req)
     rows.add(mt.ERRORS, name, labels, errors, req)
-    rows.add(mt.SUCCESS_RATE, name, labels, ok / req, req)
-    rows.add(mt.ERROR_RATE, name, labels, errors / req, req)
+    # Wilson intervals, so rules can judge "confidently below 99%" on small slices.
+    some = req > 0
+    lo, hi = np.full(g, np.nan), np.full(g, np.nan)
+    if some.any():
+        lo[some], hi[some] = _wilson(ok[some], req[some])
+    rows.add(mt.SUCCESS_RATE, name, labels, ok / req, req, lo, hi)
+    rows.add(mt.ERROR_RATE, name, labels, errors / req, req, 1.0 - hi, 1.0 - lo)
     rows.add(mt.LATENCY_MEAN_MS, name, labels, total(x.latency) / req, req)
     for (metric, _), values in zip(QUANTILES, _quantiles(dim, x, req.astype(np.int64)),
                                    strict=True):
@@ -335,7 +340,12 @@ def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
     scored = subset(x.scored)
     with np.errstate(invalid="ignore", divide="ignore"):
         relevance = subset(x.scored, x.relevance) / scored
-    rows.add(mt.RELEVANCE_MEAN, name, labels, relevance, scored, keep=scored > 0)
+    # Normal 95% interval of the mean (scores are bounded, n is tens or more per slice).
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = subset(x.scored, x.relevance * x.relevance) / scored - relevance ** 2
+        half = 1.959964 * np.sqrt(np.maximum(spread, 0.0) / np.maximum(scored - 1, 1))
+    rows.add(mt.RELEVANCE_MEAN, name, labels, relevance, scored, relevance - half,
+             relevance + half, keep=scored > 0)
     rows.add(mt.RELEVANCE_COVERAGE, name, labels, scored / req, req)
     return req
 

@@ -33,9 +33,16 @@ _TMP_SUFFIX = ".tmp"
 _HOST = socket.gethostname()
 
 
-def hour_floor(ts: datetime) -> datetime:
+def as_utc(ts: datetime) -> datetime:
+    """A plain ``datetime`` in UTC (naive means UTC). Airflow hands tasks pendulum
+    DateTimes, whose arithmetic after ``astimezone(datetime.UTC)`` can drop the zone."""
     ts = ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
-    return ts.replace(minute=0, second=0, microsecond=0)
+    return datetime(ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond,
+                    tzinfo=UTC)
+
+
+def hour_floor(ts: datetime) -> datetime:
+    return as_utc(ts).replace(minute=0, second=0, microsecond=0)
 
 
 def hours_between(start: datetime, end: datetime) -> list[datetime]:

@@ -34,7 +34,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptops.findings import SEVERITY_ORDER, Finding
+from promptops.lake import as_utc
 from promptops.metric_table import (
     INTENT_ACCURACY,
     METRICS,
@@ -483,7 +484,7 @@ def _what(hour: datetime) -> str:
 
 
 def _utc(ts: datetime) -> datetime:
-    return ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
+    return as_utc(ts)
 
 
 def _day_start(hour: datetime) -> datetime:

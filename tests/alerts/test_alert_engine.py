@@ -119,6 +119,23 @@ def test_a_new_alert_in_a_firing_group_posts_the_whole_group(sink, lake):
     assert len(sink_messages(sink)) == 3
 
 
+def test_group_interval_batches_changes_but_not_the_first_message_or_the_all_clear(sink, lake):
+    clock = Clock()
+    cfg = config(group_interval="3h", repeat_interval="12h")
+    a, b, c = (finding(slice_=s) for s in ("gpt-4o", "llama-3-70b", "claude-3-haiku"))
+    sent = []
+    # a fires; b and c join one and two hours later; all clear at hour 5.
+    for i, now_firing in enumerate([[a], [a, b], [a, b, c], [a, b, c], [b, c], []]):
+        out = engine(lake, cfg).evaluate(now_firing, clock.now, run_id=f"r{i}")
+        sent += [(i, n.reason, n.firing, n.resolved) for n in out.sent]
+        clock.tick()
+    # Hour 0: the first message at once. Hours 1-2: joins wait for the group interval;
+    # hour 3: one update with everything that joined. Hour 4: a resolve waits. Hour 5:
+    # nothing left firing, so the all-clear goes out at once.
+    assert sent == [(0, "new", 1, 0), (3, "new", 3, 0), (5, "resolved", 0, 3)]
+    assert len(sink_messages(sink)) == 3
+
+
 def test_api_down_inhibits_latency_of_the_same_service(sink, lake):
     down = finding("api_down", "critical", metric="availability", dimension="overall",
                    slice_="*", service="gateway")

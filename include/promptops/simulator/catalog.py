@@ -53,13 +53,13 @@ class Model:
 
 
 MODELS: tuple[Model, ...] = (
-    Model("gpt-4o", "openai", 420.0, 0.45, 14.0, True),
-    Model("gpt-4o-mini", "openai", 260.0, 0.40, 7.0, True),
-    Model("claude-3-5-sonnet", "anthropic", 560.0, 0.45, 16.0, True),
-    Model("claude-3-haiku", "anthropic", 300.0, 0.40, 6.5, True),
-    Model("llama-3-70b", "self-hosted", 330.0, 0.50, 22.0, False,
+    Model("gpt-4o", "openai", 420.0, 0.45, 6.0, True),
+    Model("gpt-4o-mini", "openai", 260.0, 0.40, 3.0, True),
+    Model("claude-3-5-sonnet", "anthropic", 560.0, 0.45, 7.0, True),
+    Model("claude-3-haiku", "anthropic", 300.0, 0.40, 3.0, True),
+    Model("llama-3-70b", "self-hosted", 330.0, 0.50, 9.0, False,
           ("gpu-node-01", "gpu-node-02"), 38_000),
-    Model("mistral-7b-instruct", "self-hosted", 70.0, 0.35, 5.0, False,
+    Model("mistral-7b-instruct", "self-hosted", 70.0, 0.35, 2.5, False,
           ("gpu-node-03", "gpu-node-04"), 15_000),
 )
 MODEL_NAMES = tuple(m.name for m in MODELS)
