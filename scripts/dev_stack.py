@@ -35,6 +35,8 @@ def stack_env(args: argparse.Namespace) -> dict[str, str]:
                 "password": args.api_key}
     slack = {"conn_type": "slackwebhook",
              "password": f"http://127.0.0.1:{args.slack_port}/services/T0000/B0000/local"}
+    judge = {"conn_type": "http", "host": f"http://127.0.0.1:{args.simulator_port}",
+             "password": args.api_key}
     env = dict(os.environ)
     env.update({
         # airflow standalone launches `airflow ...` sub-commands from PATH.
@@ -51,6 +53,13 @@ def stack_env(args: argparse.Namespace) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW_CONN_PROMPT_PLATFORM": json.dumps(platform),
         "AIRFLOW_CONN_SLACK_ALERTS": json.dumps(slack),
+        # The simulator's judge endpoint; the judge itself stays off unless
+        # PROMPTOPS_JUDGE_ENABLED=true is set before starting the stack.
+        "AIRFLOW_CONN_RELEVANCE_JUDGE": json.dumps(judge),
+        # The simulated platform burns ~140M tokens a day; the seed's 100k/day budget is for
+        # a real tenant. Keep the demo's budget alert meaningful (override it as you like).
+        "PROMPTOPS_THRESHOLD__DAILY_TOKENS__BUDGET": env.get(
+            "PROMPTOPS_THRESHOLD__DAILY_TOKENS__BUDGET", "200000000"),
         "PROMPTOPS_LAKE_URI": env.get("PROMPTOPS_LAKE_URI", f"file://{ROOT / 'data' / 'lake'}"),
         "PROMPTOPS_STATE_DIR": env.get("PROMPTOPS_STATE_DIR", str(ROOT / "data" / "state")),
     })

@@ -95,5 +95,5 @@ def test_model_error_burst_pages_once_and_resolves_once(airflow_db, tmp_path, mo
     log = AlertStore(lake, scope="hourly").read_alert_log(FIRST_HOUR, FIRST_HOUR + timedelta(
         hours=HOURS + 1))
     events = log.to_pylist()
-    assert any(e["event"] == "fired" and MODEL in json.dumps(e) for e in events)
-    assert any(e["event"] == "resolved" and MODEL in json.dumps(e) for e in events)
+    assert any(e["event"] == "fired" and MODEL in json.dumps(e, default=str) for e in events)
+    assert any(e["event"] == "resolved" and MODEL in json.dumps(e, default=str) for e in events)
