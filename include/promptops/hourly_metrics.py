@@ -280,7 +280,10 @@ def _wilson(successes: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarra
     from statsmodels.stats.proportion import proportion_confint
 
     lower, upper = proportion_confint(successes, n, alpha=ACCURACY_ALPHA, method="wilson")
-    return np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    # Rounding can put a bound a hair on the wrong side of p at 0% or 100%.
+    p = np.asarray(successes, dtype=np.float64) / np.asarray(n, dtype=np.float64)
+    return (np.minimum(np.asarray(lower, dtype=np.float64), p),
+            np.maximum(np.asarray(upper, dtype=np.float64), p))
 
 
 def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
