@@ -11,8 +11,12 @@ requests; it never appears in an exception, a ``repr`` or a log line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
+import re
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,6 +58,8 @@ from promptops.errors import (
 )
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from promptops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,6 +111,119 @@ class _BearerAuth(AuthBase):
 
     def __repr__(self) -> str:
         return "<bearer auth: ***>"
+
+
+class CallRecordPage:
+    """One page of ``GET /v1/call_records`` as it arrived, with its records decoded once.
+
+    ``body`` is the answer body, verbatim. ``columns`` holds the records read straight into
+    Arrow (:data:`promptops.records.RAW_RECORD_TYPE`, one struct per record) when the page is
+    plain well-formed JSON of the documented shape, else None; :meth:`records` gives them as
+    Python objects (parsed with orjson on first use, as :meth:`iter_call_record_pages` would).
+    """
+
+    __slots__ = ("body", "columns", "_records")
+
+    def __init__(self, body: bytes, columns: pa.StructArray | None,
+                 records: list | None) -> None:
+        if columns is None and records is None:
+            raise ValueError("a CallRecordPage needs its Arrow columns or its records")
+        self.body = body
+        self.columns = columns
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self.columns) if self.columns is not None else len(self.records())
+
+    def records(self) -> list:
+        """The page's ``data`` list as Python objects (dicts for well-formed records)."""
+        if self._records is None:
+            try:
+                self._records = orjson.loads(self.body)["data"]
+            except orjson.JSONDecodeError as exc:
+                # Only a body nested deeper than orjson's limit (1024 levels, inside a field
+                # the record schema ignores) gets here: the Arrow reader had no such limit.
+                raise DataFormatError(f"the page body could not be parsed as JSON ({exc})",
+                                      http_status=200, endpoint=f"GET {CALL_RECORDS}") from None
+        return self._records
+
+    def __repr__(self) -> str:
+        how = "arrow" if self.columns is not None else "dicts"
+        return f"<CallRecordPage {len(self)} records, {len(self.body):,} bytes, {how}>"
+
+
+# The end of a page that names the next one; group 1 is the cursor (no escapes in it). A key
+# preceded by a backslash would be an escaped quote inside a string, not a key.
+_CURSOR_TAIL = re.compile(
+    rb'(?<!\\)"next_cursor"[ \t\r\n]*:[ \t\r\n]*"([^"\\\x00-\x1f]+)"[ \t\r\n]*\}[ \t\r\n]*\Z')
+# The end of a page whose next_cursor is null. The Arrow reader cannot tell a null from a
+# missing key, and a missing next_cursor is a broken page (3002), so the null must be seen.
+_NULL_CURSOR_TAIL = re.compile(
+    rb'(?<!\\)"next_cursor"[ \t\r\n]*:[ \t\r\n]*null[ \t\r\n]*\}[ \t\r\n]*\Z')
+# NaN and Infinity in a value position: RapidJSON (the Arrow reader) accepts them, orjson
+# and JSON do not.
+_NON_JSON_NUMBER = re.compile(rb"[:,\[][ \t\r\n]*-?(?:NaN|Inf)")
+_UTF8_BOM = b"\xef\xbb\xbf"
+_arrow_reader: tuple[Any, Any, Any] | None = None
+
+
+def _guess_next_cursor(body: bytes) -> str | None:
+    """The next page's cursor as the end of the body shows it, or None when it shows none.
+    Only a guess, to ask for the next page early: the parsed body has the last word."""
+    m = _CURSOR_TAIL.search(body[-4096:])
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
+def read_page_columns(body: bytes) -> tuple[pa.StructArray, str | None] | None:
+    """A page body read straight into Arrow: (records as RAW_RECORD_TYPE, next_cursor).
+
+    None whenever the result might differ from orjson's reading of the same body: not one
+    JSON object, ``data`` missing or not a list of objects/nulls, a value of the wrong JSON
+    type for its field (the dict path reports it as wrong_type), a repeated key, NaN or
+    Infinity, invalid UTF-8, a byte order mark, or a null ``next_cursor`` that cannot be seen
+    to be present. The caller then parses the body with orjson, which decides.
+    """
+    pa_, pj, options = _get_arrow_reader()
+    if body.startswith(_UTF8_BOM):  # the Arrow reader skips it, orjson refuses it
+        return None
+    if (b"NaN" in body or b"Inf" in body) and _NON_JSON_NUMBER.search(body):
+        return None
+    if not body.isascii():
+        try:
+            body.decode("utf-8")  # the Arrow reader copies invalid UTF-8 through unchecked
+        except UnicodeDecodeError:
+            return None
+    read_options = pj.ReadOptions(use_threads=False, block_size=max(len(body) + 1, 1 << 16))
+    try:
+        table = pj.read_json(pa_.BufferReader(body), read_options=read_options,
+                             parse_options=options)
+    except pa_.ArrowException:
+        return None
+    if table.num_rows != 1:  # empty, or several concatenated documents
+        return None
+    data = table.column("data").chunk(0) if table.column("data").num_chunks == 1 else None
+    if data is None or data.null_count:
+        return None  # data missing or null: the general path names the problem
+    nxt = table.column("next_cursor")[0].as_py()
+    if nxt is None and not _NULL_CURSOR_TAIL.search(body[-256:]):
+        return None
+    return data.flatten(), nxt
+
+
+def _get_arrow_reader() -> tuple[Any, Any, Any]:
+    """pyarrow and the page schema, imported on first use (the client alone stays light)."""
+    global _arrow_reader
+    if _arrow_reader is None:
+        import pyarrow as pa_
+        import pyarrow.json as pj
+
+        from promptops.records import RAW_RECORD_TYPE
+
+        schema = pa_.schema([pa_.field("data", pa_.list_(RAW_RECORD_TYPE)),
+                             pa_.field("next_cursor", pa_.string())])
+        options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        _arrow_reader = (pa_, pj, options)
+    return _arrow_reader
 
 
 def rfc3339(dt: datetime) -> str:
@@ -206,8 +325,8 @@ def _unreachable_reason(exc: BaseException) -> str:
 
 
 class PlatformClient:
-    """The platform's API. Thread-safe enough for the one prefetch thread it starts itself;
-    use one client per task (``with PlatformClient.from_airflow() as client: ...``)."""
+    """The platform's API. Thread-safe enough for the background threads it starts itself
+    (prefetch, pager); use one client per task (``with PlatformClient.from_airflow() as client: ...``)."""
 
     def __init__(self, base_url: str, api_key: str, *, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, max_retries: int = 5, backoff_factor: float = 0.5,
@@ -238,7 +357,7 @@ class PlatformClient:
         self.session = session or requests.Session()
         if self._own_session:
             # Retries are tenacity's job (below), so the transport must not retry on its own;
-            # a small pool: the caller's thread plus the prefetch thread.
+            # a small pool: the caller's thread plus the prefetch threads.
             adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4,
                                   max_retries=Retry(total=0, read=False, raise_on_status=False))
             self.session.mount("http://", adapter)
@@ -342,12 +461,35 @@ class PlatformClient:
         next one, so at most two pages are held at once. An error on a later page is raised
         when the caller asks for that page.
         """
+        params = self._call_records_params(start, end, limit)
+        return self._pages(params)  # arguments are checked now, not at the first next()
+
+    def iter_call_record_page_bodies(self, start: datetime, end: datetime,
+                                     limit: int = MAX_PAGE_LIMIT) -> Iterator[CallRecordPage]:
+        """The same pages as :meth:`iter_call_record_pages`, as :class:`CallRecordPage`:
+        the body as received and, where the page is plain well-formed JSON, its records read
+        straight into Arrow (``columns``), so that ingest needs no dict per record.
+
+        The next page is asked for as soon as this one has arrived: its cursor is read off
+        the end of the body (``..."next_cursor":"..."}``) and confirmed once a pager thread
+        has parsed the body, while the platform builds the next page and the caller works
+        on the previous one. Should the parsed cursor differ, the early request is dropped
+        and the right page fetched. At most four pages are held at once (the caller's, one
+        waiting, one being parsed, one arriving). Envelope checks, errors and retries are
+        those of :meth:`iter_call_record_pages`; an error is raised when the caller asks for
+        the page it belongs to.
+        """
+        params = self._call_records_params(start, end, limit)
+        return self._page_bodies(params)
+
+    @staticmethod
+    def _call_records_params(start: datetime, end: datetime, limit: int) -> dict[str, str]:
         if not 1 <= limit <= MAX_PAGE_LIMIT:
             raise ValueError(f"limit must be 1..{MAX_PAGE_LIMIT}, got {limit}")
         params = {"start": rfc3339(start), "end": rfc3339(end), "limit": str(limit)}
         if not start < end:
             raise ValueError(f"start {params['start']} must be before end {params['end']}")
-        return self._pages(params)  # arguments are checked now, not at the first next()
+        return params
 
     def _pages(self, params: dict[str, str]) -> Iterator[list[dict]]:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptops-prefetch")
@@ -366,11 +508,95 @@ class PlatformClient:
             # on its own within the timeouts and its result is dropped.
             pool.shutdown(wait=False, cancel_futures=True)
 
+    def _page_bodies(self, params: dict[str, str]) -> Iterator[CallRecordPage]:
+        """Three things at once: the platform builds page k+2 (asked for early), a pager
+        thread parses page k+1 (the Arrow reader lets go of the GIL), the caller works on
+        page k. Pages, then the end or an error, come through a queue of one, in order."""
+        out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        # Two fetch workers: a dropped early request must not hold up the right one.
+        fetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="promptops-prefetch")
+        # A daemon: a pager whose caller forgot the iterator must not keep the process alive.
+        threading.Thread(target=self._run_pager, args=(params, fetcher, out, stop),
+                         name="promptops-pager", daemon=True).start()
+        try:
+            while True:
+                kind, item = out.get()
+                if kind == "error":
+                    raise item
+                if kind == "end":
+                    return
+                yield item
+        finally:
+            stop.set()
+            with contextlib.suppress(queue.Empty):
+                out.get_nowait()  # frees a pager waiting to hand over a page
+            # Do not wait for in-flight requests when the caller stopped early; they end on
+            # their own within the timeouts and their results are dropped.
+            fetcher.shutdown(wait=False, cancel_futures=True)
+
+    def _run_pager(self, params: dict[str, str], fetcher: ThreadPoolExecutor,
+                   out: queue.Queue[tuple[str, Any]], stop: threading.Event) -> None:
+        """Fetch and parse page after page for :meth:`_page_bodies` until the last page,
+        an error, or the caller stopping."""
+
+        def hand_over(kind: str, item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put((kind, item), timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        pending: Future[_Answer] | None = None
+        cursor: str | None = None
+        try:
+            pending = fetcher.submit(self._fetch_call_records, params, None)
+            while pending is not None:
+                answer = pending.result()
+                guess = _guess_next_cursor(answer.body)
+                early = guess if guess is not None and guess != cursor else None
+                pending = (fetcher.submit(self._fetch_call_records, params, early)
+                           if early is not None else None)
+                page, nxt = self._decode_call_records(answer, cursor)
+                if nxt != early:  # the guess was wrong, or there was none
+                    if pending is not None:
+                        pending.cancel()
+                    pending = (fetcher.submit(self._fetch_call_records, params, nxt)
+                               if nxt is not None else None)
+                cursor = nxt
+                if not hand_over("page", page):
+                    return
+            hand_over("end", None)
+        except BaseException as exc:  # the caller gets it at the page it belongs to
+            hand_over("error", exc)
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    def _fetch_call_records(self, params: dict[str, str], cursor: str | None) -> _Answer:
+        query = params if cursor is None else {**params, "cursor": cursor}
+        return self._request("GET", CALL_RECORDS, params=query)
+
     def _call_records_page(self, params: dict[str, str],
                            cursor: str | None) -> tuple[list[dict], str | None]:
-        query = params if cursor is None else {**params, "cursor": cursor}
+        return self._page_envelope(self._fetch_call_records(params, cursor), cursor)
+
+    def _decode_call_records(self, answer: _Answer,
+                             cursor: str | None) -> tuple[CallRecordPage, str | None]:
+        fast = read_page_columns(answer.body)
+        if fast is None:  # not plain JSON of the documented shape: orjson decides
+            data, nxt = self._page_envelope(answer, cursor)
+            return CallRecordPage(answer.body, None, data), nxt
+        columns, nxt = fast
+        self._check_next_cursor(nxt, cursor)
+        return CallRecordPage(answer.body, columns, None), nxt
+
+    def _page_envelope(self, resp: _Answer, cursor: str | None) -> tuple[list, str | None]:
+        """``data`` and ``next_cursor`` of a page, parsed with orjson, or 3002."""
         endpoint = f"GET {CALL_RECORDS}"
-        doc = self._get_json(CALL_RECORDS, query)
+        doc = self._json(resp, endpoint)
         data = self._field(doc, "data", list, endpoint)
         if "next_cursor" not in doc:
             raise DataFormatError(
@@ -378,6 +604,11 @@ class PlatformClient:
                 f"cannot tell the last page from a broken one", http_status=200,
                 endpoint=endpoint)
         nxt = doc["next_cursor"]
+        self._check_next_cursor(nxt, cursor)
+        return data, nxt
+
+    def _check_next_cursor(self, nxt: Any, cursor: str | None) -> None:
+        endpoint = f"GET {CALL_RECORDS}"
         if nxt is not None and (not isinstance(nxt, str) or not nxt):
             raise DataFormatError(
                 f"'next_cursor' must be a non-empty string or null, got "
@@ -387,7 +618,6 @@ class PlatformClient:
             raise DataFormatError("'next_cursor' did not advance (the same cursor came back); "
                                   "stopping instead of looping", http_status=200,
                                   endpoint=endpoint)
-        return data, nxt
 
     def gpu_metrics(self) -> list[dict]:
         """``GET /v1/gpu_metrics``: one dict per GPU (entries are not validated here)."""

@@ -11,16 +11,26 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from promptops.errors import RejectShareExceeded
 from promptops.lake import Lake, hour_floor, hours_between
-from promptops.records import CALLS_SCHEMA, QUARANTINE_SCHEMA, validate_page
+from promptops.records import (
+    CALLS_SCHEMA,
+    QUARANTINE_SCHEMA,
+    ValidatedPage,
+    validate_columns,
+    validate_page,
+)
+
+if TYPE_CHECKING:
+    from promptops.client import CallRecordPage
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +39,10 @@ QUARANTINE = "quarantine"
 
 
 class CallRecordSource(Protocol):
-    def iter_call_record_pages(self, start: datetime, end: datetime,
-                               limit: int = ...) -> object: ...
+    """Where pages come from: :class:`promptops.client.PlatformClient` in production."""
+
+    def iter_call_record_page_bodies(self, start: datetime, end: datetime,
+                                     limit: int = ...) -> Iterable[CallRecordPage]: ...
 
 
 @dataclass
@@ -82,8 +94,9 @@ class IngestSummary:
 
 @contextlib.contextmanager
 def _no_cyclic_gc():
-    """Pages are millions of small acyclic dicts, freed by reference counting; the cyclic
-    collector would only re-scan them over and over (a third of the ingest's CPU)."""
+    """Dict pages are millions of small acyclic dicts, freed by reference counting; the cyclic
+    collector would only re-scan them over and over (a third of the ingest's CPU on that
+    path; Arrow pages make few Python objects, but lose nothing by it either)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -91,6 +104,15 @@ def _no_cyclic_gc():
     finally:
         if was_enabled:
             gc.enable()
+
+
+def validate_call_page(page: CallRecordPage, start: datetime, end: datetime) -> ValidatedPage:
+    """Validate one page from the client: on its Arrow columns where the client could read
+    it straight into Arrow, else on its records as Python objects. The rules, and so the
+    good rows and the rejects with their reasons, are the same either way."""
+    if page.columns is not None:
+        return validate_columns(page.columns, start, end, page.records)
+    return validate_page(page.records(), start, end)
 
 
 def ingest_hour(source: CallRecordSource, lake: Lake, hour: datetime, *, run_id: str | None,
@@ -104,10 +126,10 @@ def ingest_hour(source: CallRecordSource, lake: Lake, hour: datetime, *, run_id:
     rejects: list[dict] = []
 
     with _no_cyclic_gc(), lake.partition_writer(CALLS, hour, CALLS_SCHEMA) as writer:
-        for page in source.iter_call_record_pages(hour, end, limit=page_size):
+        for page in source.iter_call_record_page_bodies(hour, end, limit=page_size):
             result.pages += 1
             result.received += len(page)
-            checked = validate_page(page, hour, end)
+            checked = validate_call_page(page, hour, end)
             rejects.extend(checked.rejects)
             good = checked.good
             ids = good.column("call_id").to_pylist()

@@ -1,14 +1,24 @@
 """The call record: its schema in the lake and the validation of raw API pages.
 
-A page arrives as a list of Python objects (parsed JSON). Validation is columnar: each field
-is pulled out once as a list, its value types are checked with one C-level pass, and the
-column becomes an Arrow array. Only a column that holds an unexpected type falls back to a
-per-value check, and only for that column. Each rejected record keeps its raw JSON, the
-first rule it broke and the field, so nothing is lost and the reason can be acted on.
+A page is validated on one of two paths with the same outcome:
+
+- :func:`validate_page` takes the records as Python objects (parsed JSON). Each field is
+  pulled out once as a list, its value types are checked with one C-level pass, and the
+  column becomes an Arrow array (strings, or float64 for numbers). Only a column that holds
+  an unexpected type falls back to a per-value check, and only for that column.
+- :func:`validate_columns` takes a page the client read straight into Arrow
+  (:data:`RAW_RECORD_TYPE`); that reader refuses values of the wrong JSON type, so such pages
+  always go the first way.
+
+From the Arrow columns on, both run the same code (:func:`_check_field`, :func:`_finish`),
+field by field in contract order, so the first rule a record breaks, and so its reason, is
+the same. Each rejected record keeps its raw JSON, that rule and the field, so nothing is
+lost and the reason can be acted on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -135,11 +145,77 @@ class ValidatedPage:
         return counts
 
 
+#: The largest integer a float64 holds exactly (I-JSON, RFC 7493). Integer fields are read
+#: through float64 (JSON has one number type), so a count beyond it could not be kept exact.
+MAX_EXACT_INT = 2**53 - 1
+
+#: How a record is read from JSON before validation, when a page is decoded straight into
+#: Arrow: text fields as strings and every number as float64 (an int64 column would silently
+#: truncate 12.5 to 12; the integer rules are checked on the float values instead).
+RAW_RECORD_TYPE = pa.struct([
+    pa.field(rule.name, pa.string() if rule.kind == _STR else pa.float64())
+    for rule in FIELD_RULES
+])
+
+
+class _Verdict:
+    """Per record: the first rule it broke (the one reported) and the field, or none yet."""
+
+    def __init__(self, n: int) -> None:
+        self.open = np.ones(n, dtype=bool)  # True while a record has broken no rule
+        self.reason = np.full(n, None, dtype=object)
+        self.field = np.full(n, None, dtype=object)
+
+    def reject(self, mask: np.ndarray, why: str, name: str | None) -> None:
+        new = mask & self.open
+        if new.any():
+            self.reason[new] = why
+            self.field[new] = name
+            self.open &= ~new
+
+
 def _type_mask(values: list, accepted: tuple[type, ...]) -> np.ndarray:
     """True where a present value has an accepted type. bool is never a number in JSON."""
     return np.fromiter(
         (v is None or (type(v) in accepted) for v in values), dtype=bool, count=len(values)
     )
+
+
+def _numbers(values: list) -> pa.Array:
+    """JSON numbers as float64 (None -> null). Integers beyond 2**53 do not convert exactly,
+    which pyarrow refuses; they go through Python's float() and are rejected as out of range
+    by :func:`_check_field`."""
+    try:
+        return pa.array(values, type=pa.float64())
+    except (pa.ArrowInvalid, OverflowError):
+        return pa.array([float(v) if type(v) is int else v for v in values], type=pa.float64())
+
+
+def _check_field(rule: FieldRule, arr: pa.Array, is_obj: np.ndarray, verdict: _Verdict) -> None:
+    """The value rules of one field on its Arrow column (strings, or float64 for numbers).
+    Both validation paths run exactly this, in field order, so the first rule a record
+    breaks is the same whichever path read it."""
+    if rule.kind != _STR:
+        num = arr.to_numpy(zero_copy_only=False)  # nulls become NaN
+        valid = ~np.isnan(num)
+        if rule.kind == _INT:
+            verdict.reject(valid & (np.floor(num) != num), WRONG_TYPE, rule.name)
+        if rule.non_negative:
+            verdict.reject(valid & (num < 0), NEGATIVE_VALUE, rule.name)
+        value_range = rule.value_range
+        if value_range is None and rule.kind == _INT:
+            value_range = (-MAX_EXACT_INT, MAX_EXACT_INT)
+        if value_range is not None:
+            lo, hi = value_range
+            verdict.reject(valid & ((num < lo) | (num > hi)), OUT_OF_RANGE, rule.name)
+    if rule.required or rule.choices is not None:
+        present = arr.is_valid().to_numpy(zero_copy_only=False)
+        if rule.required:
+            verdict.reject(~present & is_obj, MISSING_FIELD, rule.name)
+        if rule.choices is not None:
+            choice_ok = pc.is_in(arr, value_set=pa.array(rule.choices)).to_numpy(
+                zero_copy_only=False)
+            verdict.reject(present & ~choice_ok, INVALID_VALUE, rule.name)
 
 
 def validate_page(records: list, window_start: datetime, window_end: datetime) -> ValidatedPage:
@@ -149,17 +225,9 @@ def validate_page(records: list, window_start: datetime, window_end: datetime) -
     still in) and the rejects, each ``{"reason", "field", "call_id", "raw"}``.
     """
     n = len(records)
-    reason = np.full(n, None, dtype=object)
-    bad_field = np.full(n, None, dtype=object)
-
-    def reject(mask: np.ndarray, why: str, name: str | None) -> None:
-        # The first rule a record breaks is the one reported.
-        new = mask & (reason == None)  # noqa: E711 - elementwise comparison on an object array
-        reason[new] = why
-        bad_field[new] = name
-
+    verdict = _Verdict(n)
     is_obj = np.fromiter((type(r) is dict for r in records), dtype=bool, count=n)
-    reject(~is_obj, NOT_AN_OBJECT, None)
+    verdict.reject(~is_obj, NOT_AN_OBJECT, None)
     rows = records if is_obj.all() else [r if type(r) is dict else {} for r in records]
 
     columns: dict[str, pa.Array] = {}
@@ -170,60 +238,77 @@ def validate_page(records: list, window_start: datetime, window_end: datetime) -
         seen_types.discard(type(None))
         if not seen_types <= set(accepted):
             ok = _type_mask(values, accepted)
-            reject(~ok, WRONG_TYPE, rule.name)
+            verdict.reject(~ok, WRONG_TYPE, rule.name)
+            # Wrong-typed values become None; their record is rejected already.
             values = [v if o else None for v, o in zip(values, ok, strict=True)]
-
-        if rule.kind == _STR:
-            arr = pa.array(values, type=pa.string())
-        else:
-            # Floats first: pyarrow would silently truncate 12.5 into an int64 column.
-            num = np.asarray(pa.array(values, type=pa.float64()).to_numpy(zero_copy_only=False))
-            valid = ~np.isnan(num)
-            if rule.kind == _INT and float in seen_types:
-                reject(valid & (np.floor(num) != num), WRONG_TYPE, rule.name)
-            if rule.non_negative:
-                reject(valid & (num < 0), NEGATIVE_VALUE, rule.name)
-            if rule.value_range is not None:
-                lo, hi = rule.value_range
-                reject(valid & ((num < lo) | (num > hi)), OUT_OF_RANGE, rule.name)
-            arr = pa.array(num, type=pa.float64(), mask=~valid)
-        # Wrong-typed values are None by now, but their record was already rejected above.
-        present = arr.is_valid().to_numpy(zero_copy_only=False)
-        if rule.required:
-            reject(~present & is_obj, MISSING_FIELD, rule.name)
-        if rule.choices is not None:
-            choice_ok = pc.is_in(arr, value_set=pa.array(rule.choices)).to_numpy(
-                zero_copy_only=False)
-            reject(present & ~choice_ok, INVALID_VALUE, rule.name)
+        arr = pa.array(values, type=pa.string()) if rule.kind == _STR else _numbers(values)
+        _check_field(rule, arr, is_obj, verdict)
         columns[rule.name] = arr
+    return _finish(columns, is_obj, verdict, window_start, window_end, lambda: records)
 
+
+def validate_columns(data: pa.StructArray, window_start: datetime, window_end: datetime,
+                     records: Callable[[], list]) -> ValidatedPage:
+    """:func:`validate_page` for a page already read into Arrow as :data:`RAW_RECORD_TYPE`
+    (``PlatformClient.iter_call_record_page_bodies`` does that for well-formed pages).
+
+    The reader has already refused every value of the wrong JSON type (such a page is
+    validated by :func:`validate_page` instead), so only the value rules remain, and they are
+    the same code as on the dict path. ``records`` returns the page's records as Python
+    objects; it is called only when some record is rejected, for the raw JSON kept in the
+    quarantine. A null in the page's ``data`` list is ``not_an_object``, as on the dict path.
+    """
+    if data.type != RAW_RECORD_TYPE:
+        raise TypeError(f"validate_columns needs a struct array of RAW_RECORD_TYPE, got "
+                        f"{data.type}")
+    verdict = _Verdict(len(data))
+    is_obj = data.is_valid().to_numpy(zero_copy_only=False)
+    verdict.reject(~is_obj, NOT_AN_OBJECT, None)
+    columns: dict[str, pa.Array] = {}
+    # flatten() applies the struct's own nulls to its children: a null record has no fields.
+    for rule, arr in zip(FIELD_RULES, data.flatten(), strict=True):
+        _check_field(rule, arr, is_obj, verdict)
+        columns[rule.name] = arr
+    return _finish(columns, is_obj, verdict, window_start, window_end, records)
+
+
+def _finish(columns: dict[str, pa.Array], is_obj: np.ndarray, verdict: _Verdict,
+            window_start: datetime, window_end: datetime,
+            records: Callable[[], list]) -> ValidatedPage:
+    """The timestamp rules, then the good rows in the lake schema and the rejects."""
     # Timestamps: RFC 3339, any offset accepted and converted to UTC (tolerant client).
     ts_text = columns["ts"].to_pandas()
     ts = pd.to_datetime(ts_text, format="ISO8601", utc=True, errors="coerce")
     has_time = ts_text.str.len().fillna(0).to_numpy() >= 19
     parsed = ts.notna().to_numpy() & has_time
-    reject(ts_text.notna().to_numpy() & ~parsed, BAD_TIMESTAMP, "ts")
+    verdict.reject(ts_text.notna().to_numpy() & ~parsed, BAD_TIMESTAMP, "ts")
     start, end = pd.Timestamp(window_start), pd.Timestamp(window_end)
     inside = ((ts >= start) & (ts < end)).fillna(False).to_numpy(dtype=bool)
-    reject(parsed & ~inside, TS_OUTSIDE_WINDOW, "ts")
+    verdict.reject(parsed & ~inside, TS_OUTSIDE_WINDOW, "ts")
 
-    good = reason == None  # noqa: E711
+    good = verdict.open
     rejects = []
-    if not good.all():
-        call_ids = columns["call_id"].to_pylist()
-        for i in np.flatnonzero(~good):
-            cid = call_ids[i] if isinstance(call_ids[i], str) else None
-            rejects.append({"reason": reason[i], "field": bad_field[i], "call_id": cid,
-                            "raw": orjson.dumps(records[i]).decode()})
+    bad_idx = np.flatnonzero(~good)
+    if len(bad_idx):
+        raw_records = records()
+        call_ids = columns["call_id"].take(pa.array(bad_idx)).to_pylist()
+        for i, cid in zip(bad_idx.tolist(), call_ids, strict=True):
+            rejects.append({"reason": verdict.reason[i], "field": verdict.field[i],
+                            "call_id": cid if isinstance(cid, str) else None,
+                            "raw": orjson.dumps(raw_records[i]).decode()})
 
-    good_idx = pa.array(np.flatnonzero(good))
+    keep = None if not len(bad_idx) else pa.array(np.flatnonzero(good))
     out = {}
     for f in CALLS_SCHEMA:
+        arr = pa.Array.from_pandas(ts) if f.name == "ts" else columns[f.name]
+        if keep is not None:
+            arr = arr.take(keep)
         if f.name == "ts":
-            arr = pa.Array.from_pandas(ts).take(good_idx)
             out[f.name] = arr.cast(f.type, safe=False)  # ns -> us drops sub-microsecond digits
+        elif f.type == _DIM:
+            out[f.name] = pc.dictionary_encode(arr)
         else:
-            out[f.name] = columns[f.name].take(good_idx).cast(f.type)
+            out[f.name] = arr.cast(f.type)
     return ValidatedPage(good=pa.table(out, schema=CALLS_SCHEMA), rejects=rejects)
 
 
