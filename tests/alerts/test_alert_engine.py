@@ -284,3 +284,21 @@ def test_a_resolved_message_that_failed_is_sent_at_the_next_evaluation(sink, lak
     assert [header(m).split(" · ")[0] for m in msgs] == [":red_circle: FIRING",
                                                          ":white_check_mark: RESOLVED"]
     assert f.fingerprint in json.dumps(msgs[1]["body"])
+
+
+def test_shipped_config_raises_an_unpriced_model_once(sink, lake):
+    from promptops.alerting import load_alerting_config
+
+    cfg = load_alerting_config()
+    cfg = cfg.model_copy(update={"silences_file": None, "silences_variable": ""})
+    clock = Clock()
+    unpriced = finding("unpriced_model", "warning", slice_="my-new-model",
+                       metric="unpriced_requests", value=120, threshold=0)
+    sent = []
+    for i in range(30):  # more than a day of hourly runs with the model still unpriced
+        out = engine(lake, cfg).evaluate([unpriced], clock.now, run_id=f"r{i}")
+        sent += [n.reason for n in out.sent]
+        clock.tick()
+    assert sent == ["new"]
+    out = engine(lake, cfg).evaluate([], clock.now, run_id="priced")  # the model got a price
+    assert [n.reason for n in out.sent] == ["resolved"]

@@ -96,3 +96,19 @@ def test_response_for_outcomes():
         "alerts_sent"
     assert response_for({"heal_requests": [], "notifications": [], "firing": []}) == \
         "all_clear"
+
+
+def test_an_unpriced_model_is_reported_not_free(lake, monkeypatch):
+    from promptops.pricing import load_price_table
+
+    monkeypatch.setenv("PROMPTOPS_THRESHOLD__daily_tokens__budget", "500000000")
+    prices = load_price_table().without("mistral-7b-instruct")
+    for h in (HOUR - timedelta(hours=1), HOUR):
+        summary = analyse_hour(lake, h, prices=prices)
+    assert summary["unpriced_models"] == ["mistral-7b-instruct"]
+    rows = lake.read_partition("metrics", HOUR).to_pylist()
+    cost = next(r for r in rows if r["metric"] == "cost_usd" and r["slice"] == "mistral-7b-instruct")
+    assert cost["value"] is None  # unknown, not zero
+    findings = findings_for_hour(lake, HOUR)
+    assert [(f.rule, f.labels["slice"]) for f in findings] == [
+        ("unpriced_model", "mistral-7b-instruct")]
