@@ -20,7 +20,8 @@ from promptops.simulator.faults import FaultRule
 from promptops.simulator.timeutil import format_ts, parse_time_spec
 
 IncidentKind = Literal["error_burst", "latency_spike", "user_flood", "token_surge",
-                       "intent_drop", "relevance_drop", "gpu_saturation", "api_down"]
+                       "intent_drop", "relevance_drop", "gpu_saturation", "api_down",
+                       "traffic_dip"]
 
 
 class _Params(BaseModel):
@@ -76,11 +77,19 @@ class ApiDownParams(_Params):
     record_error_rate: float = Field(default=0.5, ge=0, le=1)
 
 
+class TrafficDipParams(_Params):
+    """Not an incident: a holiday or a planned quiet day. Traffic is scaled by ``multiplier``
+    and nothing breaks; a good detector stays quiet."""
+
+    multiplier: float = Field(default=0.4, gt=0, lt=1)
+
+
 PARAMS_BY_KIND: dict[str, type[_Params]] = {
     "error_burst": ErrorBurstParams, "latency_spike": LatencySpikeParams,
     "user_flood": UserFloodParams, "token_surge": TokenSurgeParams,
     "intent_drop": IntentDropParams, "relevance_drop": RelevanceDropParams,
     "gpu_saturation": GpuSaturationParams, "api_down": ApiDownParams,
+    "traffic_dip": TrafficDipParams,
 }
 #: Slice dimensions a kind cannot do without.
 REQUIRED_SLICE = {"user_flood": "user_id", "intent_drop": "prompt_template",

@@ -250,15 +250,17 @@ def generate_hour(hour: int, *, seed: int, calls_per_hour: int, flat: bool,
         return np.random.default_rng([seed, hour, stream])
 
     r = rng(0)
+    hour_incidents = [i for i in incidents if _overlaps(i, hs)]
+    # A holiday dip scales the whole hour's traffic (the hour it starts in included).
+    dip = math.prod(i.params.multiplier for i in hour_incidents if i.kind == "traffic_dip")
     if flat:
-        n = int(calls_per_hour)
+        n = int(calls_per_hour * dip)
     else:
-        n = int(r.poisson(calls_per_hour * seasonal_factor(hour)))
+        n = int(r.poisson(calls_per_hour * seasonal_factor(hour) * dip))
     ts = r.integers(0, HOUR_MS, n, dtype=np.int64)
     user = np.minimum(np.searchsorted(cat.user_cum, r.random(n), side="right"), N_USERS - 1)
 
     # A flooding user's extra calls: their own stream, so the ordinary calls stay the same.
-    hour_incidents = [i for i in incidents if _overlaps(i, hs)]
     rf = rng(1)
     extra_ts, extra_user = [ts], [user]
     for inc in hour_incidents:
@@ -341,7 +343,7 @@ def generate_hour(hour: int, *, seed: int, calls_per_hour: int, flat: bool,
     lat_mult[scaled] *= 0.85  # more workers: a little less queueing for everyone
     for inc in hour_incidents:
         kind, p = inc.kind, inc.params
-        if kind in ("intent_drop", "user_flood"):
+        if kind in ("intent_drop", "user_flood", "traffic_dip"):
             continue
         hit = _time_mask(ts, hs, inc)
         if inc.slice:
