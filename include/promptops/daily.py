@@ -42,14 +42,14 @@ def day_start(day: datetime) -> datetime:
     return as_utc(day).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def backfill_command(start: datetime, end: datetime, dag_id: str = HOURLY_DAG_ID) -> str:
-    """The Airflow CLI line that (re)runs the hourly DAG for ``[start, end)``.
-
-    A run's interval ends at its logical date, so the hour ``[h, h+1)`` is the run of
-    logical date ``h+1``."""
-    first, last = start + timedelta(hours=1), end
-    return (f"airflow backfill create --dag-id {dag_id} --from-date {first:%Y-%m-%dT%H:%M:%S} "
-            f"--to-date {last:%Y-%m-%dT%H:%M:%S} --reprocess-behavior completed")
+def backfill_command(first: datetime, last: datetime, dag_id: str = HOURLY_DAG_ID) -> str:
+    """The CLI command that re-runs the hourly DAG for logical dates ``first..last`` (both
+    inclusive; a scheduled run's logical date is its hour's start). ``completed`` also
+    re-runs hours whose run exists (failed, or succeeded before its partition was lost); a
+    rerun replaces its partitions, so nothing is double counted."""
+    return (f"airflow backfill create --dag-id {dag_id} "
+            f"--from-date {as_utc(first).isoformat()} --to-date {as_utc(last).isoformat()} "
+            f"--reprocess-behavior completed")
 
 
 @dataclass
@@ -94,7 +94,7 @@ def day_completeness(lake: Lake, day: datetime,
             run.append(h)
             continue
         if run:
-            result.backfill_commands.append(backfill_command(run[0], run[-1] + timedelta(hours=1)))
+            result.backfill_commands.append(backfill_command(run[0], run[-1]))
         run = [h] if h is not None else []
     return result
 

@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptops import metric_table as mt
+from promptops.daily import backfill_command
 from promptops.errors import PromptOpsError
 from promptops.lake import Lake, as_utc
 
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 #: Lake folder of the reports: ``reports/date=YYYY-MM-DD/index.html`` and its files.
 REPORTS = "reports"
 #: The DAG whose runs fill an hour's partitions (the backfill command names it).
-HOURLY_DAG_ID = "promptops_hourly"
 #: Where the UI plugin serves the reports (``/promptops-reports/YYYY-MM-DD/``).
 UI_URL_PREFIX = "/promptops-reports"
 #: The seed's token budget, used when the thresholds config has no ``daily_tokens`` rule.
@@ -155,16 +155,6 @@ def hour_ranges(hours: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
         else:
             ranges.append((hour, hour))
     return ranges
-
-
-def backfill_command(first: datetime, last: datetime, dag_id: str = HOURLY_DAG_ID) -> str:
-    """The CLI command that re-runs the hourly DAG for logical dates ``first..last``
-    (both inclusive; a run's logical date is its hour's start). ``completed`` also re-runs
-    hours whose run exists (failed, or succeeded before its partition was lost); a rerun
-    replaces its partitions, so nothing is double counted."""
-    return (f"airflow backfill create --dag-id {dag_id} "
-            f"--from-date {as_utc(first).isoformat()} --to-date {as_utc(last).isoformat()} "
-            f"--reprocess-behavior completed")
 
 
 # -- reading the lake -----------------------------------------------------------------------

@@ -27,14 +27,14 @@ def test_missing_hours_are_named_with_backfill_commands(tmp_path):
     assert not result.complete
     assert [h[11:13] for h in result.missing["calls"]] == ["03", "04", "17"]
     assert [h[11:13] for h in result.missing["metrics"]] == ["09"]
-    # Hours [3, 5) are the runs of logical dates 04:00 and 05:00.
+    # Scheduled runs have the hour's start as logical date; both ends are inclusive.
     assert result.backfill_commands == [
-        "airflow backfill create --dag-id promptops_hourly --from-date 2026-11-20T04:00:00 "
-        "--to-date 2026-11-20T05:00:00 --reprocess-behavior completed",
-        "airflow backfill create --dag-id promptops_hourly --from-date 2026-11-20T10:00:00 "
-        "--to-date 2026-11-20T10:00:00 --reprocess-behavior completed",
-        "airflow backfill create --dag-id promptops_hourly --from-date 2026-11-20T18:00:00 "
-        "--to-date 2026-11-20T18:00:00 --reprocess-behavior completed",
+        "airflow backfill create --dag-id promptops_hourly --from-date 2026-11-20T03:00:00+00:00 "
+        "--to-date 2026-11-20T04:00:00+00:00 --reprocess-behavior completed",
+        "airflow backfill create --dag-id promptops_hourly --from-date 2026-11-20T09:00:00+00:00 "
+        "--to-date 2026-11-20T09:00:00+00:00 --reprocess-behavior completed",
+        "airflow backfill create --dag-id promptops_hourly --from-date 2026-11-20T17:00:00+00:00 "
+        "--to-date 2026-11-20T17:00:00+00:00 --reprocess-behavior completed",
     ]
     assert "calls: 3 missing (03:00, 04:00, 17:00)" in result.describe()
 
