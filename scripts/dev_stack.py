@@ -25,7 +25,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-PROMPTOPS_DAGS = ("promptops_hourly",)
+PROMPTOPS_DAGS = ("promptops_hourly", "promptops_daily")
 
 
 def stack_env(args: argparse.Namespace) -> dict[str, str]:

@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 
@@ -69,8 +71,11 @@ def analyse_hour(lake: Lake, hour: datetime, *, prices: PriceTable | None = None
 
 
 def findings_for_hour(lake: Lake, hour: datetime,
-                      config: ThresholdsConfig | None = None) -> list[Finding]:
-    """Evaluate the hourly rules on the hour's metrics partition."""
+                      config: ThresholdsConfig | None = None, *,
+                      baselines: bool = True, root_cause: bool = True,
+                      prices: PriceTable | None = None) -> list[Finding]:
+    """Evaluate the hour: the rules of ``thresholds.yaml``, the Holt-Winters bands fitted by
+    the daily run (none until it has run), then the likely root cause of each finding."""
     hour = hour_floor(hour)
     config = config if config is not None else load_thresholds()
     current = lake.read_partition(METRICS, hour)
@@ -78,7 +83,82 @@ def findings_for_hour(lake: Lake, hour: datetime,
         raise LookupError(f"no metrics partition for {hour.isoformat()} in "
                           f"{lake.partition_dir(METRICS, hour)}; run the metrics task first")
     history = MetricHistory.from_lake(lake, hour, config)
-    return evaluate(config, current, history, hour)
+    findings = evaluate(config, current, history, hour)
+    if baselines:
+        from promptops.baselines import band_findings, read_bands
+
+        findings += band_findings(current, read_bands(lake, hour), hour)
+    if root_cause and findings:
+        findings = with_root_cause(lake, hour, findings, prices=prices)
+    return findings
+
+
+#: The root-cause measure that explains a finding's metric.
+ROOT_CAUSE_MEASURES = {
+    "success_rate": "error_rate", "error_rate": "error_rate", "errors": "errors",
+    "requests": "calls", "total_tokens": "tokens", "prompt_tokens": "tokens",
+    "completion_tokens": "tokens", "cost_usd": "cost_usd", "latency_mean_ms": "latency_mean_ms",
+    "latency_p95_ms": "latency_mean_ms", "latency_p99_ms": "latency_mean_ms",
+}
+
+
+def _measure_for(metric: str) -> str | None:
+    # A composite's metric label joins its conditions' metrics with "+".
+    return next((ROOT_CAUSE_MEASURES[m] for m in metric.split("+") if m in ROOT_CAUSE_MEASURES),
+                None)
+
+
+def with_root_cause(lake: Lake, hour: datetime, findings: list[Finding], *,
+                    prices: PriceTable | None = None) -> list[Finding]:
+    """Annotate findings with the localised root cause of their measure (one localisation per
+    measure and hour, over the hour's leaf cube against the same hour of the last 7 days) and
+    with what the IsolationForest saw move on their slice. Never fails the evaluation."""
+    from promptops.root_cause import DEFAULT_DIMS, explain_hour
+
+    hour = hour_floor(hour)
+    explained: dict[str, Any] = {}
+    for measure in sorted({m for f in findings if (m := _measure_for(f.labels.get("metric", "")))}):
+        try:
+            # Volume surges are often one caller: look at users too (a few thousand leaves).
+            dims = DEFAULT_DIMS + ("user",) if measure in ("calls", "tokens") else DEFAULT_DIMS
+            loc = explain_hour(lake, hour, measure, dims=dims, prices=prices)
+        except Exception as exc:  # a root cause is context; the alert goes out without it
+            log.warning("root cause for %s at %s skipped: %s", measure, hour.isoformat(), exc)
+            continue
+        if loc.causes:
+            explained[measure] = loc
+    moved = _isolation_forest_view(lake, hour)
+    out = []
+    for f in findings:
+        notes = dict(f.annotations)
+        loc = explained.get(_measure_for(f.labels.get("metric", "")) or "")
+        if loc is not None:
+            notes["root_cause"] = loc.sentence
+            notes["root_cause_set"] = loc.label
+            notes["root_cause_table"] = loc.table(max_rows=5)
+        view = moved.get((f.labels.get("dimension"), f.labels.get("slice")))
+        if view:
+            notes["moved"] = view
+        out.append(replace(f, annotations=notes))
+    return out
+
+
+def _isolation_forest_view(lake: Lake, hour: datetime) -> dict[tuple[str, str], str]:
+    """(dimension, slice) -> "anomaly score 0.71; moved: error_rate +9.1σ (...)" for the
+    slices the newest model trained before the hour calls anomalous."""
+    from promptops.anomaly_model import load_latest, score_hour
+
+    try:
+        model = load_latest(lake, as_of=hour)
+        if model is None:
+            return {}
+        scored = score_hour(lake, hour, model)
+    except Exception as exc:
+        log.warning("isolation forest scoring at %s skipped: %s", hour.isoformat(), exc)
+        return {}
+    rows = scored[scored["is_anomaly"]]
+    return {(r.dimension, r.slice): f"anomaly score {r.score:.2f}; moved: {r.moved}"
+            for r in rows.itertuples()}
 
 
 #: Lake dataset of heal requests raised by alerts (read by the heal DAG once it exists).

@@ -62,9 +62,11 @@ _REASON = {"new": "new alert", "resolved": "resolved", "repeat": "still firing (
 #: Metrics that are fractions in [0, 1] and read best as percentages.
 _FRACTION_HINTS = ("rate", "accuracy", "precision", "recall", "f1", "coverage", "share")
 #: Annotations that get their own line, in this order, with these titles.
-_KNOWN_ANNOTATIONS = {"root_cause": "Likely root cause", "heal_playbook": "Heal suggestion",
-                      "baseline": "Baseline", "band": "Expected band", "runbook": "Runbook"}
-_HIDDEN_ANNOTATIONS = {"comparison"}
+_KNOWN_ANNOTATIONS = {"root_cause": "Likely root cause", "moved": "What moved",
+                      "heal_playbook": "Heal suggestion", "baseline": "Baseline",
+                      "band": "Expected band", "runbook": "Runbook"}
+#: Kept in the alert log, not in Slack (the table reads badly in mrkdwn; the set is for tools).
+_HIDDEN_ANNOTATIONS = {"comparison", "root_cause_table", "root_cause_set"}
 
 
 # -- rendering ------------------------------------------------------------------------------

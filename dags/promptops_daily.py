@@ -1,0 +1,112 @@
+"""promptops daily DAG: completeness, baselines, root-cause model, cost report, retention."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+
+
+@dag(
+    dag_id="promptops_daily",
+    dag_display_name="promptops · daily analysis and cost report",
+    # A real [start, end) day per run; 00:30 leaves the hourly run of 23:00 time to finish.
+    schedule=CronDataIntervalTimetable("30 0 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=3),
+    tags=["promptops", "analysis", "report", "daily"],
+    default_args={
+        "owner": "promptops",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(hours=1),
+    },
+)
+def promptops_daily():
+    """
+    ### promptops daily: learn what normal looks like, report the day's cost
+
+    For the run's day `[data_interval_start, data_interval_end)` (UTC); every step is
+    idempotent per day, so reruns and backfills replace that day's outputs:
+
+    1. **Completeness**: are all 24 hourly `calls` and `metrics` partitions there? Missing
+       hours are named with the backfill command that fills them; nothing downstream counts
+       them as zero traffic.
+    2. **Refit baselines**: Holt-Winters (daily season, weekly with 3+ weeks of history; a
+       median/MAD fallback on bad history) per metric and key slice, bands for the next day
+       in `baselines/`. The hourly run flags values outside them.
+    3. **Retrain the root-cause model**: IsolationForest on per-hour, per-slice features,
+       versioned in `models/anomaly/`.
+    4. **Cost report**: HTML with charts and CSVs in `reports/date=.../` (Browse ›
+       promptops reports in the UI), summary to Slack (`slack_alerts`).
+    5. **Retention**: partitions older than `PROMPTOPS_RETENTION_<DATASET>_DAYS` go.
+    """
+
+    @task(task_display_name="Check completeness")
+    def check_completeness(**context) -> dict:
+        from promptops.daily import day_completeness
+        from promptops.lake import Lake
+
+        result = day_completeness(Lake(), context["data_interval_start"])
+        print(result.describe())
+        return result.as_dict()
+
+    @task(task_display_name="Refit baselines")
+    def refit_baselines(completeness: dict, **context) -> dict:
+        from promptops.baselines import refit_baselines as refit
+        from promptops.lake import Lake
+
+        # Bands are fitted on history up to the end of this day, for the next day.
+        return refit(Lake(), context["data_interval_end"])
+
+    @task(task_display_name="Retrain root-cause model")
+    def retrain_root_cause_model(completeness: dict, **context) -> dict:
+        from promptops.anomaly_model import NotEnoughData, train
+        from promptops.lake import Lake
+
+        try:
+            info = train(Lake(), context["data_interval_start"])
+        except NotEnoughData as exc:
+            print(f"root-cause model not retrained: {exc}")
+            return {"trained": False, "reason": str(exc)}
+        return {"trained": True, **info.to_dict()}
+
+    @task(task_display_name="Build and send cost report")
+    def cost_report(completeness: dict, **context) -> dict:
+        from airflow.configuration import conf
+
+        from promptops.daily_report import (
+            build_report,
+            report_url,
+            send_slack_summary,
+            slack_summary,
+        )
+        from promptops.lake import Lake
+
+        day = context["data_interval_start"]
+        run_url = context["ti"].log_url.split("/tasks/")[0]
+        result = build_report(Lake(), day, run_url=run_url)
+        url = report_url(conf.get("api", "base_url", fallback="http://localhost:8080"), day)
+        send_slack_summary(slack_summary(result, url))
+        print(f"report: {result.html_uri} ({url})")
+        return result.summary
+
+    @task(task_display_name="Apply retention")
+    def apply_retention(baselines: dict, model: dict, report: dict, **context) -> dict:
+        """Last, so nothing the day's analysis reads is deleted under it."""
+        from promptops.daily import apply_retention as retain
+        from promptops.lake import Lake
+
+        return retain(Lake(), context["data_interval_start"])
+
+    completeness = check_completeness()
+    apply_retention(refit_baselines(completeness), retrain_root_cause_model(completeness),
+                    cost_report(completeness))
+
+
+promptops_daily()

@@ -1,0 +1,86 @@
+"""The daily DAG end to end under dag.test(): a lake with three simulated days (one hour of
+the report day missing), then completeness, baselines, the root-cause model, the cost report
+(delivered to a real Slack sink) and retention."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from promptops.hourly_analysis import analyse_hour
+from promptops.lake import Lake
+from promptops.records import validate_page
+from promptops.simulator import Platform, SimConfig, SlackSinkProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+FIRST_DAY = datetime(2026, 11, 16, tzinfo=UTC)
+REPORT_DAY = FIRST_DAY + timedelta(days=2)
+MISSING = REPORT_DAY + timedelta(hours=5)
+
+
+def _fill(lake: Lake) -> None:
+    platform = Platform(SimConfig.build(None, seed=4, calls_per_hour=400, malformed_rate=0.0,
+                                        duplicate_rate=0.0, late_rate=0.0))
+    hour = FIRST_DAY
+    while hour < REPORT_DAY + timedelta(days=1):
+        if hour != MISSING:
+            end = hour + timedelta(hours=1)
+            served = platform.served_with_truth(hour, end, now=end + timedelta(days=1))
+            lake.write_partition("calls", hour, validate_page([s.record for s in served],
+                                                              hour, end).good)
+            analyse_hour(lake, hour)
+        hour += timedelta(hours=1)
+    # A partition far older than the raw-calls retention.
+    lake.write_partition("calls", FIRST_DAY - timedelta(days=90),
+                         lake.read_partition("calls", FIRST_DAY))
+
+
+@pytest.mark.slow
+def test_daily_dag_under_dag_test(airflow_db, tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from promptops.settings import get_settings
+
+    lake_uri = f"file://{tmp_path / 'lake'}"
+    lake = Lake(lake_uri)
+    _fill(lake)
+    with SlackSinkProcess() as sink:
+        monkeypatch.setenv("PROMPTOPS_LAKE_URI", lake_uri)
+        monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps(
+            {"conn_type": "slackwebhook", "password": sink.url + "/services/T/B/daily"}))
+        get_settings.cache_clear()
+        try:
+            dag = DagBag(dag_folder=str(ROOT / "dags")).dags["promptops_daily"]
+            run = dag.test(logical_date=REPORT_DAY + timedelta(days=1, minutes=30))
+        finally:
+            get_settings.cache_clear()
+        messages = sink.messages()
+
+    assert run.state == "success"
+    tis = {ti.task_id: ti for ti in run.get_task_instances()}
+    assert all(ti.state == "success" for ti in tis.values()), \
+        {k: ti.state for k, ti in tis.items()}
+    assert run.data_interval_start.date() == REPORT_DAY.date()
+
+    # Completeness named the missing hour; the report marks it; Slack got the summary.
+    report_dir = tmp_path / "lake" / "reports" / f"date={REPORT_DAY:%Y-%m-%d}"
+    html = (report_dir / "index.html").read_text()
+    assert "05:00" in html and "backfill" in html
+    assert len(messages) == 1 and f"{REPORT_DAY:%Y-%m-%d}" in json.dumps(messages[0]["body"])
+    summary = json.loads((report_dir / "summary.json").read_text())
+    assert [h[11:16] for h in summary["missing_hours"]] == ["05:00"]
+
+    # Bands for the next day exist, and a root-cause model was trained on the window.
+    from promptops.anomaly_model import list_versions
+    from promptops.baselines import read_bands
+
+    bands = read_bands(lake, REPORT_DAY + timedelta(days=1, hours=3))
+    assert bands is not None and bands.num_rows > 0
+    assert [v.version for v in list_versions(lake)] == [f"{REPORT_DAY:%Y-%m-%d}"]
+
+    # Retention removed the 90-day-old raw partition and nothing recent.
+    assert not lake.has_partition("calls", FIRST_DAY - timedelta(days=90))
+    assert lake.has_partition("calls", FIRST_DAY)
