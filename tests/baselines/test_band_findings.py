@@ -148,7 +148,7 @@ def test_fitted_bands_flag_a_spike_and_not_a_normal_day(tmp_path):
     """End to end: 14 days of history -> bands in the lake -> the next day's hours checked."""
     history = seasonal(15, level=5000, seed=21)
     lake = Lake(f"file://{tmp_path}")
-    cfg = BaselineConfig(metrics=["requests"], dimensions=["overall"])
+    cfg = BaselineConfig(metrics=["requests"], dimensions=["overall"], warning_only=[])
     write_bands(lake, DAY, fit_all(metric_table({("requests", "overall", "*"): history[:-24]}),
                                    DAY, cfg))
     fired = {}
@@ -179,8 +179,12 @@ def test_missing_bands_are_fitted_on_demand(tmp_path):
         lake.write_partition(METRICS, hour, table.filter(
             pa.compute.equal(table.column("hour"), pa.scalar(hour, table.column("hour").type))))
     lake.write_partition(METRICS, HOUR, hour_rows([("requests", "overall", "*", 50.0, 50)], HOUR))
-    cfg = BaselineConfig(metrics=["requests"], dimensions=["overall"])
+    cfg = BaselineConfig(metrics=["requests"], dimensions=["overall"], warning_only=[])
     assert baseline_findings_for_hour(lake, HOUR, cfg, fit_missing=False) == []
     [f] = baseline_findings_for_hour(lake, HOUR, cfg)  # fits the day's bands, then judges
     assert f.rule == "baseline_requests" and f.severity == "critical"
     assert read_bands(lake, HOUR) is not None
+    # By default a volume departure never pages: it is at most a warning.
+    [f] = baseline_findings_for_hour(lake, HOUR, BaselineConfig(metrics=["requests"],
+                                                                dimensions=["overall"]))
+    assert f.severity == "warning"

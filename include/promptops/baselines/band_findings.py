@@ -99,7 +99,7 @@ def band_findings(current: pa.Table | None, bands: pa.Table | None, hour: dateti
     change = np.abs(value - expected)
     fires = (high | low) & (change >= needed) & (change > 0) & enough
     half = np.where(high, upper - expected, expected - lower)
-    critical = change >= config.critical_factor * half
+    critical = (change >= config.critical_factor * half) & ~np.isin(metrics, config.warning_only)
 
     out = []
     for i in np.flatnonzero(fires):

@@ -147,8 +147,10 @@ class BaselineConfig(BaseSettings):
     #: Above this share of zero values the series is too sparse for Holt-Winters.
     max_zero_share: float = Field(default=0.5, ge=0.0, le=1.0)
     #: History values this many robust deviations from their hour's median are clipped
-    #: before fitting, so a past incident does not become the expected shape.
-    outlier_mads: float = Field(default=6.0, gt=0.0)
+    #: before fitting (and their errors left out of the band), so a past incident does not
+    #: become the expected shape. Not much lower: a heavy-tailed metric's own tail would go
+    #: too, and its band would come out too narrow.
+    outlier_mads: float = Field(default=10.0, gt=0.0)
     #: Simulated forecast paths per series for the prediction band (its tails are
     #: quantiles of these paths, so enough of them to reach past the coverage).
     simulations: int = Field(default=2000, ge=200, le=20_000)
@@ -172,11 +174,16 @@ class BaselineConfig(BaseSettings):
         default_factory=lambda: dict(_DEFAULT_MIN_SAMPLES))
     #: Critical when the value is outside the band widened this many times around expected.
     critical_factor: float = Field(default=2.0, ge=1.0)
+    #: Metrics whose band departures never page (at most warning): volumes move with
+    #: holidays, launches and the weekly cycle a 2-week daily-season fit cannot see; money is
+    #: paged by the budget rules, abuse by the abuse rule, outages by the success rate.
+    warning_only: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: sorted(VOLUME_METRICS))
     pending_for: int = Field(default=1, ge=1)
     keep_firing_for: int = Field(default=1, ge=0)
     service: str = Field(default="platform-api", min_length=1)
 
-    @field_validator("metrics", "dimensions", mode="before")
+    @field_validator("metrics", "dimensions", "warning_only", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
