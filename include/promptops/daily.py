@@ -112,6 +112,9 @@ def apply_retention(lake: Lake, today: datetime, config: RetentionConfig | None 
         if days <= 0:
             continue
         cutoff = cutoff_base - timedelta(days=days)
+        if dataset == "reports":  # one folder per day, not hourly partitions
+            deleted[dataset] = _delete_old_reports(lake, cutoff)
+            continue
         old = [h for h in lake.list_partitions(dataset) if h < cutoff]
         for h in old:
             lake.delete_partition(dataset, h)
@@ -120,3 +123,17 @@ def apply_retention(lake: Lake, today: datetime, config: RetentionConfig | None 
                      cutoff.isoformat())
         deleted[dataset] = len(old)
     return deleted
+
+
+def _delete_old_reports(lake: Lake, cutoff: datetime) -> int:
+    from promptops.daily_report import REPORTS, list_report_dates
+
+    old = [d for d in list_report_dates(lake) if d < cutoff.date()]
+    for d in old:
+        folder = lake.root / REPORTS / f"date={d:%Y-%m-%d}"
+        for child in folder.iterdir():
+            child.unlink()
+        folder.rmdir()
+    if old:
+        log.info("retention: deleted %d daily reports before %s", len(old), cutoff.date())
+    return len(old)

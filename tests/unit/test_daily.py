@@ -62,3 +62,16 @@ def test_retention_keeps_each_dataset_for_its_age(tmp_path):
     # Running it again deletes nothing more; an age of 0 keeps forever.
     assert apply_retention(lake, DAY, config)["calls"] == 0
     assert "calls" not in apply_retention(lake, DAY, RetentionConfig(calls_days=0))
+
+
+def test_retention_deletes_old_reports(tmp_path):
+    lake = Lake(f"file://{tmp_path}")
+    for days_back in (3, 500):
+        folder = tmp_path / "reports" / f"date={DAY - timedelta(days=days_back):%Y-%m-%d}"
+        folder.mkdir(parents=True)
+        (folder / "index.html").write_text("<html></html>")
+        (folder / "cost_by_hour.png").write_bytes(b"png")
+    deleted = apply_retention(lake, DAY, RetentionConfig(reports_days=400))
+    assert deleted["reports"] == 1
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
+        f"date={DAY - timedelta(days=3):%Y-%m-%d}"]
