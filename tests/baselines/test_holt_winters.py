@@ -131,3 +131,19 @@ def test_same_history_same_band():
     values = seasonal(14, seed=12)
     a, b = fit_series(values, LAST, CFG), fit_series(values.copy(), LAST, CFG)
     assert np.array_equal(a.lower, b.lower) and np.array_equal(a.upper, b.upper)
+
+
+def test_quiet_weekends_with_two_weeks_of_history():
+    # Fifteen days ending on a Monday; Saturdays and Sundays run at 55% of weekday traffic.
+    weekday = np.array([0.55 if d % 7 in (5, 6) else 1.0 for d in range(15)])  # day 0: Mon
+    values = seasonal(15, seed=13) * np.repeat(weekday, 24)
+    history, monday = values[:-24], values[-24:]
+    fit = fit_series(history, LAST, CFG)
+    assert fit.method == HOLT_WINTERS
+    assert "day-of-week factors" in fit.reason
+    factors = fit.params["day_factors"]  # the forecast day (a Monday) first
+    assert factors[0] > 1.5 * factors[5] and factors[0] > 1.5 * factors[6]
+    assert inside(fit, monday).all()
+    # Without a weekly pattern there is no factor.
+    assert fit_series(seasonal(14, seed=14), LAST, CFG).params["day_factors"] is None
+
