@@ -121,7 +121,8 @@ def with_root_cause(lake: Lake, hour: datetime, findings: list[Finding], *,
         try:
             # Volume surges are often one caller: look at users too (a few thousand leaves).
             dims = DEFAULT_DIMS + ("user",) if measure in ("calls", "tokens") else DEFAULT_DIMS
-            loc = explain_hour(lake, hour, measure, dims=dims, prices=prices)
+            loc = _coarsest_explanation(lambda layers, m=measure, d=dims: explain_hour(
+                lake, hour, m, dims=d, prices=prices, max_layer=layers))
         except Exception as exc:  # a root cause is context; the alert goes out without it
             log.warning("root cause for %s at %s skipped: %s", measure, hour.isoformat(), exc)
             continue
@@ -141,6 +142,24 @@ def with_root_cause(lake: Lake, hour: datetime, findings: list[Finding], *,
             notes["moved"] = view
         out.append(replace(f, annotations=notes))
     return out
+
+
+#: A cause set that explains at least this share of the change ends the search.
+SUFFICIENT_SHARE = 0.5
+
+
+def _coarsest_explanation(localise):
+    """Single dimension values first, then pairs, then triples: the first layer whose top
+    cause explains most of the change wins. An operator acts on "region=eu-west-1"; a
+    three-way combination that happens to hold the heaviest calls of that region is a
+    worse answer even when its score is higher (means of heavy-tailed measures such as
+    latency favour such cells)."""
+    loc = None
+    for layers in (1, 2, 3):
+        loc = localise(layers)
+        if loc.causes and loc.causes[0].share >= SUFFICIENT_SHARE:
+            return loc
+    return loc
 
 
 def _isolation_forest_view(lake: Lake, hour: datetime) -> dict[tuple[str, str], str]:
