@@ -25,7 +25,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-PROMPTOPS_DAGS = ("promptops_hourly", "promptops_daily")
+PROMPTOPS_DAGS = ("promptops_hourly", "promptops_daily", "promptops_health")
 
 
 def stack_env(args: argparse.Namespace) -> dict[str, str]:
@@ -226,11 +226,15 @@ def main() -> int:
             print(f"  unpaused {dag_id}")
         if args.backfill_hours:
             end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-            # Logical dates are interval starts: the last complete hour is end - 1h.
+            # Logical dates are interval starts. The last complete hour (end - 1h) is the
+            # scheduler's own run once the DAG is unpaused: a backfill run for the same date
+            # races it for the same row (and can take the scheduler down), so stop one short.
             start = end - timedelta(hours=args.backfill_hours)
-            backfill_id = api.backfill("promptops_hourly", start, end - timedelta(hours=1))
-            print(f"  backfill {backfill_id}: promptops_hourly {start:%Y-%m-%d %H:%M} .. "
-                  f"{end - timedelta(hours=1):%H:%M} UTC")
+            last = end - timedelta(hours=2)
+            if last >= start:
+                backfill_id = api.backfill("promptops_hourly", start, last)
+                print(f"  backfill {backfill_id}: promptops_hourly {start:%Y-%m-%d %H:%M} .. "
+                      f"{last:%H:%M} UTC (+ the scheduler's run for {last + timedelta(hours=1):%H:%M})")
         print(f"\nAirflow UI: {base}  (login: admin / {password})")
         print(f"Platform simulator: http://127.0.0.1:{args.simulator_port}   "
               f"Slack sink messages: http://127.0.0.1:{args.slack_port}/messages")

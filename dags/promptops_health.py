@@ -1,0 +1,117 @@
+"""promptops health DAG: GPUs, the API and abusive callers every five minutes."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+
+#: Celery queue of the workers that live on GPU nodes (any worker under the local executor).
+GPU_QUEUE = os.environ.get("PROMPTOPS_GPU_QUEUE", "gpu")
+
+
+@dag(
+    dag_id="promptops_health",
+    dag_display_name="promptops · health sensor (5 min)",
+    schedule=CronDataIntervalTimetable("*/5 * * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=4, seconds=30),
+    tags=["promptops", "health", "gpu", "alerts"],
+    default_args={
+        "owner": "promptops",
+        "retries": 1,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": 2.0,
+        "execution_timeout": timedelta(minutes=2),
+    },
+)
+def promptops_health():
+    """
+    ### promptops health: GPUs, the API, abuse, every 5 minutes
+
+    1. **GPUs** (on the `gpu` queue, `PROMPTOPS_GPU_QUEUE`): NVML readings (utilisation,
+       memory, temperature, sampled and averaged); without NVML, the platform's
+       `/v1/gpu_metrics`, said once in the log. A missing GPU never fails the run.
+    2. **API**: `/health` and its latency; success rate, mean and p95 latency and calls per
+       minute per user over the last 5 minutes of call records.
+    3. **Evaluate**: rows go to `health_metrics/`, the `source: health` rules of
+       `thresholds.yaml` judge them (their own pending counts), the alert engine posts
+       (scope `health`), and the run branches to nothing, alerts sent or a heal request.
+
+    Runs never overlap (`max_active_runs=1`) and nothing waits while holding a worker.
+    """
+
+    @task(task_display_name="Read GPUs", queue=GPU_QUEUE)
+    def gpu_metrics(**context) -> dict:
+        from promptops.client import PlatformClient
+        from promptops.errors import PlatformNotConfigured
+        from promptops.health_check import gpu_rows_at
+
+        try:
+            client = PlatformClient.from_airflow()
+        except PlatformNotConfigured:
+            client = None
+        try:
+            result = gpu_rows_at(context["data_interval_end"], client)
+        finally:
+            if client is not None:
+                client.close()
+        for note in result["notes"]:
+            print(note)
+        return result
+
+    @task(task_display_name="Check API and callers")
+    def api_metrics(**context) -> dict:
+        from promptops.client import PlatformClient
+        from promptops.health_check import api_rows_at
+
+        with PlatformClient.from_airflow() as client:
+            result = api_rows_at(context["data_interval_end"], client)
+        for note in result["notes"]:
+            print(note)
+        return result
+
+    @task(task_display_name="Evaluate and alert")
+    def evaluate(gpu: dict, api: dict, **context) -> dict:
+        from promptops.health_check import evaluate_health
+        from promptops.lake import Lake
+
+        run_url = context["ti"].log_url.split("/tasks/")[0]
+        outcome = evaluate_health(Lake(), context["data_interval_end"],
+                                  gpu["rows"] + api["rows"], run_id=context["run_id"],
+                                  run_url=run_url)
+        print(f"health: {outcome['findings']} findings, {len(outcome['firing'])} firing, "
+              f"{len(outcome['notifications'])} notifications")
+        return outcome
+
+    @task.branch(task_display_name="Choose response")
+    def choose_response(outcome: dict) -> str:
+        from promptops.hourly_analysis import response_for
+
+        return response_for(outcome)
+
+    @task(task_display_name="Request heal")
+    def request_heal(outcome: dict, **context) -> str | None:
+        from promptops.hourly_analysis import write_heal_requests
+        from promptops.lake import Lake
+
+        uri = write_heal_requests(Lake(), context["data_interval_start"],
+                                  outcome["heal_requests"], run_id=context["run_id"])
+        for r in outcome["heal_requests"]:
+            print(f"heal requested: playbook {r['playbook']} for {r['summary']}")
+        return uri
+
+    outcome = evaluate(gpu_metrics(), api_metrics())
+    choose_response(outcome) >> [
+        EmptyOperator(task_id="all_clear", task_display_name="Nothing to do"),
+        EmptyOperator(task_id="alerts_sent", task_display_name="Alerts sent"),
+        request_heal(outcome),
+    ]
+
+
+promptops_health()

@@ -1,0 +1,78 @@
+"""One 5-minute health evaluation, as library calls the health DAG's tasks stay thin around.
+
+Tasks hand each other small lists of metric rows (a few hundred at most), never tables;
+:func:`evaluate_health` writes them to ``health_metrics`` in one step, judges them with the
+``source: health`` rules of ``thresholds.yaml`` and runs the alert engine (scope
+``health``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pyarrow as pa
+
+from promptops.lake import Lake, as_utc
+from promptops.metric_table import METRICS_SCHEMA
+
+
+def rows_of(table: pa.Table) -> list[dict]:
+    """A metric table as JSON-safe rows for XCom (times as ISO strings)."""
+    out = []
+    for row in table.to_pylist():
+        row["hour"] = as_utc(row["hour"]).isoformat()
+        out.append(row)
+    return out
+
+
+def table_of(rows: list[dict]) -> pa.Table:
+    fixed = [{**r, "hour": datetime.fromisoformat(r["hour"])} for r in rows]
+    return pa.Table.from_pylist(fixed, schema=METRICS_SCHEMA)
+
+
+def gpu_rows_at(at: datetime, client=None) -> dict:
+    """GPU rows from NVML, or from the platform when NVML is missing; never raises for a
+    missing GPU or an unanswering platform (the health run must not fail on it)."""
+    from promptops.gpu import NvmlUnavailable, collect_gpu_metrics
+
+    try:
+        summary = collect_gpu_metrics(at, client=client)
+    except NvmlUnavailable as exc:
+        return {"source": None, "rows": [], "notes": [str(exc)]}
+    except Exception as exc:  # the platform's /v1/gpu_metrics failed: report, do not fail
+        return {"source": None, "rows": [], "notes": [f"no GPU readings: {exc}"]}
+    return {"source": summary.source, "rows": rows_of(summary.table), "notes": summary.notes}
+
+
+def api_rows_at(at: datetime, client, minutes: int = 5) -> dict:
+    """/health plus success, latency and abuse over the last ``minutes`` of call records."""
+    from promptops.health import api_health_rows, fetch_recent_calls, recent_call_rows
+
+    tables = [api_health_rows(client, at)]
+    notes = []
+    try:
+        calls = fetch_recent_calls(client, at, minutes=minutes)
+        tables.append(recent_call_rows(calls, at, minutes=minutes))
+    except Exception as exc:  # API down: api_up=0 already says it
+        notes.append(f"no call records for the last {minutes} minutes: {exc}")
+    return {"rows": rows_of(pa.concat_tables([t.cast(METRICS_SCHEMA) for t in tables])),
+            "notes": notes}
+
+
+def evaluate_health(lake: Lake, at: datetime, rows: list[dict], *, run_id: str,
+                    run_url: str | None = None) -> dict:
+    """Store the evaluation's rows, judge them, alert; returns the engine's outcome."""
+    from promptops.health import write_health_metrics
+    from promptops.hourly_analysis import alert_on_findings
+    from promptops.rules import MetricHistory, evaluate
+    from promptops.thresholds import load_thresholds
+
+    at = as_utc(at)
+    table = table_of(rows)
+    write_health_metrics(lake, at, table)
+    findings = evaluate(load_thresholds(), table, MetricHistory.from_tables({}), at,
+                        source="health")
+    outcome = alert_on_findings(lake, findings, at, run_id=run_id, run_url=run_url,
+                                scope="health")
+    outcome["findings"] = len(findings)
+    return outcome
