@@ -60,7 +60,8 @@ def test_shipped_file_is_valid_and_holds_the_seed_table():
     assert {x.against for x in r.values() if isinstance(x, ComparisonRule)} == {
         "previous_hour", "same_hour_yesterday", "same_hour_last_week"}
     assert set(cfg.rules_for("health")) == {"api_success_rate_5m", "api_latency_mean_5m",
-                                            "gpu_utilization"}
+                                            "gpu_utilization", "api_down", "abusive_caller_5m",
+                                            "token_burst_5m"}
 
 
 def test_defaults_block_fills_only_what_a_rule_leaves_out(tmp_path):
