@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 import requests
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -155,10 +156,20 @@ class AirflowApi:
         raise RuntimeError(f"DAG {dag_id} was not parsed within {timeout:.0f} s; "
                            f"check `airflow dags list-import-errors`")
 
+    @staticmethod
+    def _busy(exc: BaseException) -> bool:
+        # SQLite allows one writer: while the scheduler creates runs the API can answer 503.
+        resp = getattr(exc, "response", None)
+        return resp is not None and resp.status_code >= 500
+
+    @retry(retry=retry_if_exception(_busy.__func__), stop=stop_after_delay(90),
+           wait=wait_exponential(multiplier=0.5, max=10), reraise=True)
     def unpause(self, dag_id: str) -> None:
         self.session.patch(f"{self.base}/api/v2/dags/{dag_id}", json={"is_paused": False},
                            timeout=10).raise_for_status()
 
+    @retry(retry=retry_if_exception(_busy.__func__), stop=stop_after_delay(90),
+           wait=wait_exponential(multiplier=0.5, max=10), reraise=True)
     def backfill(self, dag_id: str, start: datetime, end: datetime) -> int:
         resp = self.session.post(f"{self.base}/api/v2/backfills", timeout=30, json={
             "dag_id": dag_id, "from_date": start.isoformat(), "to_date": end.isoformat(),
