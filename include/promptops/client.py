@@ -893,14 +893,17 @@ def base_url_from_connection(conn: Any) -> str | None:
     return f"{scheme}://{host}{port}" + (f"/{path}".rstrip("/") if path else "")
 
 
-def _mask_secret(secret: str) -> None:
-    """Register the key with Airflow's log masker (task logs show *** instead)."""
+def mask_secret(secret: str, what: str = "the API key") -> None:
+    """Register a secret with Airflow's log masker (task logs show *** instead)."""
     try:
-        from airflow.sdk.log import mask_secret
+        from airflow.sdk.log import mask_secret as airflow_mask_secret
     except ImportError:
         return
     try:
-        mask_secret(secret)
+        airflow_mask_secret(secret)
     except Exception as exc:  # masking must never stop a task; say so without the secret
-        log.warning("could not register the API key with Airflow's secret masker (%s)",
+        log.warning("could not register %s with Airflow's secret masker (%s)", what,
                     type(exc).__name__)
+
+
+_mask_secret = mask_secret

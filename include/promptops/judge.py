@@ -56,6 +56,7 @@ from tenacity import (
 )
 from urllib3.util import Retry
 
+from promptops.client import mask_secret
 from promptops.errors import PromptOpsError
 from promptops.metric_table import ALL, METRICS_SCHEMA, NONE_SLICE, OVERALL
 
@@ -608,16 +609,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _mask_secret(secret: str) -> None:
-    """Register the key with Airflow's log masker (task logs show *** instead)."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:
-        return
-    try:
-        mask_secret(secret)
-    except Exception as exc:  # masking must never stop a task; say so without the secret
-        log.warning("could not register the judge key with Airflow's secret masker (%s)",
-                    type(exc).__name__)
+    mask_secret(secret, "the judge key")
 
 
 # -- the hour -----------------------------------------------------------------------------------
