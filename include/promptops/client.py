@@ -235,7 +235,7 @@ def rfc3339(dt: datetime) -> str:
     return f"{u:%Y-%m-%dT%H:%M:%S}{frac}Z"
 
 
-def _retry_after_s(value: str | None) -> float | None:
+def retry_after_s(value: str | None) -> float | None:
     """``Retry-After`` as seconds: delta-seconds or an HTTP date; None when absent/garbled."""
     if not value:
         return None
@@ -752,7 +752,7 @@ class PlatformClient:
     def _wait(self, rs: RetryCallState) -> float:
         outcome = rs.outcome
         if outcome is not None and not outcome.failed:
-            told = _retry_after_s(outcome.result().headers.get("Retry-After"))
+            told = retry_after_s(outcome.result().headers.get("Retry-After"))
             if told is not None:
                 return min(told, self.max_retry_after)
         return self._backoff(rs)
@@ -778,7 +778,7 @@ class PlatformClient:
                 what = f"code {code} (HTTP {resp.status} without a JSON error body)"
             else:
                 what = f"code {code} (HTTP {resp.status})"
-            told = _retry_after_s(resp.headers.get("Retry-After"))
+            told = retry_after_s(resp.headers.get("Retry-After"))
             if told is not None and told > self.max_retry_after:
                 what += f", Retry-After {told:g} s capped at {self.max_retry_after:g} s"
         log.warning("platform %s failed with %s; attempt %d of %d, retrying in %.2f s",

@@ -33,7 +33,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,7 +55,7 @@ from tenacity import (
 )
 from urllib3.util import Retry
 
-from promptops.client import mask_secret
+from promptops.client import mask_secret, retry_after_s
 from promptops.errors import PromptOpsError
 from promptops.metric_table import ALL, METRICS_SCHEMA, NONE_SLICE, OVERALL
 
@@ -370,22 +369,6 @@ def _base_url_from_connection(conn: Any) -> str | None:
     return f"{scheme}://{name}{port}" + (f"/{path}" if path else "")
 
 
-def _retry_after_s(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value.strip()))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def _int_token(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
@@ -536,7 +519,7 @@ class RelevanceJudge:
     def _wait(self, rs: RetryCallState) -> float:
         outcome = rs.outcome
         if outcome is not None and not outcome.failed:
-            after = _retry_after_s(outcome.result().headers.get("Retry-After"))
+            after = retry_after_s(outcome.result().headers.get("Retry-After"))
             if after is not None:
                 return after
         # Exponential backoff with a little jitter, so parallel workers do not retry in step.
@@ -546,7 +529,7 @@ class RelevanceJudge:
     def _stop_for_time(self, rs: RetryCallState, deadline: float | None) -> bool:
         outcome = rs.outcome
         if outcome is not None and not outcome.failed:
-            after = _retry_after_s(outcome.result().headers.get("Retry-After"))
+            after = retry_after_s(outcome.result().headers.get("Retry-After"))
             if after is not None and after > self.max_retry_after_s:
                 return True  # longer than we are willing to wait: give up on this record
         return deadline is not None and time.monotonic() + rs.upcoming_sleep >= deadline
