@@ -6,8 +6,9 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import CronDataIntervalTimetable, dag, task
+
+from promptops.responses import respond
 
 #: Celery queue of the workers that live on GPU nodes (any worker under the local executor).
 GPU_QUEUE = os.environ.get("PROMPTOPS_GPU_QUEUE", "gpu")
@@ -89,29 +90,8 @@ def promptops_health():
               f"{len(outcome['notifications'])} notifications")
         return outcome
 
-    @task.branch(task_display_name="Choose response")
-    def choose_response(outcome: dict) -> str:
-        from promptops.hourly_analysis import response_for
-
-        return response_for(outcome)
-
-    @task(task_display_name="Request heal")
-    def request_heal(outcome: dict, **context) -> str | None:
-        from promptops.hourly_analysis import write_heal_requests
-        from promptops.lake import Lake
-
-        uri = write_heal_requests(Lake(), context["data_interval_start"],
-                                  outcome["heal_requests"], run_id=context["run_id"])
-        for r in outcome["heal_requests"]:
-            print(f"heal requested: playbook {r['playbook']} for {r['summary']}")
-        return uri
-
     outcome = evaluate(gpu_metrics(), api_metrics())
-    choose_response(outcome) >> [
-        EmptyOperator(task_id="all_clear", task_display_name="Nothing to do"),
-        EmptyOperator(task_id="alerts_sent", task_display_name="Alerts sent"),
-        request_heal(outcome),
-    ]
+    respond(outcome)
 
 
 promptops_health()

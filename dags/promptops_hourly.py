@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pendulum
-from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
 from promptops.assets import CALLS_ASSET
+from promptops.responses import respond
 from promptops.settings import get_settings
 
 SETTINGS = get_settings()
@@ -139,32 +139,10 @@ def promptops_hourly():
               + (f" (replay: {outcome['replay']})" if outcome["replay"] else ""))
         return outcome
 
-    @task.branch(task_display_name="Choose response")
-    def choose_response(outcome: dict) -> str:
-        from promptops.hourly_analysis import response_for
-
-        return response_for(outcome)
-
-    @task(task_display_name="Request heal")
-    def request_heal(outcome: dict, **context) -> str | None:
-        """Keep the heal requests in the lake; the Slack message already names the playbook."""
-        from promptops.hourly_analysis import write_heal_requests
-        from promptops.lake import Lake
-
-        uri = write_heal_requests(Lake(), context["data_interval_start"],
-                                  outcome["heal_requests"], run_id=context["run_id"])
-        for r in outcome["heal_requests"]:
-            print(f"heal requested: playbook {r['playbook']} for {r['summary']}")
-        return uri
-
     ingested = ingest_calls()
     outcome = evaluate_alerts(hourly_metrics(ingested))
     wait_for_platform() >> ingested
-    choose_response(outcome) >> [
-        EmptyOperator(task_id="all_clear", task_display_name="Nothing to do"),
-        EmptyOperator(task_id="alerts_sent", task_display_name="Alerts sent"),
-        request_heal(outcome),
-    ]
+    respond(outcome)
 
 
 promptops_hourly()
