@@ -215,14 +215,16 @@ def alert_on_findings(lake: Lake, findings: list[Finding], now: datetime, *, run
 
 def write_heal_requests(lake: Lake, hour: datetime, requests: list[dict], *,
                         run_id: str) -> str | None:
-    """Keep the hour's heal requests in the lake (replacing the hour's partition, so a rerun
-    never duplicates); returns the partition URI, or None when there was nothing to keep."""
+    """Keep a run's heal requests in the hour's partition of the lake.
+
+    Several runs share an hour (the health sensor runs every 5 minutes): rows of other runs
+    stay, this run's earlier rows (a rerun) are replaced, so nothing is lost or doubled.
+    Returns the partition URI, or None when the hour holds no request any more."""
     import json
 
+    import pyarrow.compute as pc
+
     hour = hour_floor(hour)
-    if not requests:
-        lake.delete_partition(HEAL_REQUESTS, hour)
-        return None
     rows = {
         "requested_at": [hour + timedelta(hours=1)] * len(requests),
         "fingerprint": [r["fingerprint"] for r in requests],
@@ -234,9 +236,15 @@ def write_heal_requests(lake: Lake, hour: datetime, requests: list[dict], *,
         "newly_fired": [bool(r.get("newly_fired")) for r in requests],
         "run_id": [run_id] * len(requests),
     }
-    info = lake.write_partition(HEAL_REQUESTS, hour,
-                                pa.Table.from_pydict(rows, schema=HEAL_REQUESTS_SCHEMA))
-    return info.uri
+    table = pa.Table.from_pydict(rows, schema=HEAL_REQUESTS_SCHEMA)
+    existing = lake.read_partition(HEAL_REQUESTS, hour)
+    if existing is not None:
+        others = existing.filter(pc.invert(pc.equal(existing.column("run_id"), run_id)))
+        table = pa.concat_tables([others.cast(HEAL_REQUESTS_SCHEMA), table])
+    if table.num_rows == 0:
+        lake.delete_partition(HEAL_REQUESTS, hour)
+        return None
+    return lake.write_partition(HEAL_REQUESTS, hour, table).uri
 
 
 def response_for(outcome: dict) -> str:

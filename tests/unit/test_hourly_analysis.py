@@ -73,18 +73,25 @@ def test_missing_partitions_say_what_to_run(tmp_path):
         findings_for_hour(lake, HOUR)
 
 
-def test_heal_requests_replace_their_hour(tmp_path):
+def test_heal_requests_of_a_run_replace_only_that_runs_rows(tmp_path):
     lake = Lake(f"file://{tmp_path}")
     request = {"fingerprint": "abc", "rule": "abusive_caller", "severity": "critical",
                "playbook": "rate_limit_user", "labels": {"user": "user-042"},
                "summary": "peak 300 calls/min", "newly_fired": True}
-    uri = write_heal_requests(lake, HOUR, [request], run_id="r1")
+    uri = write_heal_requests(lake, HOUR, [request], run_id="r2")
     assert uri and "heal_requests/date=2026-11-20/hour=14" in uri
-    write_heal_requests(lake, HOUR, [request], run_id="r2")  # a rerun
+    write_heal_requests(lake, HOUR, [request], run_id="r2")  # a rerun (cleared task: same run)
     rows = lake.read_partition(HEAL_REQUESTS, HOUR).to_pylist()
     assert len(rows) == 1 and rows[0]["run_id"] == "r2"
     assert json.loads(rows[0]["labels"]) == {"user": "user-042"}
-    assert write_heal_requests(lake, HOUR, [], run_id="r3") is None
+    # Another run in the same hour (the health sensor runs every 5 minutes) adds its own.
+    write_heal_requests(lake, HOUR, [{**request, "fingerprint": "def"}], run_id="r3")
+    rows = lake.read_partition(HEAL_REQUESTS, HOUR).to_pylist()
+    assert sorted((r["run_id"], r["fingerprint"]) for r in rows) == [("r2", "abc"), ("r3", "def")]
+    # A rerun with nothing to request removes only its own rows.
+    assert write_heal_requests(lake, HOUR, [], run_id="r3") is not None
+    assert [r["run_id"] for r in lake.read_partition(HEAL_REQUESTS, HOUR).to_pylist()] == ["r2"]
+    assert write_heal_requests(lake, HOUR, [], run_id="r2") is None
     assert not lake.has_partition(HEAL_REQUESTS, HOUR)
 
 
