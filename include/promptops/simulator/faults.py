@@ -60,14 +60,15 @@ class FaultRule(BaseModel):
                                                        or self.method == method)
 
 
-class FaultInjector:
-    """The live rule list; thread-safe because requests are served by many threads."""
+class CountedRules:
+    """A live list of rules with an optional ``times`` each: the first rule that matches
+    fires and is used up one time. Thread-safe: requests are served by many threads."""
 
-    def __init__(self, rules: list[FaultRule] | None = None) -> None:
+    def __init__(self, rules: list | None = None) -> None:
         self._lock = threading.Lock()
-        self._rules: list[FaultRule] = list(rules or [])
+        self._rules: list = list(rules or [])
 
-    def add(self, rules: list[FaultRule]) -> None:
+    def add(self, rules: list) -> None:
         with self._lock:
             self._rules.extend(rules)
 
@@ -79,23 +80,28 @@ class FaultInjector:
         with self._lock:
             return [r.model_dump() for r in self._rules]
 
+    def _take_first(self, matches) -> Any:
+        with self._lock:
+            for i, rule in enumerate(self._rules):
+                if not matches(rule):
+                    continue
+                if rule.times is not None:
+                    if rule.times <= 1:
+                        del self._rules[i]
+                    else:
+                        self._rules[i] = rule.model_copy(update={"times": rule.times - 1})
+                return rule
+        return None
+
+
+class FaultInjector(CountedRules):
+    """The live transport-fault rules of the platform API."""
+
     def take(self, method: str, path: str) -> FaultRule | None:
         """The rule that fires for this request, with its remaining count decremented."""
         if path.startswith("/_sim"):
             return None  # the control plane is never faulted, or a test could lock itself out
-        with self._lock:
-            for i, rule in enumerate(self._rules):
-                if not rule.matches(method, path):
-                    continue
-                if rule.times is None:
-                    return rule
-                left = rule.times - 1
-                if left <= 0:
-                    del self._rules[i]
-                else:
-                    self._rules[i] = rule.model_copy(update={"times": left})
-                return rule
-        return None
+        return self._take_first(lambda rule: rule.matches(method, path))
 
 
 def parse_rules(data: Any) -> list[FaultRule]:

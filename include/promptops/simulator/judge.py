@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from promptops.simulator.faults import CountedRules
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 
@@ -173,33 +174,9 @@ def parse_judge_rules(data: Any) -> list[JudgeRule]:
     return [JudgeRule.model_validate(item) for item in data]
 
 
-class JudgeFaults:
+class JudgeFaults(CountedRules):
     """The live list of content rules; the first with times left fires and is decremented."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._rules: list[JudgeRule] = []
-
-    def add(self, rules: list[JudgeRule]) -> None:
-        with self._lock:
-            self._rules.extend(rules)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._rules.clear()
-
-    def list(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [r.model_dump() for r in self._rules]
-
     def take(self) -> str | None:
-        with self._lock:
-            if not self._rules:
-                return None
-            rule = self._rules[0]
-            if rule.times is not None:
-                if rule.times <= 1:
-                    del self._rules[0]
-                else:
-                    self._rules[0] = rule.model_copy(update={"times": rule.times - 1})
-            return rule.variant
+        rule = self._take_first(lambda rule: True)
+        return None if rule is None else rule.variant
