@@ -250,7 +250,9 @@ class _BoundedRateLimitHandler(RetryHandler):
         self.counter.retries += 1
 
 
-class _CountingConnectionHandler(ConnectionErrorRetryHandler):
+class _Counting:
+    """Mixed into slack_sdk's retry handlers: count every retry they decide to make."""
+
     def __init__(self, counter: _Counter, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.counter = counter
@@ -260,14 +262,12 @@ class _CountingConnectionHandler(ConnectionErrorRetryHandler):
         self.counter.retries += 1
 
 
-class _CountingServerErrorHandler(ServerErrorRetryHandler):
-    def __init__(self, counter: _Counter, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.counter = counter
+class _CountingConnectionHandler(_Counting, ConnectionErrorRetryHandler):
+    pass
 
-    def prepare_for_next_attempt(self, **kwargs: Any) -> None:
-        super().prepare_for_next_attempt(**kwargs)
-        self.counter.retries += 1
+
+class _CountingServerErrorHandler(_Counting, ServerErrorRetryHandler):
+    pass
 
 
 #: Transport errors worth another try: refused/reset connections and timeouts.
