@@ -42,3 +42,14 @@ def airflow_db() -> Path:
     subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
     return _SESSION_DIR / "airflow.db"
+
+
+@pytest.fixture(scope="session")
+def sink_server():
+    """A Slack-compatible sink in a thread of the test process (alerts and report tests)."""
+    from promptops.simulator.slack_sink import start_in_thread
+
+    server = start_in_thread("127.0.0.1", 0)
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -9,15 +9,7 @@ import pytest
 import requests
 from alerthelpers import SECRET_PATH, slack_connection
 
-from promptops.simulator.slack_sink import SlackSinkServer, start_in_thread
-
-
-@pytest.fixture(scope="session")
-def sink_server() -> Iterator[SlackSinkServer]:
-    server = start_in_thread("127.0.0.1", 0)
-    yield server
-    server.shutdown()
-    server.server_close()
+from promptops.simulator.slack_sink import SlackSinkServer
 
 
 @pytest.fixture()

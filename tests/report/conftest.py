@@ -11,7 +11,7 @@ from reporthelpers import DAY, NOW, build_fixture_lake
 
 from promptops.daily_report import ReportResult, build_report
 from promptops.lake import Lake
-from promptops.simulator.slack_sink import SlackSinkServer, start_in_thread
+from promptops.simulator.slack_sink import SlackSinkServer
 
 
 @pytest.fixture(scope="session")
@@ -26,14 +26,6 @@ def report(report_lake: Lake) -> ReportResult:
                  budget_cost_usd=1000, now=NOW)
     return build_report(report_lake, DAY, budget_tokens=100_000, budget_cost_usd=1000,
                         now=NOW, run_url="http://airflow.example/dags/promptops_daily/runs/r1")
-
-
-@pytest.fixture(scope="session")
-def sink_server() -> Iterator[SlackSinkServer]:
-    server = start_in_thread("127.0.0.1", 0)
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture()
