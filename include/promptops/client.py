@@ -85,6 +85,8 @@ class HealthStatus:
     reason: str | None
     latency_ms: float
     http_status: int
+    #: The platform's clock (``time`` of a healthy answer), when it gave one.
+    time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -445,7 +447,8 @@ class PlatformClient:
         version = doc.get("version") if isinstance(doc.get("version"), str) else None
         reason = doc.get("reason") if isinstance(doc.get("reason"), str) else None
         if code == 200 and status == "ok":
-            return HealthStatus(True, "ok", version, None, latency_ms, code)
+            return HealthStatus(True, "ok", version, None, latency_ms, code,
+                                _parse_time(doc.get("time")))
         if not isinstance(status, str):
             err_code, message = _parse_error_body(resp.body)
             status = "error"
@@ -907,3 +910,14 @@ def mask_secret(secret: str, what: str = "the API key") -> None:
 
 
 _mask_secret = mask_secret
+
+
+def _parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time as an aware UTC datetime; None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo else None

@@ -910,34 +910,11 @@ def send_slack_summary(message: dict[str, Any], *, conn_id: str = "slack_alerts"
     """Post the summary through the Airflow Slack provider (connection of type
     ``slackwebhook``), retrying rate limits, server errors and dropped connections.
     Raises :class:`ReportError` naming the connection, never the webhook URL."""
-    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-    from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
-    from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
+    from promptops.slack_notify import SlackSendError, send_message
 
-    from promptops.slack_notify import RETRYABLE_ERRORS
-
-    handlers = [RateLimitErrorRetryHandler(max_retry_count=max_retries),
-                ConnectionErrorRetryHandler(max_retry_count=max_retries,
-                                            error_types=RETRYABLE_ERRORS),
-                ServerErrorRetryHandler(max_retry_count=max_retries)]
-    # A quiet logger: slack_sdk logs the URL (the secret) at DEBUG.
-    quiet = logging.getLogger("promptops.daily_report.slack")
-    quiet.setLevel(logging.INFO)
     try:
-        hook = SlackWebhookHook(slack_webhook_conn_id=conn_id, timeout=int(timeout_s),
-                                retry_handlers=handlers, logger=quiet)
-        response = hook.get_conn().send_dict(message)
-    except Exception as exc:
-        kind = type(exc).__name__
-        if kind == "AirflowNotFoundException":
-            raise ReportError(f"Slack connection {conn_id!r} does not exist (or has no "
-                              f"webhook URL); create it with type 'slackwebhook' and the "
-                              f"incoming-webhook URL as its password") from None
-        raise ReportError(f"sending the daily summary through connection {conn_id!r} failed "
-                          f"({kind}); the report itself is written, rerun the task to "
-                          f"resend") from None
-    if response.status_code != 200:
-        body = str(response.body or "")[:100]
-        raise ReportError(f"Slack answered HTTP {response.status_code} ({body}) for "
-                          f"connection {conn_id!r}; check the webhook URL in its password")
-
+        send_message(message, conn_id=conn_id, what="the daily summary", timeout_s=timeout_s,
+                     max_retries=max_retries)
+    except SlackSendError as exc:
+        raise ReportError(f"{exc}; the report itself is written, rerun the task to resend"
+                          ) from None

@@ -17,28 +17,25 @@ Playbooks (``include/config/playbooks.yaml``) expand an alert's labels into an o
 requests (:func:`expand_playbook`). Custom scripts run only from ``include/playbooks/``
 (:func:`run_script`), as an argv list, never through a shell, with a timeout.
 
-Every heal leaves one :class:`AuditRecord` in the lake dataset ``heal_audit``
-(:func:`write_audit` / :func:`read_audit`), the history the policy reads.
+Every heal step leaves one audit record in the lake (:mod:`promptops.heal_audit`), the
+history the policy reads. This module imports no pyarrow, so DAG files can use it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import signal
 import string
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 from pydantic import (
     BaseModel,
@@ -51,15 +48,16 @@ from pydantic import (
 )
 
 from promptops.errors import PromptOpsError
-from promptops.lake import Lake, as_utc
-from promptops.pricing import PriceTable, load_price_table
 from promptops.settings import PROJECT_ROOT
+
+if TYPE_CHECKING:  # the audit and price table pull in pyarrow; DAG files import this module
+    from promptops.heal_audit import AuditRecord
+    from promptops.pricing import PriceTable
 
 POLICY_PATH = PROJECT_ROOT / "include" / "config" / "heal_policy.yaml"
 PLAYBOOKS_PATH = PROJECT_ROOT / "include" / "config" / "playbooks.yaml"
 #: The script allowlist: only files in this folder can run.
 SCRIPT_DIR = PROJECT_ROOT / "include" / "playbooks"
-AUDIT_DATASET = "heal_audit"
 
 
 class HealConfError(PromptOpsError, ValueError):
@@ -115,6 +113,42 @@ class ActionPolicy(BaseModel):
     default_params: dict[str, Any] = Field(default_factory=dict)
 
 
+class Verification(BaseModel):
+    """How a heal is checked: wait ``settle`` after the platform finished the action, then
+    re-measure the alert's metric over the next ``window`` of call records."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    settle: timedelta = timedelta(minutes=2)
+    window: timedelta = timedelta(minutes=5)
+    #: How often the waiting tasks look again (each look frees the worker in between).
+    poke_interval: timedelta = timedelta(seconds=30)
+    #: Give up waiting for the platform to finish an action after this long.
+    action_timeout: timedelta = timedelta(minutes=15)
+
+    @field_validator("settle", "window", "poke_interval", "action_timeout", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _sane(self) -> Verification:
+        if self.window < timedelta(minutes=1):
+            raise ValueError("window: at least 1m (rates per minute need whole minutes)")
+        if self.poke_interval < timedelta(seconds=1):
+            raise ValueError("poke_interval: at least 1s")
+        return self
+
+
+class AutoHeal(BaseModel):
+    """What the hourly and health DAGs do with a firing alert that names a playbook."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Trigger the heal DAG at all (off: the alert only suggests the playbook).
+    enabled: bool = True
+    #: Triggered heals as dry runs (change nothing, report what would happen).
+    dry_run: bool = False
+
+
 class HealPolicy(BaseModel):
     """``heal_policy.yaml`` once validated; ``models`` is resolved to model names."""
 
@@ -129,6 +163,10 @@ class HealPolicy(BaseModel):
     max_actions_per_hour: int = Field(ge=1)
     approval_timeout: timedelta
     dry_run_needs_approval: bool = False
+    verification: Verification = Field(default_factory=Verification)
+    auto_heal: AutoHeal = Field(default_factory=AutoHeal)
+    #: Slack connections for heal reports and approval requests (the first that exists).
+    slack_connections: tuple[str, ...] = ("slack_alerts",)
 
     @field_validator("user_id_pattern")
     @classmethod
@@ -161,6 +199,33 @@ class HealPolicy(BaseModel):
 
     def user_ok(self, user_id: str) -> bool:
         return re.fullmatch(self.user_id_pattern, user_id) is not None
+
+
+def as_utc(ts: datetime) -> datetime:
+    """An aware datetime in UTC (naive ones are taken as UTC)."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The policy's durations the heal DAG's operators need when the DAG file is parsed."""
+
+    approval_timeout: timedelta
+    verification: Verification
+
+
+def policy_timing(path: str | Path | None = None) -> Timing:
+    """``approval_timeout`` and ``verification`` alone, read cheaply (no price table): the
+    heal DAG file needs them at parse time, where loading the whole policy is too heavy."""
+    path = Path(path or os.environ.get("PROMPTOPS_HEAL_POLICY_FILE") or POLICY_PATH)
+    data = _read_yaml(path)
+    try:
+        return Timing(parse_duration(data.get("approval_timeout", "30m")),
+                      Verification.model_validate(data.get("verification") or {}))
+    except ValidationError as exc:
+        raise HealConfError(_format_validation(f"{path.name}: verification", exc)) from None
+    except ValueError as exc:
+        raise HealConfError(f"{path.name}: approval_timeout: {exc}") from None
 
 
 def parse_duration(text: str) -> timedelta:
@@ -196,9 +261,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def load_policy(path: str | Path | None = None,
                 price_table: PriceTable | None = None) -> HealPolicy:
     """Read and validate the heal policy; ``models: price_table`` becomes the table's models."""
-    path = Path(path) if path else POLICY_PATH
+    path = Path(path or os.environ.get("PROMPTOPS_HEAL_POLICY_FILE") or POLICY_PATH)
     data = _read_yaml(path)
     if data.get("models") == "price_table":
+        from promptops.pricing import load_price_table
+
         data["models"] = (price_table or load_price_table()).models
     try:
         return HealPolicy.model_validate(data)
@@ -427,6 +494,8 @@ def load_playbooks(path: str | Path | None = None,
         books = Playbooks.model_validate(_read_yaml(path))
     except ValidationError as exc:
         raise HealConfError(_format_validation(path.name, exc)) from None
+    from promptops.pricing import load_price_table
+
     table = price_table or load_price_table()
     for src, dst in books.cheaper_models.items():
         for m in (src, dst):
@@ -467,6 +536,8 @@ def _with_slice_labels(labels: Mapping[str, str]) -> dict[str, str]:
     dim, slc = out.get("dimension"), out.get("slice")
     if dim and slc and dim not in out:
         out[dim] = slc
+    if "user" in out and "user_id" not in out:  # the metrics call the dimension `user`
+        out["user_id"] = out["user"]
     return out
 
 
@@ -493,6 +564,8 @@ def expand_playbook(name: str, labels: Mapping[str, str], *, dry_run: bool = Tru
                     policy: HealPolicy | None = None, playbooks: Playbooks | None = None,
                     price_table: PriceTable | None = None) -> list[HealRequest]:
     """The playbook's steps with placeholders filled from ``labels``, each validated."""
+    from promptops.pricing import load_price_table
+
     table = price_table or load_price_table()
     books = playbooks or load_playbooks(price_table=table)
     policy = policy or load_policy(price_table=table)
@@ -586,105 +659,3 @@ def run_script(name: str, args: Sequence[str] = (), timeout_s: float = 60, *,
 def _clip(data: bytes) -> str:
     text = data.decode("utf-8", errors="replace")
     return text if len(text) <= MAX_OUTPUT_CHARS else text[:MAX_OUTPUT_CHARS] + "\n[truncated]"
-
-
-# -- audit ---------------------------------------------------------------------------------
-
-_TS = pa.timestamp("us", tz="UTC")
-AUDIT_SCHEMA = pa.schema([
-    pa.field("idempotency_key", pa.string(), nullable=False),
-    pa.field("requested_at", _TS, nullable=False),
-    pa.field("run_id", pa.string()),
-    pa.field("step", pa.string()),
-    pa.field("action", pa.string(), nullable=False),
-    pa.field("target", pa.string(), nullable=False),
-    pa.field("params_json", pa.string()),
-    pa.field("dry_run", pa.bool_(), nullable=False),
-    pa.field("reason", pa.string()),
-    pa.field("requested_by", pa.string()),
-    pa.field("alert_fingerprint", pa.string()),
-    # auto_approved | approved | rejected | timed_out | denied (by policy) | invalid
-    pa.field("decision", pa.string(), nullable=False),
-    pa.field("decided_by", pa.string()),
-    pa.field("decision_reason", pa.string()),
-    pa.field("action_id", pa.string()),
-    pa.field("platform_status", pa.string()),
-    pa.field("platform_detail", pa.string()),
-    # recovered | not_recovered | skipped | None (not verified yet)
-    pa.field("verification", pa.string()),
-    pa.field("verification_detail", pa.string()),
-    pa.field("finished_at", _TS),
-])
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One heal step as it happened: who asked, what was decided, what the platform said,
-    whether the metric recovered."""
-
-    idempotency_key: str
-    requested_at: datetime
-    action: str
-    target: str
-    decision: str
-    dry_run: bool = True
-    run_id: str | None = None
-    step: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    reason: str | None = None
-    requested_by: str | None = None
-    alert_fingerprint: str | None = None
-    decided_by: str | None = None
-    decision_reason: str | None = None
-    action_id: str | None = None
-    platform_status: str | None = None
-    platform_detail: str | None = None
-    verification: str | None = None
-    verification_detail: str | None = None
-    finished_at: datetime | None = None
-
-    @property
-    def counts_as_action(self) -> bool:
-        """A real action the platform accepted: what cool-down and the hourly cap count."""
-        return not self.dry_run and self.action_id is not None
-
-    def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        row["params_json"] = json.dumps(row.pop("params"), sort_keys=True)
-        row["requested_at"] = as_utc(self.requested_at)
-        row["finished_at"] = as_utc(self.finished_at) if self.finished_at else None
-        return row
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> AuditRecord:
-        row = dict(row)
-        row["params"] = json.loads(row.pop("params_json") or "{}")
-        return cls(**row)
-
-
-def write_audit(lake: Lake, record: AuditRecord) -> None:
-    """Add (or replace, by idempotency key) one record in its request hour's partition.
-
-    The partition is read, updated and rewritten atomically; records of other heals in that
-    hour are kept. Concurrent writers of the same hour can still race (last write wins), so
-    the heal DAG should write its audit from one task per run.
-    """
-    hour = as_utc(record.requested_at)
-    old = lake.read_partition(AUDIT_DATASET, hour)
-    new = pa.Table.from_pylist([record.to_row()], schema=AUDIT_SCHEMA)
-    if old is not None:
-        old = old.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA)
-        keep = pc.invert(pc.is_in(old["idempotency_key"], value_set=new["idempotency_key"]))
-        new = pa.concat_tables([old.filter(keep), new])
-    new = new.sort_by([("requested_at", "ascending"), ("idempotency_key", "ascending")])
-    lake.write_partition(AUDIT_DATASET, hour, new)
-
-
-def read_audit(lake: Lake, start: datetime, end: datetime) -> list[AuditRecord]:
-    """Every audit record requested in ``[start, end)``, oldest first."""
-    start, end = as_utc(start), as_utc(end)
-    table = lake.read_range(AUDIT_DATASET, start, end)
-    if table is None:
-        return []
-    records = [AuditRecord.from_row(r) for r in table.to_pylist()]
-    return [r for r in records if start <= as_utc(r.requested_at) < end]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import tempfile
 import uuid
@@ -130,11 +131,62 @@ class Lake:
         return writer.info
 
     def delete_partition(self, dataset: str, hour: datetime) -> bool:
-        target = self.partition_file(dataset, hour)
-        if target.exists():
-            target.unlink()
-            return True
-        return False
+        """Delete the hour's data: its part file and any record files (see
+        :meth:`write_record`). True when something was deleted."""
+        files = self._parquet_files(self.partition_dir(dataset, hour))
+        for f in files:
+            f.unlink()
+        return bool(files)
+
+    # -- one file per record: datasets with many writers (heal audit) ---------------------
+
+    def write_record(self, dataset: str, hour: datetime, name: str,
+                     table: pa.Table) -> PartitionInfo:
+        """Write ``table`` as the file ``<name>.parquet`` in the hour's folder, replacing only
+        that file. Writers of different names never overwrite each other, so concurrent runs
+        need no lock (a partition's single part file would be last-write-wins)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", name):
+            raise ValueError(f"record name {name!r}: use letters, digits, '.', '_' and '-'")
+        directory = self.partition_dir(dataset, hour)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{name}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="snappy")
+        data = sink.getvalue().to_pybytes()
+        if self.is_local:
+            tmp = os.path.join(directory.path, f".{name}.{os.getpid()}.{uuid.uuid4().hex}"
+                                               f"{_TMP_SUFFIX}")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target.path)
+        else:
+            with target.open("wb") as fh:  # one PUT: S3 objects appear whole or not at all
+                fh.write(data)
+        return PartitionInfo(dataset, hour_floor(hour), str(target), table.num_rows)
+
+    def read_records(self, dataset: str, start: datetime, end: datetime) -> pa.Table | None:
+        """Every file of every hour in ``[start, end)`` (part files and record files)."""
+        tables = []
+        for h in hours_between(start, end):
+            for f in self._parquet_files(self.partition_dir(dataset, h)):
+                if self.is_local:
+                    tables.append(pq.read_table(f.path))
+                else:
+                    with f.open("rb") as fh:
+                        tables.append(pq.read_table(fh))
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    @staticmethod
+    def _parquet_files(directory: ObjectStoragePath) -> list[ObjectStoragePath]:
+        if not directory.exists():
+            return []
+        return sorted((f for f in directory.iterdir()
+                       if f.name.endswith(".parquet") and not f.name.startswith(".")),
+                      key=lambda f: f.name)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -169,7 +221,7 @@ class Lake:
             if not date_dir.name.startswith("date="):
                 continue
             for hour_dir in date_dir.iterdir():
-                if hour_dir.name.startswith("hour=") and (hour_dir / PART_NAME).exists():
+                if hour_dir.name.startswith("hour=") and self._parquet_files(hour_dir):
                     day = datetime.strptime(date_dir.name[5:], "%Y-%m-%d").replace(tzinfo=UTC)
                     hours.append(day + timedelta(hours=int(hour_dir.name[5:])))
         return sorted(hours)

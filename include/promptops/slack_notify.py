@@ -32,6 +32,7 @@ from slack_sdk.http_retry import (
     ConnectionErrorRetryHandler,
     HttpRequest,
     HttpResponse,
+    RateLimitErrorRetryHandler,
     RetryHandler,
     RetryState,
 )
@@ -48,6 +49,7 @@ from slack_sdk.models.blocks import (
 
 from promptops.alert_engine import Delivery, Notification
 from promptops.alerting import AlertingConfig
+from promptops.errors import PromptOpsError
 
 log = logging.getLogger(__name__)
 
@@ -453,3 +455,40 @@ def _redact(text: str, secrets: set[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+class SlackSendError(PromptOpsError):
+    """A message that could not be posted; names the connection, never the webhook URL."""
+
+
+def send_message(message: dict[str, Any], *, conn_id: str, what: str = "the message",
+                 timeout_s: float = 10.0, max_retries: int = 3) -> None:
+    """Post one Block Kit message through the Airflow Slack provider (connection of type
+    ``slackwebhook``), retrying rate limits, server errors and dropped connections."""
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+    handlers = [RateLimitErrorRetryHandler(max_retry_count=max_retries),
+                ConnectionErrorRetryHandler(max_retry_count=max_retries,
+                                            error_types=RETRYABLE_ERRORS),
+                ServerErrorRetryHandler(max_retry_count=max_retries)]
+    try:
+        hook = SlackWebhookHook(slack_webhook_conn_id=conn_id, timeout=int(timeout_s),
+                                retry_handlers=handlers, logger=_SDK_LOG)
+        client = hook.get_conn()
+        secrets = _secret_parts(client.url)
+        _REDACTOR.secrets |= secrets
+        for secret in secrets:
+            _mask(secret)
+        response = client.send_dict(message)
+    except Exception as exc:
+        kind = type(exc).__name__
+        if kind == "AirflowNotFoundException":
+            raise SlackSendError(f"Slack connection {conn_id!r} does not exist (or has no "
+                                 f"webhook URL); create it with type 'slackwebhook' and the "
+                                 f"incoming-webhook URL as its password") from None
+        raise SlackSendError(f"sending {what} through connection {conn_id!r} failed "
+                             f"({kind})") from None
+    if response.status_code != 200:
+        body = _redact(str(response.body or ""), secrets)[:100]
+        raise SlackSendError(f"Slack answered HTTP {response.status_code} ({body}) for "
+                             f"connection {conn_id!r}; check the webhook URL in its password")

@@ -28,7 +28,8 @@ def test_no_import_errors(dagbag):
 
 
 def test_expected_dags_present(dagbag):
-    assert {"promptops_hourly", "promptops_daily", "promptops_health"} <= set(dagbag.dags)
+    assert {"promptops_hourly", "promptops_daily", "promptops_health",
+            "promptops_heal"} <= set(dagbag.dags)
 
 
 def test_every_dag_has_tags_retries_docs_and_owner(dagbag):

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from promptops.heal import (
-    AuditRecord,
     HealConfError,
     check_policy,
     expand_playbook,
@@ -16,6 +15,7 @@ from promptops.heal import (
     load_policy,
     parse_request,
 )
+from promptops.heal_audit import AuditRecord
 
 NOW = datetime(2025, 3, 4, 12, 0, tzinfo=UTC)
 

@@ -7,14 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from promptops.heal import (
-    AUDIT_DATASET,
-    AuditRecord,
-    HealConfError,
-    read_audit,
-    run_script,
-    write_audit,
-)
+from promptops.heal import HealConfError, run_script
+from promptops.heal_audit import AUDIT_DATASET, AuditRecord, read_audit, write_audit
 from promptops.lake import Lake
 
 

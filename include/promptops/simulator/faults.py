@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from promptops.errors import ERROR_CODES
 
-FaultKind = Literal["error", "bare_status", "slow", "malformed_body", "reset", "degraded"]
+FaultKind = Literal["error", "bare_status", "slow", "malformed_body", "reset", "degraded",
+                    "lost_response"]
 
 
 class FaultRule(BaseModel):

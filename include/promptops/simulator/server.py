@@ -128,6 +128,7 @@ class SimulatorHandler(JsonHandler):
         self._status = 0
         self._fault: str | None = None
         self._truncate_next = False
+        self._lose_next = False
         body = self.read_body() if self.command in ("POST", "PUT", "PATCH") else b""
         try:
             if path.startswith("/_sim"):
@@ -345,6 +346,11 @@ class SimulatorHandler(JsonHandler):
             return True
         if kind == "reset":
             raise _Reset
+        if kind == "lost_response":
+            # The request is carried out, then the answer is lost (a proxy timing out): the
+            # client cannot tell whether it happened, which is what Idempotency-Key is for.
+            self._lose_next = True
+            return False
         if kind == "slow":
             time.sleep(rule.delay_s)
             return False
@@ -365,6 +371,9 @@ class SimulatorHandler(JsonHandler):
         return False
 
     def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        if getattr(self, "_lose_next", False):
+            self._lose_next = False
+            raise _Reset
         if getattr(self, "_truncate_next", False) and status == 200:
             raw = orjson.dumps(payload)
             self._truncate_next = False
