@@ -214,7 +214,7 @@ def promptops_heal():
     def report(**context) -> dict:
         from datetime import UTC, datetime
 
-        from airflow.sdk.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from promptops.heal_flow import (
             finish_audit,
@@ -226,9 +226,9 @@ def promptops_heal():
 
         ti = context["ti"]
         plan = ti.xcom_pull(task_ids="plan_heal")
-        if plan is None:
-            raise AirflowSkipException("no plan: the request was rejected (see Validate and "
-                                       "plan)")
+        if plan is None:  # fail the run too: it did nothing that was asked
+            raise AirflowFailException("no plan to report: the heal request was rejected (the "
+                                       "Validate and plan task says why); nothing was posted")
         gate_result = ti.xcom_pull(task_ids="policy_gate", key="gate")
         verified = ti.xcom_pull(task_ids="verify_heal")
         outcome = outcome_of(plan, gate_result, ti.xcom_pull(task_ids="approve"),
@@ -236,7 +236,7 @@ def promptops_heal():
                              verified if verified and "verification" in verified else None)
         if verified and "skipped" in verified:
             outcome["verify_skipped"] = verified["skipped"]
-        written = finish_audit(Lake(), plan, outcome, datetime.now(UTC))
+        written = finish_audit(Lake(), plan, outcome, datetime.now(UTC), gate_result)
         message = report_message(plan, outcome, gate_result=gate_result,
                                  run_url=ti.log_url.split("/tasks/")[0])
         problem = send_heal_message(message)

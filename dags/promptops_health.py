@@ -91,7 +91,7 @@ def promptops_health():
         return outcome
 
     outcome = evaluate(gpu_metrics(), api_metrics())
-    respond(outcome)
+    respond(outcome, scope="health")
 
 
 promptops_health()

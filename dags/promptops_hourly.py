@@ -142,7 +142,7 @@ def promptops_hourly():
     ingested = ingest_calls()
     outcome = evaluate_alerts(hourly_metrics(ingested))
     wait_for_platform() >> ingested
-    respond(outcome)
+    respond(outcome, scope="hourly")
 
 
 promptops_hourly()

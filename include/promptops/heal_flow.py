@@ -524,7 +524,7 @@ def report_message(plan: Mapping[str, Any] | None, outcome: Mapping[str, Any], *
 
 
 def finish_audit(lake: Any, plan: Mapping[str, Any], outcome: Mapping[str, Any],
-                 now: datetime) -> int:
+                 now: datetime, gate_result: Mapping[str, Any] | None = None) -> int:
     """Write the final audit record of every step (verification included); steps that never
     reached the platform (rejected, timed out, denied) get a record too. Returns the count."""
     from promptops.heal_audit import read_audit, write_audit
@@ -536,14 +536,18 @@ def finish_audit(lake: Any, plan: Mapping[str, Any], outcome: Mapping[str, Any],
             if r.run_id == plan["run_id"]}
     verified = outcome.get("verification") or {}
     written = 0
-    for step in plan["steps"]:
+    reasons = list((gate_result or {}).get("reasons") or [])
+    for i, step in enumerate(plan["steps"]):
         rec = mine.get(step["key"])
         if rec is None:
             req = request_of(step, policy)
             decision = outcome["decision"] if outcome["decision"] != "auto_approved" \
                 else "not_run"
+            why = reasons[i] if i < len(reasons) else outcome["status"]
+            if decision in ("rejected", "timed_out"):
+                why = f"{decision} by {outcome.get('decided_by') or 'nobody (no answer)'}; {why}"
             rec = _record(plan, step, req, planned_at, decision, outcome.get("decided_by"),
-                          outcome["status"])
+                          why)
         elif rec.decision not in ("denied",):
             rec = replace(rec, decision=outcome["decision"] if outcome["decision"] in
                           ("approved", "auto_approved") else rec.decision,
@@ -596,3 +600,49 @@ def send_heal_message(message: dict[str, Any], policy: HealPolicy | None = None)
     except SlackSendError as exc:
         return str(exc)
     return None
+
+
+# -- triggers from the hourly and health DAGs ------------------------------------------------
+
+def heal_triggers(heal_requests: list[Mapping[str, Any]], *, scope: str,
+                  policy: HealPolicy | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The heal DAG runs to trigger for an evaluation's heal requests, and notes on those
+    that cannot be automated.
+
+    One run per firing episode of an alert: the run id is made of the alert's fingerprint
+    and the time it fired, so later evaluations of the same firing alert (or a rerun of the
+    evaluating task) find the run already there and do not trigger again. A request whose
+    playbook cannot be filled from the alert's labels (a budget alert names no user) is
+    left to a person, with the reason.
+    """
+    import re
+
+    from promptops.pricing import load_price_table
+
+    table = load_price_table()
+    policy = policy or load_policy(price_table=table)
+    if not policy.auto_heal.enabled:
+        return [], ["auto-heal is off (heal_policy.yaml auto_heal.enabled): the alerts "
+                    "only suggest their playbooks"]
+    books = load_playbooks(price_table=table)
+    triggers, notes = [], []
+    for req in heal_requests:
+        playbook, labels = req["playbook"], dict(req.get("labels") or {})
+        try:
+            expand_playbook(playbook, labels, policy=policy, playbooks=books, price_table=table)
+        except HealConfError as exc:
+            notes.append(f"{req['rule']} ({req.get('summary')}): playbook {playbook} cannot "
+                         f"run automatically: {exc}; trigger promptops_heal by hand")
+            continue
+        fired = re.sub(r"[^0-9T]", "", str(req.get("fired_at") or ""))[:13] or "now"
+        run_id = f"heal__{scope}__{req['rule']}__{req['fingerprint'][:16]}__{fired}"
+        alert = {"fingerprint": req["fingerprint"], "rule": req["rule"], "scope": scope,
+                 "labels": labels, "severity": req.get("severity"),
+                 "summary": req.get("summary"), "value": req.get("value"),
+                 "threshold": req.get("threshold"), "fired_at": req.get("fired_at")}
+        conf = {"action": "run_playbook", "target": playbook, "params": {},
+                "dry_run": policy.auto_heal.dry_run,
+                "reason": f"alert {req['rule']}: {req.get('summary') or ''}"[:2000],
+                "requested_by": f"promptops_{scope}:{req['rule']}", "alert": alert}
+        triggers.append({"trigger_run_id": run_id[:250], "conf": conf})
+    return triggers, notes

@@ -7,11 +7,15 @@ Shared by the hourly and the health DAGs so both read the same in the UI. Cheap 
 from __future__ import annotations
 
 from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import task
 
+HEAL_DAG_ID = "promptops_heal"
 
-def respond(outcome) -> None:
-    """Wire the response tasks after ``outcome`` (the alert engine's outcome XCom)."""
+
+def respond(outcome, scope: str) -> None:
+    """Wire the response tasks after ``outcome`` (the alert engine's outcome XCom);
+    ``scope`` names the evaluation (``hourly`` or ``health``) in the heals it triggers."""
 
     @task.branch(task_display_name="Choose response")
     def choose_response(outcome: dict) -> str:
@@ -20,18 +24,35 @@ def respond(outcome) -> None:
         return response_for(outcome)
 
     @task(task_display_name="Request heal")
-    def request_heal(outcome: dict, **context) -> str | None:
-        """Keep the heal requests in the lake; the Slack message already names the playbook."""
+    def request_heal(outcome: dict, **context) -> list[dict]:
+        """Keep the heal requests in the lake and say which heal runs to trigger."""
+        from promptops.heal_flow import heal_triggers
         from promptops.hourly_analysis import write_heal_requests
         from promptops.lake import Lake
 
         for r in outcome["heal_requests"]:
             print(f"heal requested: playbook {r['playbook']} for {r['summary']}")
-        return write_heal_requests(Lake(), context["data_interval_start"],
-                                   outcome["heal_requests"], run_id=context["run_id"])
+        write_heal_requests(Lake(), context["data_interval_start"], outcome["heal_requests"],
+                            run_id=context["run_id"])
+        triggers, notes = heal_triggers(outcome["heal_requests"], scope=scope)
+        for note in notes:
+            print(note)
+        for t in triggers:
+            print(f"triggering {HEAL_DAG_ID} run {t['trigger_run_id']}")
+        return triggers
 
+    triggers = request_heal(outcome)
     choose_response(outcome) >> [
         EmptyOperator(task_id="all_clear", task_display_name="Nothing to do"),
         EmptyOperator(task_id="alerts_sent", task_display_name="Alerts sent"),
-        request_heal(outcome),
+        triggers,
     ]
+    # One heal run per firing alert; a run that exists already (the same alert still firing,
+    # or this task rerun) is skipped, not triggered twice.
+    TriggerDagRunOperator.partial(
+        task_id="trigger_heal", task_display_name="Trigger heal",
+        trigger_dag_id=HEAL_DAG_ID, skip_when_already_exists=True,
+        wait_for_completion=False, logical_date=None,
+        # The heal DAG validates its conf strictly: nothing extra in it.
+        openlineage_inject_parent_info=False,
+    ).expand_kwargs(triggers)
