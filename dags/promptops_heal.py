@@ -6,11 +6,10 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, PokeReturnValue, dag, task
 
 from promptops.heal import ACTIONS, policy_timing
-from promptops.heal_notifier import HealApprovalNotifier
+from promptops.heal_approval import HealApprovalNotifier, HealApprovalOperator
 
 TIMING = policy_timing()
 VERIFY = TIMING.verification
@@ -145,7 +144,7 @@ def promptops_heal():
         return {"auto": "apply_actions", "approval": "approve",
                 "denied": "denied"}[result["verdict"]]
 
-    approve = ApprovalOperator(
+    approve = HealApprovalOperator(
         task_id="approve",
         task_display_name="Approve heal",
         subject="Approve heal: {{ " + _PLAN + "['summary'] }}",
@@ -172,7 +171,7 @@ def promptops_heal():
         from promptops.heal_flow import apply_poke
         from promptops.lake import Lake
 
-        answer = context["ti"].xcom_pull(task_ids="approve")
+        answer = context["ti"].xcom_pull(task_ids="approve", key="answer")
         if answer and (answer.get("chosen_options") or [None])[0] == "Approve":
             user = answer.get("responded_by_user") or {}
             decision, decided_by = "approved", user.get("name") or user.get("id")
@@ -189,7 +188,8 @@ def promptops_heal():
         task_display_name="Verify recovery",
         mode="reschedule",
         poke_interval=VERIFY.poke_interval.total_seconds(),
-        timeout=(VERIFY.settle + VERIFY.window + timedelta(minutes=15)).total_seconds(),
+        timeout=(VERIFY.settle + VERIFY.window + VERIFY.ingest_lag
+                 + timedelta(minutes=15)).total_seconds(),
     )
     def verify_heal(plan: dict, applied: dict) -> PokeReturnValue:
         from promptops.client import PlatformClient
@@ -202,7 +202,7 @@ def promptops_heal():
         start, end = window
         with PlatformClient.from_airflow() as client:
             now = platform_now(client)
-            if now < end:
+            if now < end + VERIFY.ingest_lag:
                 print(f"re-measuring {start:%H:%M:%S}-{end:%H:%M:%S} UTC once the platform's "
                       f"clock passes its end (now {now:%H:%M:%S})")
                 return PokeReturnValue(is_done=False)
@@ -231,7 +231,7 @@ def promptops_heal():
                                        "Validate and plan task says why); nothing was posted")
         gate_result = ti.xcom_pull(task_ids="policy_gate", key="gate")
         verified = ti.xcom_pull(task_ids="verify_heal")
-        outcome = outcome_of(plan, gate_result, ti.xcom_pull(task_ids="approve"),
+        outcome = outcome_of(plan, gate_result, ti.xcom_pull(task_ids="approve", key="answer"),
                              ti.xcom_pull(task_ids="apply_actions"),
                              verified if verified and "verification" in verified else None)
         if verified and "skipped" in verified:
@@ -250,7 +250,9 @@ def promptops_heal():
     denied = EmptyOperator(task_id="denied", task_display_name="Denied by policy")
     gate_branch >> [approve, applied, denied]
     approve >> applied
-    [verify_heal(plan, applied), denied, approve] >> report()
+    # Not downstream of the approval: a rejection skips the approval's direct downstream,
+    # and the report must still run (it reports the rejection).
+    [verify_heal(plan, applied), denied] >> report()
 
 
 def _requester(given: str | None, dag_run) -> str:

@@ -26,7 +26,7 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponenti
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-PROMPTOPS_DAGS = ("promptops_hourly", "promptops_daily", "promptops_health")
+PROMPTOPS_DAGS = ("promptops_hourly", "promptops_daily", "promptops_health", "promptops_heal")
 
 
 def stack_env(args: argparse.Namespace) -> dict[str, str]:
@@ -201,6 +201,11 @@ def main() -> int:
                         help="hours to backfill at start (0: none)")
     parser.add_argument("--exit-when-backfilled", action="store_true",
                         help="stop once the backfill's runs have finished (for tests)")
+    parser.add_argument("--unpause", nargs="*", default=list(PROMPTOPS_DAGS), metavar="DAG_ID",
+                        help="DAGs to unpause (default: every promptops DAG)")
+    parser.add_argument("--simulator-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for the simulator, e.g. --simulator-arg=--now="
+                             "2026-11-20T10:00:00Z (repeatable)")
     args = parser.parse_args()
 
     stack = Stack(args)
@@ -221,7 +226,7 @@ def main() -> int:
         print("promptops: starting the local stack")
         stack.start("simulator", [py, "-m", "promptops.simulator", "serve", "--host", "127.0.0.1",
                                   "--port", str(args.simulator_port), "--scenario", args.scenario,
-                                  "--api-key", args.api_key])
+                                  "--api-key", args.api_key, *args.simulator_arg])
         stack.start("slack-sink", [py, "-m", "promptops.simulator", "slack-sink",
                                    "--host", "127.0.0.1", "--port", str(args.slack_port)])
         stack.start("airflow", [str(VENV_BIN / "airflow"), "standalone"])
@@ -231,7 +236,7 @@ def main() -> int:
         wait_for(f"{base}/api/v2/monitor/health", stack, 300, "Airflow's API server")
         password = admin_password(args.home)
         api = AirflowApi(base, password)
-        for dag_id in PROMPTOPS_DAGS:
+        for dag_id in args.unpause:
             api.wait_for_dag(dag_id, stack)
             api.unpause(dag_id)
             print(f"  unpaused {dag_id}")

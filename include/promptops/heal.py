@@ -124,8 +124,12 @@ class Verification(BaseModel):
     poke_interval: timedelta = timedelta(seconds=30)
     #: Give up waiting for the platform to finish an action after this long.
     action_timeout: timedelta = timedelta(minutes=15)
+    #: How long after a call the platform's API may still be missing its record: the
+    #: re-measurement waits this long past the window's end.
+    ingest_lag: timedelta = timedelta(seconds=60)
 
-    @field_validator("settle", "window", "poke_interval", "action_timeout", mode="before")
+    @field_validator("settle", "window", "poke_interval", "action_timeout", "ingest_lag",
+                     mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) else v

@@ -441,7 +441,9 @@ def outcome_of(plan: Mapping[str, Any] | None, gate_result: Mapping[str, Any] | 
             chosen = (approval.get("chosen_options") or [None])[0]
             user = approval.get("responded_by_user") or {}
             decided_by = user.get("name") or user.get("id") if user else None
-            if chosen == "Approve":
+            if approval.get("timed_out"):
+                decision, decided_by = "timed_out", None
+            elif chosen == "Approve":
                 decision = "approved"
             elif decided_by is None:
                 decision = "timed_out"

@@ -1,13 +1,15 @@
-"""The Slack message a heal sends when it starts waiting for a person's approval.
+"""The heal DAG's approval step: Airflow's ApprovalOperator, announced in Slack, with the
+answer kept for the report and the audit.
 
-An Airflow notifier, so the approval task itself sends it as it starts to wait. Cheap to
-import (the heal DAG file creates it at parse time); the work happens in :meth:`notify`.
+Cheap to import (the heal DAG file creates both at parse time); the work happens when the
+task runs.
 """
 
 from __future__ import annotations
 
 import logging
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseNotifier
 
 log = logging.getLogger(__name__)
@@ -40,3 +42,24 @@ class HealApprovalNotifier(BaseNotifier):
             log.warning("could not announce the approval request in Slack: %s", problem)
         else:
             log.info("approval request announced in Slack")
+
+
+class HealApprovalOperator(ApprovalOperator):
+    """ApprovalOperator that keeps the answer in XCom (key ``answer``) whatever it is.
+
+    A rejection skips the downstream tasks by raising, so the stock operator leaves no
+    return value behind; the report needs to tell *rejected by whom* from *timed out*.
+    """
+
+    def execute_complete(self, context, event):
+        if "error" not in event:
+            user = event.get("responded_by_user")
+            responded = event.get("responded_at")
+            context["ti"].xcom_push(key="answer", value={
+                "chosen_options": list(event.get("chosen_options") or []),
+                "responded_by_user": dict(user) if user else None,
+                "responded_at": responded.isoformat() if responded else None,
+                # The scheduler's timeout sweep answers with the defaults and no user.
+                "timed_out": bool(event.get("timedout")) or not user,
+            })
+        return super().execute_complete(context, event)

@@ -1,0 +1,150 @@
+"""The README's local stack (scripts/dev_stack.py: simulator, Slack sink, airflow standalone)
+as a test fixture, with a small client for Airflow's REST API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AirflowRest:
+    """Just what the tests need of Airflow's REST API v2, logged in as the admin."""
+
+    def __init__(self, base: str, password: str) -> None:
+        self.base = base
+        token = requests.post(f"{base}/auth/token",
+                              json={"username": "admin", "password": password}, timeout=30)
+        token.raise_for_status()
+        self.s = requests.Session()
+        self.s.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        deadline = time.monotonic() + 60
+        while True:
+            resp = self.s.request(method, f"{self.base}/api/v2{path}", timeout=30, **kw)
+            # SQLite allows one writer: the scheduler's writes can make the API answer 5xx.
+            if resp.status_code < 500 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        if resp.status_code >= 400:
+            raise AssertionError(f"{method} {path}: HTTP {resp.status_code} {resp.text[:500]}")
+        return resp.json() if resp.content else None
+
+    def trigger(self, dag_id: str, run_id: str, conf: dict) -> dict:
+        return self._call("POST", f"/dags/{dag_id}/dagRuns",
+                          json={"dag_run_id": run_id, "logical_date": None, "conf": conf})
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        return self._call("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        doc = self._call("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")
+        return {ti["task_id"]: ti["state"] for ti in doc["task_instances"]}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        doc = self._call("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
+                                f"{task_id}/xcomEntries/{key}", params={"deserialize": "true"})
+        return doc["value"]
+
+    def respond(self, dag_id: str, run_id: str, task_id: str, option: str) -> dict:
+        return self._call("PATCH", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/"
+                                   f"taskInstances/{task_id}/-1/hitlDetails",
+                          json={"chosen_options": [option], "params_input": {}})
+
+    def wait_task(self, dag_id: str, run_id: str, task_id: str, states: set[str],
+                  timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.task_states(dag_id, run_id).get(task_id)
+            if state in states:
+                return state
+            time.sleep(2)
+        raise AssertionError(f"{dag_id} {run_id} {task_id}: state {state!r}, wanted {states}")
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.run(dag_id, run_id)["state"]
+            if state in ("success", "failed"):
+                return state
+            time.sleep(2)
+        raise AssertionError(f"{dag_id} {run_id} still {state!r} after {timeout:.0f} s: "
+                             f"{self.task_states(dag_id, run_id)}")
+
+
+class LocalStack:
+    """``scripts/dev_stack.py`` in a subprocess on free ports; stops it (and everything it
+    started) on exit."""
+
+    def __init__(self, home: Path, *, scenario: Path, env: dict[str, str] | None = None,
+                 unpause: tuple[str, ...] = (), simulator_args: tuple[str, ...] = (),
+                 api_key: str = "stack-key") -> None:
+        self.home = home
+        self.ports = {"airflow": free_port(), "simulator": free_port(), "slack": free_port()}
+        self.base = f"http://127.0.0.1:{self.ports['airflow']}"
+        self.simulator_url = f"http://127.0.0.1:{self.ports['simulator']}"
+        self.slack_url = f"http://127.0.0.1:{self.ports['slack']}"
+        self.api_key = api_key
+        cmd = [sys.executable, str(ROOT / "scripts/dev_stack.py"), "--home", str(home),
+               "--airflow-port", str(self.ports["airflow"]),
+               "--simulator-port", str(self.ports["simulator"]),
+               "--slack-port", str(self.ports["slack"]), "--backfill-hours", "0",
+               "--scenario", str(scenario), "--api-key", api_key, "--unpause", *unpause]
+        cmd += [f"--simulator-arg={a}" for a in simulator_args]
+        self.log = home.parent / "dev_stack.log"
+        home.mkdir(parents=True, exist_ok=True)
+        self._out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=self._out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.api: AirflowRest | None = None
+
+    def wait_ready(self, timeout: float = 420) -> AirflowRest:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dev_stack exited {self.proc.returncode}:\n{self.tail()}")
+            if "Airflow UI:" in self.log.read_text(errors="replace"):
+                pw_file = self.home / "simple_auth_manager_passwords.json.generated"
+                import json
+
+                self.api = AirflowRest(self.base, json.loads(pw_file.read_text())["admin"])
+                return self.api
+            time.sleep(2)
+        raise AssertionError(f"the stack was not ready within {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # dev_stack stops what it started
+            try:
+                self.proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self._out.close()
+
+    def slack_messages(self) -> list[dict]:
+        return requests.get(f"{self.slack_url}/messages", timeout=10).json()["messages"]
+
+    def sim(self, path: str) -> Any:
+        return requests.get(f"{self.simulator_url}{path}", timeout=10).json()

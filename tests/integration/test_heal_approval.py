@@ -1,0 +1,127 @@
+"""Human approval of heals, for real: the README's stack (airflow standalone, the scheduler,
+the simulator, the Slack sink), heal runs triggered and answered through Airflow's REST API.
+
+Three heals that the policy sends to a person, side by side:
+- approved: the api_timeouts playbook for an error burst; the restart ends the burst, each
+  step is posted exactly once, and the verification says recovered;
+- rejected: nothing is posted;
+- no answer: the approval times out (the policy's approval_timeout, 90 s here), counts as a
+  rejection, and nothing is posted.
+Each one announces in Slack that it waits for approval, and each ends in the audit.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from stackhelpers import LocalStack
+from test_heal_dag import SIM_NOW, short_policy
+
+from promptops.heal_audit import read_audit
+from promptops.lake import Lake
+
+HEAL = "promptops_heal"
+SCENARIO = """
+seed: 9
+calls_per_hour: 60000
+data_faults: {malformed_rate: 0.0, duplicate_rate: 0.0, late_rate: 0.0}
+incidents:
+  - {name: mini-errors, kind: error_burst, start: 2026-11-20T10:00:00Z,
+     end: 2026-11-20T12:00:00Z, slice: {model: gpt-4o-mini},
+     params: {error_rate: 0.3, error_codes: [5000]}}
+faults: []
+"""
+ALERT = {"rule": "success_rate", "scope": "hourly", "severity": "critical",
+         "fingerprint": "feedfacefeedface",
+         "labels": {"metric": "success_rate", "dimension": "model", "slice": "gpt-4o-mini",
+                    "model": "gpt-4o-mini", "service": "platform-api"},
+         "summary": "success rate 70.2% < 95% on model=gpt-4o-mini", "value": 0.702,
+         "threshold": 0.95}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("approval")
+    scenario = tmp / "scenario.yaml"
+    scenario.write_text(SCENARIO)
+    policy = short_policy(tmp, **{"approval_timeout: 30m": "approval_timeout: 90s"})
+    lake_uri = f"file://{tmp / 'lake'}"
+    stack = LocalStack(tmp / "airflow_home", scenario=scenario, unpause=(HEAL,),
+                       simulator_args=(f"--now={SIM_NOW.isoformat()}", "--action-duration-s=1"),
+                       env={"PROMPTOPS_LAKE_URI": lake_uri,
+                            "PROMPTOPS_STATE_DIR": str(tmp / "state"),
+                            "PROMPTOPS_HEAL_POLICY_FILE": str(policy),
+                            # The approval-timeout sweep: look every 2 s, not every 15 s.
+                            "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2"})
+    try:
+        stack.wait_ready()
+        yield stack, Lake(lake_uri)
+    finally:
+        stack.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_approved_rejected_and_unanswered_heals(stack):
+    stack, lake = stack
+    api = stack.api
+    approved = {"action": "run_playbook", "target": "api_timeouts", "dry_run": False,
+                "reason": "gpt-4o-mini failing", "alert": ALERT}
+    rejected = {"action": "restart_service", "target": "intent_classifier", "dry_run": False,
+                "reason": "try a restart"}
+    unanswered = {"action": "switch_model", "target": "gpt-4o",
+                  "params": {"to": "gpt-4o-mini"}, "dry_run": False, "reason": "cheaper"}
+    for run_id, conf in (("approved", approved), ("rejected", rejected),
+                         ("unanswered", unanswered)):
+        api.trigger(HEAL, run_id, conf)
+    for run_id in ("approved", "rejected", "unanswered"):
+        api.wait_task(HEAL, run_id, "approve", {"awaiting_input"}, timeout=240)
+    # Nothing reached the platform while the three wait for a person.
+    assert stack.sim("/_sim/truth")["actions"] == []
+
+    api.respond(HEAL, "approved", "approve", "Approve")
+    api.respond(HEAL, "rejected", "approve", "Reject")
+    assert api.wait_run(HEAL, "rejected") == "success"
+    assert api.wait_run(HEAL, "unanswered", timeout=300) == "success"
+    assert api.wait_run(HEAL, "approved", timeout=400) == "success", stack.tail()
+
+    # Exactly the approved heal's two steps reached the platform, once each.
+    actions = stack.sim("/_sim/truth")["actions"]
+    assert sorted((a["action"], a["target"], a["status"]) for a in actions) == [
+        ("restart_service", "api_gateway", "succeeded"),
+        ("scale_out", "api_workers", "succeeded")]
+    posts = [r for r in stack.sim("/_sim/requests")["requests"]
+             if r["method"] == "POST" and r["path"] == "/v1/ops/actions"]
+    assert len({p["idempotency_key"] for p in posts}) == 2
+    for run_id in ("rejected", "unanswered"):
+        states = api.task_states(HEAL, run_id)
+        assert states["apply_actions"] == "skipped" and states["report"] == "success", states
+
+    verified = api.xcom(HEAL, "approved", "verify_heal")
+    assert verified["verification"] == "recovered", verified
+    outcomes = {r: api.xcom(HEAL, r, "report") for r in ("approved", "rejected", "unanswered")}
+    assert outcomes["approved"]["status"] == "recovered"
+    assert outcomes["approved"]["decided_by"] == "admin"
+    assert (outcomes["rejected"]["status"], outcomes["rejected"]["decided_by"]) == \
+        ("rejected", "admin")
+    assert outcomes["unanswered"]["status"] == "timed_out"
+
+    # Slack: three "waiting for approval" messages, then three reports.
+    texts = [m["body"]["text"] for m in stack.slack_messages()]
+    assert sum("waiting for approval" in t for t in texts) == 3, texts
+    assert any("metric recovered" in t for t in texts)
+    assert any("Heal rejected" in t for t in texts)
+    assert any("approval timed out" in t for t in texts)
+
+    # The audit: who decided what, per step.
+    records = read_audit(lake, SIM_NOW - timedelta(days=30), datetime.now(UTC) + timedelta(1))
+    by_target = {r.target: r for r in records}
+    assert by_target["api_gateway"].decision == "approved"
+    assert by_target["api_gateway"].decided_by == "admin"
+    assert by_target["api_gateway"].verification == "recovered"
+    assert by_target["intent_classifier"].decision == "rejected"
+    assert by_target["intent_classifier"].action_id is None
+    assert by_target["gpt-4o"].decision == "timed_out"
+    assert json.loads(json.dumps(by_target["gpt-4o"].params)) == {"to": "gpt-4o-mini"}
