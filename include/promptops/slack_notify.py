@@ -404,11 +404,7 @@ class SlackNotifier:
                                 retry_handlers=self._retry_handlers(counter), logger=_SDK_LOG)
         secrets: set[str] = set()
         try:
-            client = hook.get_conn()
-            secrets = _secret_parts(client.url)
-            _REDACTOR.secrets |= secrets
-            for secret in secrets:
-                _mask(secret)
+            client, secrets = _guarded_client(hook)
             response = client.send_dict(message)
         except Exception as exc:
             return self._failure(conn_id, exc, counter, secrets)
@@ -451,6 +447,17 @@ class SlackNotifier:
             f"attempts; the next evaluation retries (a timed-out message may still arrive)"))
 
 
+def _guarded_client(hook: Any) -> tuple[Any, set[str]]:
+    """The hook's webhook client, with the URL's secret parts registered for redaction in
+    our logs and Airflow's secret masker before anything is sent."""
+    client = hook.get_conn()
+    secrets = _secret_parts(client.url)
+    _REDACTOR.secrets |= secrets
+    for secret in secrets:
+        _mask(secret)
+    return client, secrets
+
+
 def _redact(text: str, secrets: set[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
@@ -474,11 +481,7 @@ def send_message(message: dict[str, Any], *, conn_id: str, what: str = "the mess
     try:
         hook = SlackWebhookHook(slack_webhook_conn_id=conn_id, timeout=int(timeout_s),
                                 retry_handlers=handlers, logger=_SDK_LOG)
-        client = hook.get_conn()
-        secrets = _secret_parts(client.url)
-        _REDACTOR.secrets |= secrets
-        for secret in secrets:
-            _mask(secret)
+        client, secrets = _guarded_client(hook)
         response = client.send_dict(message)
     except Exception as exc:
         kind = type(exc).__name__

@@ -73,6 +73,10 @@ def test_approved_rejected_and_unanswered_heals(stack):
                 "reason": "try a restart"}
     unanswered = {"action": "switch_model", "target": "gpt-4o",
                   "params": {"to": "gpt-4o-mini"}, "dry_run": False, "reason": "cheaper"}
+    # The form's enum refuses an unknown action before a run even exists.
+    with pytest.raises(AssertionError, match="HTTP 400") as err:
+        api.trigger(HEAL, "bad-action", {**rejected, "action": "reboot_everything"})
+    assert "action" in str(err.value)
     for run_id, conf in (("approved", approved), ("rejected", rejected),
                          ("unanswered", unanswered)):
         api.trigger(HEAL, run_id, conf)
