@@ -45,7 +45,10 @@ def promptops_hourly():
        earlier hours, re-read whole so late records reach their partition), validate every page
        against the record contract, drop duplicate `call_id`s and replace the partitions
        `calls/date=YYYY-MM-DD/hour=HH/`. Rejected records go to `quarantine/` with their reason.
-       Publishes the `promptops://lake/calls` asset with the partitions written.
+       The pull is mapped: one *Pull window* per hour, or per `PROMPTOPS_INGEST_WINDOW_MINUTES`
+       when hours are too big for one worker (the windows run on different workers and
+       *Merge windows* writes each hour from them). Publishes the `promptops://lake/calls`
+       asset with the partitions written.
 3. **Metrics**: for every hour written, cost (price table `include/config/model_prices.json`),
    success rate, latency percentiles, tokens, intent accuracy, relevance and peak calls per
    minute, overall and per slice, into `metrics/date=.../hour=.../` (one row per hour, metric,
@@ -87,20 +90,42 @@ def promptops_hourly():
               + (f", reason: {health.reason}" if health.reason else ""))
         return PokeReturnValue(is_done=health.ok, xcom_value=health.status)
 
-    @task(task_display_name="Ingest call records", outlets=[CALLS_ASSET])
-    def ingest_calls(**context) -> dict:
-        """Pull, validate, dedupe and write the interval's partitions; returns a summary."""
-        from promptops.client import PlatformClient
-        from promptops.ingest import ingest_interval
-        from promptops.lake import Lake
+    @task(task_display_name="Plan pull windows")
+    def plan_pull(**context) -> list[dict]:
+        """The interval (and its late-record hours) cut into pull windows."""
+        from promptops.ingest_windows import plan_windows
 
         settings = get_settings()
+        return plan_windows(context["data_interval_start"], context["data_interval_end"],
+                            lateness_hours=settings.lateness_hours,
+                            window_minutes=settings.ingest_window_minutes)
+
+    @task(task_display_name="Pull window",
+          map_index_template="{{ window_label }}",
+          max_active_tis_per_dagrun=8)
+    def pull_window(window: dict, **context) -> dict:
+        """Pull, validate and dedupe one window (a whole hour goes straight to its partition)."""
+        from airflow.sdk import get_current_context
+
+        from promptops.client import PlatformClient
+        from promptops.ingest_windows import pull_window
+        from promptops.lake import Lake
+
+        # Named by its window in the UI's list of mapped tasks (map_index_template).
+        get_current_context()["window_label"] = \
+            f"{window['start'][:16]} +{60 // window['parts']}m"
         with PlatformClient.from_airflow() as client:
-            summary = ingest_interval(
-                client, Lake(), context["data_interval_start"], context["data_interval_end"],
-                run_id=context["run_id"], lateness_hours=settings.lateness_hours,
-                page_size=settings.page_size, max_reject_share=settings.max_reject_share,
-            ).as_dict()
+            return pull_window(client, Lake(), window, run_id=context["run_id"],
+                               page_size=get_settings().page_size)
+
+    @task(task_display_name="Merge windows", outlets=[CALLS_ASSET])
+    def merge_windows(pulled: list[dict], **context) -> dict:
+        """Write split hours from their windows, check the reject share; returns a summary."""
+        from promptops.ingest_windows import merge_windows
+        from promptops.lake import Lake
+
+        summary = merge_windows(Lake(), list(pulled), run_id=context["run_id"],
+                                max_reject_share=get_settings().max_reject_share).as_dict()
         context["outlet_events"][CALLS_ASSET].extra = {
             "partitions": [h["calls_uri"] for h in summary["hours"]],
             "window_start": summary["window_start"],
@@ -139,9 +164,10 @@ def promptops_hourly():
               + (f" (replay: {outcome['replay']})" if outcome["replay"] else ""))
         return outcome
 
-    ingested = ingest_calls()
+    windows = plan_pull()
+    ingested = merge_windows(pull_window.expand(window=windows))
     outcome = evaluate_alerts(hourly_metrics(ingested))
-    wait_for_platform() >> ingested
+    wait_for_platform() >> windows
     respond(outcome, scope="hourly")
 
 

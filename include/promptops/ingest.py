@@ -172,6 +172,13 @@ def ingest_interval(source: CallRecordSource, lake: Lake, start: datetime, end: 
              for h in hours_between(first, end)]
     summary = IngestSummary(window_start=first.isoformat(), window_end=end.isoformat(),
                             hours=hours)
+    check_reject_share(summary, max_reject_share)
+    return summary
+
+
+def check_reject_share(summary: IngestSummary, max_reject_share: float) -> None:
+    """Fail, after everything was written, when too many records broke the contract."""
+    hours = summary.hours
     rejected = sum(h.rejected_total for h in hours)
     if summary.received and rejected / summary.received > max_reject_share:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(summary.rejected.items()))
@@ -184,4 +191,3 @@ def ingest_interval(source: CallRecordSource, lake: Lake, start: datetime, end: 
             f"their reasons and raw JSON, are in {', '.join(where)}. Ask the platform team to "
             f"fix them, or raise PROMPTOPS_MAX_REJECT_SHARE, then rerun this run."
         )
-    return summary

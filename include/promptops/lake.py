@@ -166,6 +166,23 @@ class Lake:
                 fh.write(data)
         return PartitionInfo(dataset, hour_floor(hour), str(target), table.num_rows)
 
+    def read_record(self, dataset: str, hour: datetime, name: str) -> pa.Table | None:
+        """The file ``<name>.parquet`` of the hour's folder, or None."""
+        target = self.partition_dir(dataset, hour) / f"{name}.parquet"
+        if not target.exists():
+            return None
+        if self.is_local:
+            return pq.read_table(target.path)
+        with target.open("rb") as fh:
+            return pq.read_table(fh)
+
+    def delete_record(self, dataset: str, hour: datetime, name: str) -> bool:
+        target = self.partition_dir(dataset, hour) / f"{name}.parquet"
+        if target.exists():
+            target.unlink()
+            return True
+        return False
+
     def read_records(self, dataset: str, start: datetime, end: datetime) -> pa.Table | None:
         """Every file of every hour in ``[start, end)`` (part files and record files)."""
         tables = []

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
 
     #: Base URI of the Parquet lake: ``file:///abs/path`` or ``s3://bucket/prefix``.
     lake_uri: str = Field(default=f"file://{PROJECT_ROOT / 'data' / 'lake'}")
+    #: Where the platform drops pushed NDJSON batches (``file://`` or ``s3://``); only
+    #: files under it are ingested (docs/push.md).
+    landing_uri: str = Field(default=f"file://{PROJECT_ROOT / 'data' / 'landing'}")
     #: Where small cross-run state lives (circuit breaker, alert state) on local disk.
     state_dir: Path = Field(default=PROJECT_ROOT / "data" / "state")
 
@@ -33,6 +36,9 @@ class Settings(BaseSettings):
     max_reject_share: float = Field(default=0.05, ge=0.0, le=1.0)
     #: How many earlier hours each hourly run re-reads, so late records reach their partition.
     lateness_hours: int = Field(default=1, ge=0, le=24)
+    #: Minutes per pull window: 60 pulls whole hours (one mapped task each); less splits an
+    #: hour into windows that run on different workers (hours too big for one worker).
+    ingest_window_minutes: int = Field(default=60, ge=1, le=60)
     #: How long the hourly DAG waits for ``/health`` before giving up.
     health_wait_s: int = Field(default=300, ge=0)
 
