@@ -242,6 +242,11 @@ def promptops_heal():
         problem = send_heal_message(message)
         print(f"heal {outcome['status']}: {written} audit record(s)"
               + (f"; Slack: {problem}" if problem else "; reported to Slack"))
+        if outcome["status"] in ("not_applied", "action_failed"):
+            # Reported and audited; the run still ends failed, so it shows red in the UI.
+            raise AirflowFailException(
+                f"heal {outcome['status']}: the action was approved but did not take effect "
+                "(see the Apply actions task); fix the cause and clear that task to retry")
         return {**outcome, "slack_problem": problem}
 
     plan = plan_heal()

@@ -216,3 +216,10 @@ class SlackSinkProcess(_ChildServer):
 
     def clear(self) -> None:
         self._call("DELETE", "/messages")
+
+    def add_faults(self, faults: list[dict[str, Any]] | dict[str, Any]) -> None:
+        """Queue delivery faults (see ``promptops.simulator.slack_sink``)."""
+        self._call("POST", "/_faults", json=faults)
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "/_faults")
