@@ -1,0 +1,140 @@
+"""Fixtures for the browser tests: Debian's chromium, the README's stack (simulator, Slack
+sink, ``airflow standalone``) and one logged-out Playwright page on it, shared by the module.
+
+Playwright drives the system chromium (``/usr/bin/chromium``); ``playwright install``
+downloads a browser of its own, which does not work on these machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# The stack helpers and the report fixture lake live next to their own tests.
+for _helpers in ("integration", "report"):
+    if str(ROOT / "tests" / _helpers) not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests" / _helpers))
+
+from stackhelpers import AirflowRest, LocalStack  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+SCENARIO = ROOT / "include/config/scenarios/quiet.yaml"
+# health and daily stay paused: on a 2-core box they would slow everything else down.
+UNPAUSED = ("promptops_heal", "promptops_hourly")
+UI_TIMEOUT_MS = 60_000
+
+
+@dataclass
+class UiStack:
+    """What the UI tests share: the running stack, its REST client and the browser page."""
+
+    stack: LocalStack
+    api: AirflowRest
+    page: object  # playwright.sync_api.Page
+    artifacts: Path
+    lake_dir: Path
+    staged_reports: Path  # reports/ of a lake with one built report, published on demand
+    admin_password: str = field(repr=False)
+
+
+def _apt_install_chromium() -> str:
+    """Install Debian's chromium; returns what apt said if it did not work."""
+    log = ""
+    for cmd in (["apt-get", "install", "-y", "chromium"], ["apt-get", "update"],
+                ["apt-get", "install", "-y", "chromium"]):
+        if CHROMIUM.exists():
+            break
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                                  env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            log = (done.stdout + done.stderr)[-1500:]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log = str(exc)
+    return log
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        log = _apt_install_chromium()
+        if not CHROMIUM.exists():
+            pytest.fail("the browser tests need Debian's chromium at /usr/bin/chromium and "
+                        "could not install it. Run (as root): apt-get update && apt-get "
+                        "install -y chromium  (do not run `playwright install`).\n"
+                        f"apt said: {log}")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    base = os.environ.get("PROMPTOPS_TEST_ARTIFACTS")
+    folder = (Path(base) if base else ROOT / "test-artifacts") / "browser"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):  # screenshots of an earlier run would mislead
+        old.unlink()
+    return folder
+
+
+def _approval_policy(tmp: Path) -> Path:
+    """The shipped heal policy with dry runs sent to a person, so the UI has something
+    to approve."""
+    text = (ROOT / "include/config/heal_policy.yaml").read_text()
+    line = "dry_run_needs_approval: false"
+    assert text.count(line) == 1, f"heal_policy.yaml no longer has the line {line!r}"
+    policy = tmp / "heal_policy.yaml"
+    policy.write_text(text.replace(line, "dry_run_needs_approval: true"))
+    return policy
+
+
+def _stage_report(staging: Path) -> Path:
+    """A real daily report (the report tests' fixture lake, built by build_report) in a
+    lake of its own; the test copies it into the stack's lake when it wants one to exist."""
+    from reporthelpers import DAY, NOW, build_fixture_lake
+
+    from promptops.daily_report import build_report
+
+    lake = build_fixture_lake(f"file://{staging}")
+    build_report(lake, DAY, budget_tokens=100_000, budget_cost_usd=1000, now=NOW)
+    return staging / "reports"
+
+
+@pytest.fixture(scope="module")
+def ui(chromium: Path, artifacts: Path, tmp_path_factory) -> Iterator[UiStack]:
+    from playwright.sync_api import sync_playwright
+
+    tmp = tmp_path_factory.mktemp("browser")
+    lake_dir = tmp / "lake"
+    stack = LocalStack(tmp / "airflow_home", scenario=SCENARIO, unpause=UNPAUSED,
+                       env={"PROMPTOPS_LAKE_URI": f"file://{lake_dir}",
+                            "PROMPTOPS_STATE_DIR": str(tmp / "state"),
+                            "PROMPTOPS_HEAL_POLICY_FILE": str(_approval_policy(tmp))})
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(stack.stop)
+        # Built while Airflow starts (it waits on I/O most of that time).
+        staged_reports = _stage_report(tmp / "staged-lake")
+        api = stack.wait_ready()
+        password = json.loads((stack.home / "simple_auth_manager_passwords.json.generated")
+                              .read_text())["admin"]
+        pw = cleanup.enter_context(sync_playwright())
+        browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        cleanup.callback(browser.close)
+        context = browser.new_context(viewport={"width": 1400, "height": 900},
+                                      timezone_id="UTC")
+        page = context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        page.set_default_navigation_timeout(UI_TIMEOUT_MS)
+        yield UiStack(stack=stack, api=api, page=page, artifacts=artifacts,
+                      lake_dir=lake_dir, staged_reports=staged_reports,
+                      admin_password=password)
