@@ -134,7 +134,7 @@ def promptops_heal():
         result = gate(plan, history_for(Lake(), now, policy, exclude_run=context["run_id"]),
                       now, policy)
         result["body"] = "\n".join(
-            [f"**{plan['summary']}**", "", f"Requested by: {plan['requested_by']}",
+            [f"**{plan['summary']}**", "", f"Requested by: {plan['requested_by']}", "",
              f"Reason: {plan['reason'] or '(none given)'}", ""]
             + [f"- {r}" for r in result["reasons"]]
             + ["", f"No answer within {TIMING.approval_timeout} counts as a rejection."])
