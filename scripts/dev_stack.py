@@ -26,7 +26,8 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponenti
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-PROMPTOPS_DAGS = ("promptops_hourly", "promptops_daily", "promptops_health", "promptops_heal")
+PROMPTOPS_DAGS = ("promptops_hourly", "promptops_daily", "promptops_health", "promptops_heal",
+                  "promptops_push")
 
 
 def stack_env(args: argparse.Namespace) -> dict[str, str]:

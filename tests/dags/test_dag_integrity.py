@@ -29,7 +29,7 @@ def test_no_import_errors(dagbag):
 
 def test_expected_dags_present(dagbag):
     assert {"promptops_hourly", "promptops_daily", "promptops_health",
-            "promptops_heal"} <= set(dagbag.dags)
+            "promptops_heal", "promptops_push"} <= set(dagbag.dags)
 
 
 def test_every_dag_has_tags_retries_docs_and_owner(dagbag):
