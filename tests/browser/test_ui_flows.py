@@ -165,6 +165,10 @@ def test_heal_triggered_from_form_and_approved_in_required_actions(ui):
 
     with step(ui, "required-actions"):
         # The policy copy sends dry runs to a person: the request waits in Required Actions.
+        # Its buttons are enabled once the task is parked (the request row is written a
+        # moment before, while the Slack announcement goes out), and a page opened earlier
+        # does not re-enable them on its own: wait for the state first.
+        api.wait_task(HEAL, HEAL_RUN, "approve", {"awaiting_input"}, timeout=300)
         page.goto(base + "/dags")
         open_browse_entry(page, "Required Actions")
         page.wait_for_url("**/required_actions")
