@@ -58,7 +58,7 @@ def promptops_health():
         except PlatformNotConfigured:
             client = None
         try:
-            result = gpu_rows_at(context["data_interval_end"], client)
+            result = gpu_rows_at(_evaluated_at(context), client)
         finally:
             if client is not None:
                 client.close()
@@ -72,7 +72,7 @@ def promptops_health():
         from promptops.health_check import api_rows_at
 
         with PlatformClient.from_airflow() as client:
-            result = api_rows_at(context["data_interval_end"], client)
+            result = api_rows_at(_evaluated_at(context), client)
         for note in result["notes"]:
             print(note)
         return result
@@ -83,7 +83,7 @@ def promptops_health():
         from promptops.lake import Lake
 
         run_url = context["ti"].log_url.split("/tasks/")[0]
-        outcome = evaluate_health(Lake(), context["data_interval_end"],
+        outcome = evaluate_health(Lake(), _evaluated_at(context),
                                   gpu["rows"] + api["rows"], run_id=context["run_id"],
                                   run_url=run_url)
         print(f"health: {outcome['findings']} findings, {len(outcome['firing'])} firing, "
@@ -92,6 +92,11 @@ def promptops_health():
 
     outcome = evaluate(gpu_metrics(), api_metrics())
     respond(outcome, scope="health")
+
+
+def _evaluated_at(context):
+    """The interval's end; a run triggered without a logical date has none: its run time."""
+    return context.get("data_interval_end") or context["dag_run"].run_after
 
 
 promptops_health()

@@ -32,8 +32,9 @@ def respond(outcome, scope: str) -> None:
 
         for r in outcome["heal_requests"]:
             print(f"heal requested: playbook {r['playbook']} for {r['summary']}")
-        write_heal_requests(Lake(), context["data_interval_start"], outcome["heal_requests"],
-                            run_id=context["run_id"])
+        # A run triggered without a logical date has no interval: file it at its run time.
+        at = context.get("data_interval_start") or context["dag_run"].run_after
+        write_heal_requests(Lake(), at, outcome["heal_requests"], run_id=context["run_id"])
         triggers, notes = heal_triggers(outcome["heal_requests"], scope=scope)
         for note in notes:
             print(note)
