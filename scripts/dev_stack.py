@@ -188,6 +188,22 @@ class AirflowApi:
         return counts
 
 
+def interrupt_on_signals() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt once, so the caller's ``finally`` stops
+    the stack. Explicit for SIGINT too: a launcher that ignores it (a background job) would
+    otherwise leave Ctrl-C ignored in this process."""
+    stopping = False
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default=str(ROOT / "airflow_home"),
@@ -210,18 +226,7 @@ def main() -> int:
     args = parser.parse_args()
 
     stack = Stack(args)
-    stopping = False
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            raise KeyboardInterrupt
-
-    # Explicit for SIGINT too: a launcher that ignores it (a background job) would otherwise
-    # leave Ctrl-C ignored in this process.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    interrupt_on_signals()
     py = sys.executable
     try:
         print("promptops: starting the local stack")

@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +43,15 @@ from urllib.parse import quote
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dev_stack import ROOT, VENV_BIN, AirflowApi, Stack, admin_password, wait_for  # noqa: E402
+from dev_stack import (  # noqa: E402
+    ROOT,
+    VENV_BIN,
+    AirflowApi,
+    Stack,
+    admin_password,
+    interrupt_on_signals,
+    wait_for,
+)
 
 SCRIPTS = Path(__file__).resolve().parent
 CHECK_DAGS = ("promptops_hourly", "promptops_heal", "promptops_health")
@@ -680,17 +687,7 @@ def serve(stack: DistributedStack, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stack = DistributedStack(args)
-    stopping = False
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            raise KeyboardInterrupt
-
-    # Explicit for SIGINT too: a launcher that ignores it would leave Ctrl-C ignored here.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    interrupt_on_signals()
     rc = 1
     try:
         rc = serve(stack, args)

@@ -24,6 +24,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def processes_using(home: Path) -> list[int]:
+    """Pids of the processes running with this AIRFLOW_HOME (what a stack left behind)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("AIRFLOW_HOME") == str(home):
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
 class AirflowRest:
     """Just what the tests need of Airflow's REST API v2, logged in as the admin."""
 

@@ -17,11 +17,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import boto3
-import psutil
 import psycopg2
 import pyarrow.parquet as pq
 import pytest
 import redis
+from stackhelpers import processes_using
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "distributed_stack.py"
@@ -63,16 +63,6 @@ def database_exists(name: str) -> bool:
     finally:
         conn.close()
 
-
-def processes_using(home: Path) -> list[int]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get("AIRFLOW_HOME") == str(home):
-                found.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def keys(client, prefix: str) -> list[str]:
