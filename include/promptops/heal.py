@@ -88,7 +88,10 @@ _PARAMS: dict[str, dict[str, str]] = {
 
 # Characters a shell would interpret, and whitespace: never part of a service, user or model.
 _SHELL_META = set(";|&$`<>(){}[]*?!~#'\"\\\n\r\t ")
-_SAFE_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# The platform's id alphabet: user ids may be emails (`@`), models carry `:` tags. The first
+# character is a letter or digit, so a target can never pass for an option (`-rf`).
+_SAFE_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_PLAIN = "letters, digits, '.', '_', ':', '@', '-'"
 
 
 # -- policy --------------------------------------------------------------------------------
@@ -287,13 +290,13 @@ def check_target_safe(target: str) -> None:
     if found:
         shown = " ".join(repr(c) for c in found)
         raise ValueError(f"{target!r} contains shell metacharacter(s) {shown}; targets are "
-                         "plain names (letters, digits, '.', '_', ':', '-')")
+                         f"plain names ({_PLAIN})")
     if ".." in target or "/" in target or target.startswith("."):
         raise ValueError(f"{target!r} looks like a path (path traversal is not allowed); "
                          "targets are plain names, never paths")
     if not _SAFE_TARGET.fullmatch(target):
-        raise ValueError(f"{target!r} is not a plain name (letters, digits, '.', '_', ':', '-', "
-                         "at most 128 characters)")
+        raise ValueError(f"{target!r} is not a plain name ({_PLAIN}; starting with a letter "
+                         "or digit, at most 128 characters)")
 
 
 class HealRequest(BaseModel):
@@ -327,7 +330,8 @@ class HealRequest(BaseModel):
                              f"{', '.join(policy.services)}")
         if action == "rate_limit" and not policy.user_ok(target):
             raise ValueError(f"target: {target!r} is not a user id for rate_limit; user ids "
-                             f"match {policy.user_id_pattern}")
+                             f"match {policy.user_id_pattern} (heal_policy.yaml "
+                             "user_id_pattern)")
         if action == "switch_model" and target not in policy.models:
             raise ValueError(f"target: unknown model {target!r} for switch_model; allowed: "
                              f"the priced models ({', '.join(policy.models)})")

@@ -73,7 +73,7 @@ def test_a_script_is_one_step(policy):
      "out of range"),
     ({"action": "run_playbook", "target": "../../../bin/sh"}, "path traversal"),
     ({"action": "run_playbook", "target": "rm"}, "neither a playbook"),
-    ({"action": "rate_limit", "target": "admin"}, "is not a user id"),
+    ({"action": "rate_limit", "target": "team:ml-ops"}, "is not a user id"),
     ({"action": "switch_model", "target": "gpt-4o", "params": {"to": "gpt-9"}},
      "unknown model 'gpt-9'"),
     ({"action": "rate_limit", "target": "user-001", "alert": {"rule": ""}}, "alert.rule"),

@@ -54,8 +54,9 @@ def test_path_traversal(policy, target):
 def test_unknown_service_user_model(policy):
     _reject(policy, {"action": "restart_service", "target": "db_primary"},
             "unknown service 'db_primary'", "api_gateway")
-    _reject(policy, {"action": "rate_limit", "target": "admin"},
-            "'admin' is not a user id", policy.user_id_pattern)
+    # A safe name, but not in the user id alphabet (':' is for model tags).
+    _reject(policy, {"action": "rate_limit", "target": "team:ml-ops"},
+            "'team:ml-ops' is not a user id", policy.user_id_pattern)
     _reject(policy, {"action": "switch_model", "target": "gpt-9",
                      "params": {"to": "gpt-4o-mini"}}, "unknown model 'gpt-9'")
     _reject(policy, {"action": "switch_model", "target": "gpt-4o",
