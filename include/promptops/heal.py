@@ -156,6 +156,34 @@ class AutoHeal(BaseModel):
     dry_run: bool = False
 
 
+class FindingAge(BaseModel):
+    """How old an evaluation may be, per evaluating DAG, for its alerts to trigger a heal.
+    Older ones (a backfill, a replay, a run stuck in the queue) are reported, not acted on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: The run for [10:00, 11:00) evaluates at 11:00 and runs a few minutes later; by 12:00
+    #: the next hour's evaluation is the current one.
+    hourly: timedelta = timedelta(hours=1)
+    #: The health run judges the last 5 minutes of calls, every 5 minutes.
+    health: timedelta = timedelta(minutes=10)
+
+    @field_validator("hourly", "health", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+    @field_validator("hourly", "health")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be longer than 0")
+        return v
+
+
+#: The evaluating DAGs whose alerts may trigger heals.
+SCOPES = tuple(FindingAge.model_fields)
+
+
 class HealPolicy(BaseModel):
     """``heal_policy.yaml`` once validated; ``models`` is resolved to model names."""
 
@@ -172,6 +200,7 @@ class HealPolicy(BaseModel):
     dry_run_needs_approval: bool = False
     verification: Verification = Field(default_factory=Verification)
     auto_heal: AutoHeal = Field(default_factory=AutoHeal)
+    max_finding_age: FindingAge = Field(default_factory=FindingAge)
     #: Slack connections for heal reports and approval requests (the first that exists).
     slack_connections: tuple[str, ...] = ("slack_alerts",)
 

@@ -32,7 +32,8 @@ AUDIT_SCHEMA = pa.schema([
     pa.field("reason", pa.string()),
     pa.field("requested_by", pa.string()),
     pa.field("alert_fingerprint", pa.string()),
-    # auto_approved | approved | rejected | timed_out | denied (by policy) | invalid
+    # auto_approved | approved | rejected | timed_out | denied (by policy) | invalid |
+    # stale (an alert from an evaluation too old to act on: reported, never triggered)
     pa.field("decision", pa.string(), nullable=False),
     pa.field("decided_by", pa.string()),
     pa.field("decision_reason", pa.string()),

@@ -606,10 +606,33 @@ def send_heal_message(message: dict[str, Any], policy: HealPolicy | None = None)
 
 # -- triggers from the hourly and health DAGs ------------------------------------------------
 
+def platform_clock() -> datetime:
+    """"Now" for judging a finding's age: the platform's clock (the heal acts there, and a
+    simulator may run at another date than the worker), else ours when no platform is
+    configured or it does not answer."""
+    from datetime import UTC
+
+    from promptops.client import PlatformClient
+    from promptops.errors import PlatformNotConfigured
+
+    try:
+        client = PlatformClient.from_airflow()
+    except PlatformNotConfigured:
+        return datetime.now(UTC)
+    with client:
+        return platform_now(client)
+
+
 def heal_triggers(heal_requests: list[Mapping[str, Any]], *, scope: str,
-                  policy: HealPolicy | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+                  evaluated_at: datetime, now: datetime, policy: HealPolicy | None = None,
+                  lake: Any = None) -> tuple[list[dict[str, Any]], list[str]]:
     """The heal DAG runs to trigger for an evaluation's heal requests, and notes on those
-    that cannot be automated.
+    that are not acted on.
+
+    Only a current evaluation acts: one ``evaluated_at`` more than the policy's
+    ``max_finding_age[scope]`` before ``now`` (a backfilled hour, a replay, a run that sat
+    in the queue) is stale. Its requests are noted and, given a ``lake``, kept in the heal
+    audit with decision ``stale``; no heal runs for them.
 
     One run per firing episode of an alert: the run id is made of the alert's fingerprint
     and the time it fired, so later evaluations of the same firing alert (or a rerun of the
@@ -619,32 +642,70 @@ def heal_triggers(heal_requests: list[Mapping[str, Any]], *, scope: str,
     """
     import re
 
+    from promptops.heal import SCOPES
     from promptops.pricing import load_price_table
 
+    if scope not in SCOPES:
+        raise HealConfError(f"heal triggers: scope {scope!r} is not an evaluating DAG; "
+                            f"use one of {', '.join(SCOPES)}")
     table = load_price_table()
     policy = policy or load_policy(price_table=table)
     if not policy.auto_heal.enabled:
         return [], ["auto-heal is off (heal_policy.yaml auto_heal.enabled): the alerts "
                     "only suggest their playbooks"]
+    evaluated_at, now = as_utc(evaluated_at), as_utc(now)
+    max_age: timedelta = getattr(policy.max_finding_age, scope)
+    stale = now - evaluated_at > max_age
     books = load_playbooks(price_table=table)
     triggers, notes = [], []
     for req in heal_requests:
         playbook, labels = req["playbook"], dict(req.get("labels") or {})
+        fired = re.sub(r"[^0-9T]", "", str(req.get("fired_at") or ""))[:13] or "now"
+        run_id = f"heal__{scope}__{req['rule']}__{req['fingerprint'][:16]}__{fired}"
+        reason = f"alert {req['rule']}: {req.get('summary') or ''}"[:2000]
+        if stale:
+            why = (f"stale: evaluated at {evaluated_at:%Y-%m-%d %H:%M} UTC, "
+                   f"{_age(now - evaluated_at)} before now ({now:%Y-%m-%d %H:%M} UTC), over "
+                   f"heal_policy.yaml max_finding_age.{scope} ({_age(max_age)})")
+            notes.append(f"{req['rule']} ({req.get('summary')}): playbook {playbook} not "
+                         f"acted on: the finding is {why}; only a current evaluation heals")
+            if lake is not None:
+                _audit_stale(lake, req, scope, evaluated_at, run_id, reason, why,
+                             policy.auto_heal.dry_run)
+            continue
         try:
             expand_playbook(playbook, labels, policy=policy, playbooks=books, price_table=table)
         except HealConfError as exc:
             notes.append(f"{req['rule']} ({req.get('summary')}): playbook {playbook} cannot "
                          f"run automatically: {exc}; trigger promptops_heal by hand")
             continue
-        fired = re.sub(r"[^0-9T]", "", str(req.get("fired_at") or ""))[:13] or "now"
-        run_id = f"heal__{scope}__{req['rule']}__{req['fingerprint'][:16]}__{fired}"
         alert = {"fingerprint": req["fingerprint"], "rule": req["rule"], "scope": scope,
                  "labels": labels, "severity": req.get("severity"),
                  "summary": req.get("summary"), "value": req.get("value"),
                  "threshold": req.get("threshold"), "fired_at": req.get("fired_at")}
         conf = {"action": "run_playbook", "target": playbook, "params": {},
-                "dry_run": policy.auto_heal.dry_run,
-                "reason": f"alert {req['rule']}: {req.get('summary') or ''}"[:2000],
+                "dry_run": policy.auto_heal.dry_run, "reason": reason,
                 "requested_by": f"promptops_{scope}:{req['rule']}", "alert": alert}
         triggers.append({"trigger_run_id": run_id[:250], "conf": conf})
     return triggers, notes
+
+
+def _age(td: timedelta) -> str:
+    minutes = int(td.total_seconds() // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def _audit_stale(lake: Any, req: Mapping[str, Any], scope: str, evaluated_at: datetime,
+                 run_id: str, reason: str, why: str, dry_run: bool) -> None:
+    """One audit record per stale evaluation of an alert, filed at the evaluation time and
+    keyed by it, so a rerun of the late task replaces its record instead of adding one."""
+    from promptops.heal_audit import AuditRecord, write_audit
+
+    fingerprint = req.get("fingerprint")
+    write_audit(lake, AuditRecord(
+        idempotency_key=idempotency_key(run_id, f"stale@{evaluated_at.isoformat()}"),
+        requested_at=evaluated_at, action="run_playbook", target=req["playbook"],
+        decision="stale", dry_run=dry_run, reason=reason,
+        requested_by=f"promptops_{scope}:{req['rule']}",
+        alert_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+        decided_by="freshness", decision_reason=why[:2000]))

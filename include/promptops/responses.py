@@ -26,7 +26,7 @@ def respond(outcome, scope: str) -> None:
     @task(task_display_name="Request heal")
     def request_heal(outcome: dict, **context) -> list[dict]:
         """Keep the heal requests in the lake and say which heal runs to trigger."""
-        from promptops.heal_flow import heal_triggers
+        from promptops.heal_flow import heal_triggers, platform_clock
         from promptops.hourly_analysis import write_heal_requests
         from promptops.lake import Lake
 
@@ -35,7 +35,11 @@ def respond(outcome, scope: str) -> None:
         # A run triggered without a logical date has no interval: file it at its run time.
         at = context.get("data_interval_start") or context["dag_run"].run_after
         write_heal_requests(Lake(), at, outcome["heal_requests"], run_id=context["run_id"])
-        triggers, notes = heal_triggers(outcome["heal_requests"], scope=scope)
+        # Heal only from a current evaluation (its age on the platform's clock); a stale
+        # one is reported here and kept in the heal audit.
+        triggers, notes = heal_triggers(
+            outcome["heal_requests"], scope=scope, now=platform_clock(), lake=Lake(),
+            evaluated_at=context.get("data_interval_end") or context["dag_run"].run_after)
         for note in notes:
             print(note)
         for t in triggers:

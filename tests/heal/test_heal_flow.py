@@ -169,21 +169,26 @@ def _request(rule="abusive_caller_5m", playbook="rate_limit_user", labels=None):
             "value": 400.0, "threshold": 100.0, "fired_at": "2026-11-20T10:10:00+00:00"}
 
 
+#: An evaluation at 10:10 judged moments later: fresh (see test_heal_freshness.py).
+FRESH = {"evaluated_at": datetime(2026, 11, 20, 10, 10, tzinfo=UTC),
+         "now": datetime(2026, 11, 20, 10, 11, tzinfo=UTC)}
+
+
 def test_heal_triggers_one_run_per_firing_alert(policy):
-    triggers, notes = heal_triggers([_request()], scope="health", policy=policy)
+    triggers, notes = heal_triggers([_request()], scope="health", **FRESH, policy=policy)
     assert notes == []
     [t] = triggers
     assert t["trigger_run_id"] == \
         "heal__health__abusive_caller_5m__0123456789abcdef__20261120T1010"
     assert t["conf"]["target"] == "rate_limit_user" and t["conf"]["dry_run"] is False
     assert t["conf"]["alert"]["scope"] == "health"
-    again, _ = heal_triggers([_request()], scope="health", policy=policy)
+    again, _ = heal_triggers([_request()], scope="health", **FRESH, policy=policy)
     assert again == triggers
     # A budget alert names no user: left to a person, with the reason.
     budget = _request("daily_tokens", "high_token_usage",
                       {"metric": "total_tokens", "dimension": "overall", "slice": "all"})
-    triggers, notes = heal_triggers([budget], scope="hourly", policy=policy)
+    triggers, notes = heal_triggers([budget], scope="hourly", **FRESH, policy=policy)
     assert triggers == [] and "needs label 'user_id'" in notes[0]
     off = policy.model_copy(update={"auto_heal": policy.auto_heal.model_copy(
         update={"enabled": False})})
-    assert heal_triggers([_request()], scope="health", policy=off)[0] == []
+    assert heal_triggers([_request()], scope="health", **FRESH, policy=off)[0] == []
