@@ -10,7 +10,7 @@ and the engine answers with what to post. Per alert (identity = rule + severity 
 ``firing --seen again while keep-firing--> firing`` (no new message: flapping is absorbed)
 
 Firing alerts are muted by silences (:mod:`promptops.silences`) and inhibition rules (a
-firing source mutes matching targets with equal labels). Muted alerts keep their state and
+firing source mutes matching targets with equal labels that are no more severe than it). Muted alerts keep their state and
 still inhibit others; they are simply not posted. Unmuted firing alerts are grouped by the
 route's ``group_by`` labels, and a group gets one message in an evaluation when it has an
 alert Slack has not seen firing, a resolved alert Slack saw firing (``send_resolved``), or
@@ -168,7 +168,8 @@ def mute_reasons(records: dict[str, AlertRecord], config: AlertingConfig,
     """Why each muted alert is muted: ``silence:<id>`` or ``inhibit:<rule>:<source fp>``.
 
     Resolved alerts can be silenced (no resolved message); only firing ones are inhibited,
-    and only by firing sources (silenced sources still inhibit, as in Alertmanager)."""
+    and only by firing sources at least as severe (silenced sources still inhibit, as in
+    Alertmanager)."""
     firing = [r for r in records.values() if r.status == FIRING]
     out: dict[str, str] = {}
     for rec in records.values():
@@ -191,6 +192,8 @@ def mute_reasons(records: dict[str, AlertRecord], config: AlertingConfig,
                     continue
                 if target_is_source and matches_all(rule.target_matchers, sl):
                     continue  # alerts matching both sides do not inhibit each other
+                if not rule.may_mute(src.severity, rec.severity):
+                    continue  # a milder alert never hides a worse one (unless opted in)
                 if all(sl.get(k, "") == labels.get(k, "") for k in rule.equal):
                     out[rec.fingerprint] = f"inhibit:{rule.name or i}:{src.fingerprint}"
                     break

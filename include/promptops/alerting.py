@@ -11,6 +11,12 @@ Matchers are Alertmanager's strings: ``name="value"``, ``name!="value"``, ``name
 ``name!~"regex"`` (regexes match the whole value; a missing label is the empty string). The
 mapping form of Alertmanager's API (``{name, value, isRegex, isEqual}``) is accepted too.
 Labels that matchers see are a finding's identity: ``rule``, ``severity`` and its labels.
+
+Inhibition differs from Alertmanager in one way: a source mutes a target only when it is at
+least as severe (``info`` < ``warning`` < ``critical``), unless the rule sets
+``allow_less_severe_source: true``. A milder alert must not hide a worse one, so a rule whose
+``severity`` matchers could only ever pair a milder source with a worse target is refused at
+load time, as is a ``severity`` matcher naming no known severity.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pydantic import (
 )
 
 from promptops.errors import PromptOpsError
+from promptops.findings import SEVERITY_ORDER
 from promptops.settings import PROJECT_ROOT
 
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "alerting.yaml"
@@ -140,6 +147,27 @@ def matches_all(matchers: list[Matcher], labels: dict[str, str]) -> bool:
     return all(m.matches(labels) for m in matchers)
 
 
+_KNOWN_SEVERITIES = ", ".join(SEVERITY_ORDER)
+
+
+def severities_matched(matchers: list[Matcher], what: str) -> list[str]:
+    """The severities an alert matching every matcher can have, mildest first.
+
+    Raises ValueError (for pydantic) when a ``severity`` matcher names an unknown severity or
+    the matchers together match none: such a rule or route could never apply."""
+    for m in matchers:
+        if m.name == "severity" and m.op in ("=", "!=") and m.value not in SEVERITY_ORDER:
+            raise ValueError(f"{what}: {m} names an unknown severity {m.value!r}; severities "
+                             f"are {_KNOWN_SEVERITIES}")
+    levels = [s for s in SEVERITY_ORDER if matches_all(matchers, {"severity": s})
+              or not any(m.name == "severity" for m in matchers)]
+    if not levels:
+        shown = ", ".join(str(m) for m in matchers if m.name == "severity")
+        raise ValueError(f"{what}: {shown} matches no severity; severities are "
+                         f"{_KNOWN_SEVERITIES}")
+    return levels
+
+
 # -- the configuration ----------------------------------------------------------------------
 
 class _Strict(BaseModel):
@@ -160,9 +188,15 @@ class Route(_Strict):
     def matches(self, labels: dict[str, str]) -> bool:
         return matches_all(self.matchers, labels)
 
+    @model_validator(mode="after")
+    def _known_severities(self) -> Route:
+        severities_matched(self.matchers, "matchers")
+        return self
+
 
 class InhibitRule(_Strict):
-    """A firing source alert mutes target alerts whose ``equal`` labels have the same values.
+    """A firing source alert mutes target alerts whose ``equal`` labels have the same values,
+    when the source is at least as severe as the target.
 
     As in Alertmanager, an alert never inhibits itself, and alerts that match both sides do
     not inhibit each other."""
@@ -171,6 +205,26 @@ class InhibitRule(_Strict):
     source_matchers: list[Matcher] = Field(min_length=1)
     target_matchers: list[Matcher] = Field(min_length=1)
     equal: list[str] = Field(default_factory=list)
+    #: Let a milder source mute a worse target (e.g. a maintenance notice muting everything).
+    allow_less_severe_source: bool = False
+
+    def may_mute(self, source_severity: str, target_severity: str) -> bool:
+        """Severity alone: may a source of this severity mute a target of that one?"""
+        return self.allow_less_severe_source or \
+            SEVERITY_ORDER.get(source_severity, -1) >= SEVERITY_ORDER.get(target_severity, -1)
+
+    @model_validator(mode="after")
+    def _can_mute(self) -> InhibitRule:
+        rule = f"inhibit rule {self.name!r}" if self.name else "this inhibit rule"
+        sources = severities_matched(self.source_matchers, f"{rule} source_matchers")
+        targets = severities_matched(self.target_matchers, f"{rule} target_matchers")
+        if not any(self.may_mute(s, t) for s in sources for t in targets):
+            raise ValueError(
+                f"{rule} can never mute anything: its sources ({', '.join(sources)}) are "
+                f"always less severe than its targets ({', '.join(targets)}), and a milder "
+                f"alert must not hide a worse one; fix the severity matchers, or set "
+                f"allow_less_severe_source: true if that is really meant")
+        return self
 
 
 class AlertingConfig(_Strict):

@@ -302,3 +302,55 @@ def test_shipped_config_raises_an_unpriced_model_once(sink, lake):
     assert sent == ["new"]
     out = engine(lake, cfg).evaluate([], clock.now, run_id="priced")  # the model got a price
     assert [n.reason for n in out.sent] == ["resolved"]
+
+
+def _shipped_config():
+    from promptops.alerting import load_alerting_config
+
+    return load_alerting_config().model_copy(update={"silences_file": None,
+                                                     "silences_variable": ""})
+
+
+def _abuse(rule: str, severity: str, user: str = "u0127"):
+    metric = "peak_calls_per_minute" if rule.startswith("abusive") else "tokens_per_minute_peak"
+    return finding(rule, severity, dimension="user", slice_=user, metric=metric, value=450,
+                   threshold=100, user=user)
+
+
+def test_a_warning_source_never_mutes_a_critical_target(sink, lake):
+    """Issue 11 §5: a warning abusive_caller_5m muted a critical token_burst_5m of the same
+    user under the shipped abusive-caller-mutes-token-burst rule, so the page never went out."""
+    calls, tokens = _abuse("abusive_caller_5m", "warning"), _abuse("token_burst_5m", "critical")
+    out = engine(lake, _shipped_config(), scope="health").evaluate([calls, tokens], T0,
+                                                                   run_id="h1")
+    assert {a["fingerprint"]: a["muted_by"] for a in out.firing} == \
+        {calls.fingerprint: None, tokens.fingerprint: None}
+    posted = json.dumps([m["body"] for m in sink_messages(sink)])
+    assert tokens.fingerprint in posted and calls.fingerprint in posted
+
+
+@pytest.mark.parametrize("source_severity", ["critical", "warning"])
+def test_a_source_at_least_as_severe_still_mutes(sink, lake, source_severity):
+    calls = _abuse("abusive_caller_5m", source_severity)
+    tokens = _abuse("token_burst_5m", "warning")
+    other_user = _abuse("token_burst_5m", "warning", user="svc-batch-01")
+    out = engine(lake, _shipped_config(), scope="health").evaluate(
+        [calls, tokens, other_user], T0, run_id="h1")
+    muted = {a["fingerprint"]: a["muted_by"] for a in out.firing}
+    assert muted[tokens.fingerprint] == \
+        f"inhibit:abusive-caller-mutes-token-burst:{calls.fingerprint}"
+    assert muted[other_user.fingerprint] is None and muted[calls.fingerprint] is None
+    assert tokens.fingerprint not in json.dumps([m["body"] for m in sink_messages(sink)])
+
+
+def test_a_rule_that_opts_in_lets_a_milder_source_mute(sink, lake):
+    cfg = config(inhibit_rules=[{
+        "name": "maintenance-mutes-everything", "source_matchers": ['rule="maintenance"'],
+        "target_matchers": ['rule!="maintenance"'], "equal": ["service"],
+        "allow_less_severe_source": True}])
+    window = finding("maintenance", "info", dimension="overall", slice_="*", service="gateway")
+    crit = finding(severity="critical", service="gateway")
+    out = engine(lake, cfg).evaluate([window, crit], T0, run_id="r1")
+    muted = {a["fingerprint"]: a["muted_by"] for a in out.firing}
+    assert muted[crit.fingerprint] == \
+        f"inhibit:maintenance-mutes-everything:{window.fingerprint}"

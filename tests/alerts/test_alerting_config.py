@@ -92,3 +92,43 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(AlertingConfigError, match="must be a YAML mapping"):
         load_alerting_config(bad)
+
+
+def _inhibit(**rule):
+    return {"inhibit_rules": [{"name": "the-rule", "equal": ["slice"], **rule}]}
+
+
+def test_a_rule_that_can_only_mute_a_more_severe_alert_is_refused():
+    with pytest.raises(AlertingConfigError) as err:
+        parse_alerting_config(_inhibit(source_matchers=['severity="warning"'],
+                                       target_matchers=['severity=~"critical"']))
+    msg = str(err.value)
+    assert "inhibit_rules.0" in msg and "'the-rule'" in msg
+    assert "less severe" in msg and "allow_less_severe_source: true" in msg
+
+
+def test_a_rule_may_opt_in_to_a_less_severe_source():
+    cfg = parse_alerting_config(_inhibit(source_matchers=['severity="info"'],
+                                         target_matchers=['severity!="info"'],
+                                         allow_less_severe_source=True))
+    assert cfg.inhibit_rules[0].allow_less_severe_source
+    # Without severity matchers a rule can pair equals, so it needs no opt-in.
+    cfg = parse_alerting_config(_inhibit(source_matchers=['rule="a"'],
+                                         target_matchers=['rule="b"']))
+    assert cfg.inhibit_rules[0].allow_less_severe_source is False
+
+
+@pytest.mark.parametrize(("matchers", "problem"), [
+    (['severity="urgent"'], "unknown severity 'urgent'"),
+    (['severity!="sev1"'], "unknown severity 'sev1'"),
+    (['severity=~"crit"'], 'matches no severity'),  # anchored: "crit" is not "critical"
+    (['severity="warning"', 'severity="critical"'], "matches no severity"),
+])
+def test_unknown_severities_are_refused(matchers, problem):
+    with pytest.raises(AlertingConfigError) as err:
+        parse_alerting_config(_inhibit(source_matchers=matchers, target_matchers=['rule="b"']))
+    msg = str(err.value)
+    assert "inhibit_rules.0" in msg and problem in msg
+    assert "info, warning, critical" in msg
+    with pytest.raises(AlertingConfigError, match=f"routes.0.*{problem}"):
+        parse_alerting_config({"routes": [{"matchers": matchers, "connections": ["x"]}]})
