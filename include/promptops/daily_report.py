@@ -190,7 +190,7 @@ def _hourly_totals(lake: Lake, start: datetime, end: datetime) -> pd.DataFrame:
     # One overall row per (hour, metric); "first" keeps a null cost null.
     wide = rows.pivot_table(index="hour", columns="metric", values="value", aggfunc="first",
                             dropna=False) if len(rows) else pd.DataFrame()
-    wide = wide.reindex(pd.DatetimeIndex(present, name="hour").as_unit("us"))
+    wide = wide.reindex(_utc_hours(present))
     for metric in _TOTAL_METRICS:
         if metric not in wide:
             wide[metric] = float("nan")
@@ -199,8 +199,14 @@ def _hourly_totals(lake: Lake, start: datetime, end: datetime) -> pd.DataFrame:
 
 # -- the tables behind the charts -----------------------------------------------------------
 
+def _utc_hours(hours: Iterable[datetime]) -> pd.DatetimeIndex:
+    """An hour index that stays UTC-aware when empty (a day without data), so comparing it
+    with the day's bounds never mixes naive and aware times."""
+    return pd.DatetimeIndex(list(hours), dtype="datetime64[us, UTC]", name="hour")
+
+
 def _hour_index(statuses: list[HourStatus]) -> pd.DatetimeIndex:
-    return pd.DatetimeIndex([s.hour for s in statuses], name="hour").as_unit("us")
+    return _utc_hours(s.hour for s in statuses)
 
 
 def _with_status(frame: pd.DataFrame, statuses: list[HourStatus]) -> pd.DataFrame:
@@ -230,7 +236,7 @@ def _sum_by_slice(day: pd.DataFrame, dimension: str) -> pd.DataFrame:
 def cost_by_hour_table(day: pd.DataFrame, statuses: list[HourStatus]) -> pd.DataFrame:
     """Hours x models (costliest first, the rest as ``other models``), plus ``status``."""
     rows = day[(day["dimension"] == "model") & (day["metric"] == mt.COST_USD)]
-    present = pd.DatetimeIndex([s.hour for s in statuses if s.status == "ok"]).as_unit("us")
+    present = _utc_hours(s.hour for s in statuses if s.status == "ok")
     wide = rows.pivot_table(index="hour", columns="slice", values="value",
                             aggfunc=lambda s: s.sum(min_count=1), dropna=False)
     seen = rows.pivot_table(index="hour", columns="slice", values="samples", aggfunc="size")
@@ -312,7 +318,9 @@ def month_table(totals: pd.DataFrame, day: date) -> pd.DataFrame:
         rows.append({"date": d.isoformat(), "hours_present": len(part),
                      "cost_usd": _sum(part[mt.COST_USD]) if len(part) else None})
     table = pd.DataFrame(rows).set_index("date")
-    table["cumulative_cost_usd"] = table["cost_usd"].fillna(0).cumsum()
+    # A day whose cost is unknown (no data, or nothing priced) has no cumulative figure.
+    cost = table["cost_usd"].astype(float)
+    table["cumulative_cost_usd"] = cost.fillna(0).cumsum().where(cost.notna())
     return table
 
 
@@ -494,8 +502,9 @@ def chart_month(table: pd.DataFrame, day: date, projected: float | None) -> byte
     ax.plot(days, table["cumulative_cost_usd"], marker="o", color="#1b4f72",
             label="month to date", zorder=3)
     month_days = calendar.monthrange(day.year, day.month)[1]
-    if projected is not None:
-        ax.plot([days[-1], month_days], [table["cumulative_cost_usd"].iloc[-1], projected],
+    known = table["cumulative_cost_usd"].dropna()
+    if projected is not None and len(known):
+        ax.plot([int(known.index[-1][8:]), month_days], [known.iloc[-1], projected],
                 linestyle="--", color="#c0392b", label=f"projected ${projected:,.2f}")
     ax.set_xlim(0.5, month_days + 0.5)
     ax.set_xlabel(f"day of {day:%B %Y}")
@@ -824,10 +833,11 @@ def read_report_file(lake: Lake, day: date, name: str = "index.html") -> bytes |
         return None
 
 
-def report_url(base_url: str, day: date | str) -> str:
-    """The report's address in the Airflow UI (``[api] base_url`` + the plugin's route)."""
-    day = day if isinstance(day, str) else day.isoformat()
-    return f"{base_url.rstrip('/')}{UI_URL_PREFIX}/{day}/"
+def report_url(base_url: str, day: date | datetime | str) -> str:
+    """The report's address in the Airflow UI (``[api] base_url`` + the plugin's route).
+    A timestamp (a run's interval start) stands for its UTC day: the route takes a date."""
+    day, _, _ = day_bounds(day)
+    return f"{base_url.rstrip('/')}{UI_URL_PREFIX}/{day.isoformat()}/"
 
 
 # -- Slack ----------------------------------------------------------------------------------
@@ -851,14 +861,23 @@ def slack_summary(result: ReportResult, report_url: str | None) -> dict[str, Any
     hours = f"{s['hours_present']}/24 h"
     tokens = f"{fmt_num(s['total_tokens'])} of {fmt_num(s['budget_tokens'])} " \
              f"({fmt_pct(s['tokens_budget_share'], 0)})"
+    previous = s["previous_day"]
+    # Why a comparison is n/a: the report day itself first, then the days it is compared to.
+    no_cost_today = (f"no data for {s['day']}" if not s["hours_present"] else
+                     f"no priced calls on {s['day']}" if s["cost_usd"] is None else None)
     if s["day_over_day"] is not None:
-        dod = f"{fmt_signed_pct(s['day_over_day'])} vs {s['previous_day']['date']}"
+        dod = f"{fmt_signed_pct(s['day_over_day'])} vs {previous['date']}"
         if not result.complete:
-            dod += f" (same {s['previous_day']['same_hours']} h)"
+            dod += f" (same {previous['same_hours']} h)"
     else:
-        dod = "n/a (the day before lacks some of these hours)"
+        dod = "n/a (" + (no_cost_today or (
+            f"no data for {previous['date']}" if not previous["same_hours"] else
+            f"{previous['date']} lacks some of these hours"
+            if previous["same_hours"] < s["hours_present"] else
+            f"no priced calls on {previous['date']}")) + ")"
     avg7 = f"{fmt_signed_pct(s['vs_avg7'])} ({s['avg7_days_used']} complete days)" \
-        if s["vs_avg7"] is not None else "n/a (no complete day in the last 7)"
+        if s["vs_avg7"] is not None else \
+        f"n/a ({no_cost_today or 'no complete day in the last 7'})"
     missing = "none" if not s["missing_hours"] else \
         f"*{len(s['missing_hours'])}*: " + ", ".join(h[11:16] for h in s["missing_hours"][:12]) \
         + (" …" if len(s["missing_hours"]) > 12 else "")

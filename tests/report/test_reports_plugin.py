@@ -7,15 +7,16 @@ import importlib
 import json
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from reporthelpers import DAY
 
-from promptops.daily_report import read_report_file
+from promptops.daily_report import read_report_file, report_url, slack_summary
 
 # Airflow puts the plugins folder on sys.path when it loads plugins; a plain import needs it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
@@ -57,6 +58,21 @@ def test_report_page_and_its_files(client, report_lake):
 
     latest = client.get("/promptops-reports/latest")
     assert latest.status_code == 200 and str(latest.url).endswith(f"/{DAY.isoformat()}/")
+
+
+def test_the_slack_link_opens_the_days_report(client, report, report_lake):
+    """The daily run knows its day as the interval's start, a timestamp (00:30 UTC); the
+    link in its Slack summary must open that day's report in the plugin."""
+    interval_start = datetime(2026, 11, 9, 0, 30, tzinfo=UTC)
+    message = slack_summary(report, report_url("http://127.0.0.1:8080", interval_start))
+    button = next(b for b in message["blocks"] if b["type"] == "actions")["elements"][0]
+    link = urlsplit(button["url"])
+    assert link.path == f"/promptops-reports/{DAY.isoformat()}/" and button["url"] in \
+        message["text"]
+    resp = client.get(link.path)
+    assert resp.status_code == 200
+    assert resp.content == read_report_file(report_lake, DAY)
+    assert f"promptops daily cost report · {DAY.isoformat()}" in resp.text
 
 
 @pytest.mark.parametrize("path", [
