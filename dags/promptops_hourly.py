@@ -64,6 +64,9 @@ def promptops_hourly():
 
     Reruns and backfills rewrite exactly their own partitions, so they never duplicate:
     `airflow backfill create --dag-id promptops_hourly --from-date ... --to-date ...`.
+    A re-read that finds fewer than `PROMPTOPS_REREAD_MIN_SHARE` (90%) of the rows an hour
+    holds keeps the hour as it was and warns; run with the conf `{"replace": true}`
+    (`--dag-run-conf`) to replace such hours on purpose.
 
     Connection `prompt_platform`: platform base URL in *host*, API key in *password*.
     """
@@ -108,6 +111,7 @@ def promptops_hourly():
         from airflow.sdk import get_current_context
 
         from promptops.client import PlatformClient
+        from promptops.ingest import replace_requested
         from promptops.ingest_windows import pull_window
         from promptops.lake import Lake
 
@@ -116,16 +120,19 @@ def promptops_hourly():
             f"{window['start'][:16]} +{60 // window['parts']}m"
         with PlatformClient.from_airflow() as client:
             return pull_window(client, Lake(), window, run_id=context["run_id"],
-                               page_size=get_settings().page_size)
+                               page_size=get_settings().page_size,
+                               replace=replace_requested(context["dag_run"].conf))
 
     @task(task_display_name="Merge windows", outlets=[CALLS_ASSET])
     def merge_windows(pulled: list[dict], **context) -> dict:
         """Write split hours from their windows, check the reject share; returns a summary."""
+        from promptops.ingest import replace_requested
         from promptops.ingest_windows import merge_windows
         from promptops.lake import Lake
 
         summary = merge_windows(Lake(), list(pulled), run_id=context["run_id"],
-                                max_reject_share=get_settings().max_reject_share).as_dict()
+                                max_reject_share=get_settings().max_reject_share,
+                                replace=replace_requested(context["dag_run"].conf)).as_dict()
         context["outlet_events"][CALLS_ASSET].extra = {
             "partitions": [h["calls_uri"] for h in summary["hours"]],
             "window_start": summary["window_start"],

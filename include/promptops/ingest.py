@@ -4,6 +4,12 @@ One run covers its data interval plus ``lateness_hours`` earlier hours. Every ho
 whole from the API again and its partition replaced, so records that arrived late (after the
 hour's own run) land in the right partition on the next run, and a rerun gives the same
 partition rather than a second copy.
+
+A re-read may only add or correct records: one that finds markedly fewer rows than the
+partition holds (the platform's retention, a partial outage, a lagging store) keeps the
+partition and its quarantine as they are, and warns. "Markedly" is fewer than
+``PROMPTOPS_REREAD_MIN_SHARE`` of them (default 90%); an empty re-read of a non-empty
+partition is always kept. ``replace=True`` (the run conf ``{"replace": true}``) overrides.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -28,6 +34,7 @@ from promptops.records import (
     validate_columns,
     validate_page,
 )
+from promptops.settings import get_settings
 
 if TYPE_CHECKING:
     from promptops.client import CallRecordPage
@@ -55,6 +62,11 @@ class HourResult:
     pages: int = 0
     calls_uri: str | None = None
     quarantine_uri: str | None = None
+    #: Rows the partition held before this read (None: it had none) and the good rows this
+    #: read found; when it found markedly fewer, the partition was kept and nothing written.
+    existing_rows: int | None = None
+    reread_rows: int = 0
+    kept_existing: bool = False
 
     @property
     def rejected_total(self) -> int:
@@ -88,6 +100,7 @@ class IngestSummary:
             "written": sum(h.written for h in self.hours),
             "duplicates": sum(h.duplicates for h in self.hours),
             "rejected": self.rejected,
+            "kept_existing": [h.hour for h in self.hours if h.kept_existing],
             "hours": [asdict(h) for h in self.hours],
         }
 
@@ -115,9 +128,47 @@ def validate_call_page(page: CallRecordPage, start: datetime, end: datetime) -> 
     return validate_page(page.records(), start, end)
 
 
+def replace_requested(conf: Mapping | None) -> bool:
+    """The run conf's ``replace`` flag: true lets this run's reads replace partitions even
+    where they found markedly fewer rows (a deliberate backfill of a platform that lost data
+    for good)."""
+    value = (conf or {}).get("replace", False)
+    if not isinstance(value, bool):
+        raise ValueError(f'run conf "replace" is {value!r}: use true or false (JSON booleans), '
+                         """e.g. --dag-run-conf '{"replace": true}'""")
+    return value
+
+
+def keep_existing_partition(lake: Lake, result: HourResult, reread_rows: int, *,
+                            replace: bool, min_share: float | None) -> bool:
+    """Decide, before anything is replaced, whether this read of ``result.hour`` must leave
+    the hour's partitions as they are; records both counts on ``result``. The count of the
+    partition comes from its Parquet footer."""
+    hour = datetime.fromisoformat(result.hour)
+    existing = lake.partition_rows(CALLS, hour)
+    result.existing_rows, result.reread_rows = existing, reread_rows
+    if replace or not existing:
+        return False
+    share = get_settings().reread_min_share if min_share is None else min_share
+    if reread_rows and reread_rows >= share * existing:
+        return False
+    result.kept_existing = True
+    result.calls_uri = str(lake.partition_file(CALLS, hour))
+    log.warning(
+        "hour %s: the re-read found %d rows where the partition holds %d rows (fewer than "
+        "PROMPTOPS_REREAD_MIN_SHARE=%g of them); kept the partition and its quarantine as "
+        "they were. If the platform lost the hour or lags (retention, an outage), nothing "
+        'is to do; if the hour really has fewer records now, rerun with the run conf '
+        '{"replace": true}.', result.hour, reread_rows, existing, share)
+    return True
+
+
 def ingest_hour(source: CallRecordSource, lake: Lake, hour: datetime, *, run_id: str | None,
-                page_size: int = 10_000) -> HourResult:
-    """Read one hour whole, write its ``calls`` partition and its quarantine."""
+                page_size: int = 10_000, replace: bool = False,
+                reread_min_share: float | None = None) -> HourResult:
+    """Read one hour whole, write its ``calls`` partition and its quarantine, unless the hour
+    had a partition and this read found markedly fewer rows (see the module's doc;
+    ``reread_min_share`` None means ``PROMPTOPS_REREAD_MIN_SHARE``)."""
     hour = hour_floor(hour)
     end = hour + timedelta(hours=1)
     result = HourResult(hour=hour.isoformat())
@@ -140,11 +191,16 @@ def ingest_hour(source: CallRecordSource, lake: Lake, hour: datetime, *, run_id:
                 result.duplicates += int((~keep).sum())
                 good = good.filter(pa.array(keep))
             writer.write(good)
-    result.written = writer.rows
-    result.calls_uri = writer.info.uri if writer.info else None
+        if keep_existing_partition(lake, result, writer.rows, replace=replace,
+                                   min_share=reread_min_share):
+            writer.discard()
 
     for rej in rejects:
         result.rejected[rej["reason"]] = result.rejected.get(rej["reason"], 0) + 1
+    if result.kept_existing:
+        return result
+    result.written = writer.rows
+    result.calls_uri = writer.info.uri
     if rejects:
         now = datetime.now(UTC)
         table = pa.Table.from_pylist(
@@ -161,14 +217,17 @@ def ingest_hour(source: CallRecordSource, lake: Lake, hour: datetime, *, run_id:
 
 def ingest_interval(source: CallRecordSource, lake: Lake, start: datetime, end: datetime, *,
                     run_id: str | None = None, lateness_hours: int = 1,
-                    page_size: int = 10_000, max_reject_share: float = 0.05) -> IngestSummary:
+                    page_size: int = 10_000, max_reject_share: float = 0.05,
+                    replace: bool = False,
+                    reread_min_share: float | None = None) -> IngestSummary:
     """Ingest every hour of ``[start - lateness_hours, end)``, then check the reject share.
 
     The partitions (good rows and quarantine) are written before the share is checked, so a
     failed run keeps everything it read; fixing the cause and rerunning replaces them.
     """
     first = hour_floor(start) - timedelta(hours=lateness_hours)
-    hours = [ingest_hour(source, lake, h, run_id=run_id, page_size=page_size)
+    hours = [ingest_hour(source, lake, h, run_id=run_id, page_size=page_size, replace=replace,
+                         reread_min_share=reread_min_share)
              for h in hours_between(first, end)]
     summary = IngestSummary(window_start=first.isoformat(), window_end=end.isoformat(),
                             hours=hours)
@@ -183,11 +242,15 @@ def check_reject_share(summary: IngestSummary, max_reject_share: float) -> None:
     if summary.received and rejected / summary.received > max_reject_share:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(summary.rejected.items()))
         where = sorted({h.quarantine_uri for h in hours if h.quarantine_uri})
+        kept = [h.hour for h in hours if h.kept_existing]
         raise RejectShareExceeded(
             f"{rejected} of {summary.received} call records "
             f"({rejected / summary.received:.1%}) between {summary.window_start} and "
             f"{summary.window_end} broke the record schema ({reasons}); the limit is "
             f"{max_reject_share:.1%}. The good records were written; the rejected ones, with "
-            f"their reasons and raw JSON, are in {', '.join(where)}. Ask the platform team to "
-            f"fix them, or raise PROMPTOPS_MAX_REJECT_SHARE, then rerun this run."
+            f"their reasons and raw JSON, are in {', '.join(where) or 'no quarantine'}"
+            + (f" (the hours {', '.join(kept)} kept their earlier partitions and quarantine: "
+               "their re-reads found too few rows and were not stored)" if kept else "")
+            + ". Ask the platform team to fix them, or raise PROMPTOPS_MAX_REJECT_SHARE, then "
+            "rerun this run."
         )

@@ -13,7 +13,8 @@ them) into windows of ``window_minutes``. Each window is one mapped task:
 (one row per ``call_id`` across windows), deletes the staging files and checks the reject
 share, giving the same summary as :func:`promptops.ingest.ingest_interval`. A retried
 window replaces its own staging file; a rerun of the run re-stages and re-merges: nothing
-is duplicated.
+is duplicated. As there, a merged hour that found markedly fewer rows than its partition holds
+keeps the partition (decided before anything is written) unless ``replace`` is set.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from promptops.ingest import (
     _no_cyclic_gc,
     check_reject_share,
     ingest_hour,
+    keep_existing_partition,
     validate_call_page,
 )
 from promptops.lake import Lake, as_utc, hour_floor, hours_between
@@ -69,11 +71,14 @@ def _stage_name(run_id: str | None, index: int) -> str:
 
 
 def pull_window(source: CallRecordSource, lake: Lake, window: dict[str, Any], *,
-                run_id: str | None, page_size: int = 10_000) -> dict[str, Any]:
-    """Ingest one planned window; returns a JSON-safe summary for :func:`merge_windows`."""
+                run_id: str | None, page_size: int = 10_000, replace: bool = False,
+                reread_min_share: float | None = None) -> dict[str, Any]:
+    """Ingest one planned window; returns a JSON-safe summary for :func:`merge_windows`.
+    ``replace`` and ``reread_min_share`` apply to a whole hour, written here."""
     hour = datetime.fromisoformat(window["hour"])
     if window["parts"] == 1:
-        result = ingest_hour(source, lake, hour, run_id=run_id, page_size=page_size)
+        result = ingest_hour(source, lake, hour, run_id=run_id, page_size=page_size,
+                             replace=replace, reread_min_share=reread_min_share)
         return {**window, "direct": True, "result": result.__dict__}
     start, end = datetime.fromisoformat(window["start"]), datetime.fromisoformat(window["end"])
     name = _stage_name(run_id, window["index"])
@@ -116,8 +121,11 @@ def pull_window(source: CallRecordSource, lake: Lake, window: dict[str, Any], *,
 
 
 def merge_windows(lake: Lake, pulled: list[dict[str, Any]], *, run_id: str | None,
-                  max_reject_share: float = 0.05) -> IngestSummary:
-    """Write the split hours from their staged windows; check the reject share."""
+                  max_reject_share: float = 0.05, replace: bool = False,
+                  reread_min_share: float | None = None) -> IngestSummary:
+    """Write the split hours from their staged windows; check the reject share. An hour
+    whose windows found markedly fewer rows than its partition holds keeps the partition
+    unless ``replace`` (see :mod:`promptops.ingest`)."""
     by_hour: dict[str, list[dict[str, Any]]] = {}
     for w in pulled:
         by_hour.setdefault(w["hour"], []).append(w)
@@ -127,7 +135,8 @@ def merge_windows(lake: Lake, pulled: list[dict[str, Any]], *, run_id: str | Non
         if windows[0]["direct"]:
             hours.append(HourResult(**windows[0]["result"]))
         else:
-            hours.append(_merge_hour(lake, datetime.fromisoformat(hour_iso), windows, run_id))
+            hours.append(_merge_hour(lake, datetime.fromisoformat(hour_iso), windows, run_id,
+                                     replace=replace, reread_min_share=reread_min_share))
     first = min(w["start"] for w in pulled)
     last = max(w["end"] for w in pulled)
     summary = IngestSummary(window_start=first, window_end=last, hours=hours)
@@ -136,7 +145,8 @@ def merge_windows(lake: Lake, pulled: list[dict[str, Any]], *, run_id: str | Non
 
 
 def _merge_hour(lake: Lake, hour: datetime, windows: list[dict[str, Any]],
-                run_id: str | None) -> HourResult:
+                run_id: str | None, *, replace: bool,
+                reread_min_share: float | None) -> HourResult:
     parts = windows[0]["parts"]
     missing = sorted(set(range(parts)) - {w["index"] for w in windows})
     if missing:
@@ -165,6 +175,20 @@ def _merge_hour(lake: Lake, hour: datetime, windows: list[dict[str, Any]],
     for w in windows:
         for reason, n in w["rejected"].items():
             result.rejected[reason] = result.rejected.get(reason, 0) + n
+    if not keep_existing_partition(lake, result, calls.num_rows, replace=replace,
+                                   min_share=reread_min_share):
+        _write_hour(lake, hour, calls, names, result)
+    for name in names:  # written: the staging files have done their job
+        lake.delete_record(STAGING_CALLS, hour, name)
+        lake.delete_record(STAGING_QUARANTINE, hour, name)
+    log.info("hour %s merged from %d windows: %d written, %d duplicates (%d across windows)",
+             result.hour, parts, result.written, result.duplicates, cross)
+    return result
+
+
+def _write_hour(lake: Lake, hour: datetime, calls: pa.Table, names: list[str],
+                result: HourResult) -> None:
+    """Replace the hour's partition and its quarantine with the merged windows'."""
     info = lake.write_partition(CALLS, hour, calls)
     result.written, result.calls_uri = info.rows, info.uri
     rejects = [t for name in names
@@ -175,10 +199,4 @@ def _merge_hour(lake: Lake, hour: datetime, windows: list[dict[str, Any]],
         result.quarantine_uri = lake.write_partition(QUARANTINE, hour, table).uri
     else:
         lake.delete_partition(QUARANTINE, hour)
-    for name in names:  # written: the staging files have done their job
-        lake.delete_record(STAGING_CALLS, hour, name)
-        lake.delete_record(STAGING_QUARANTINE, hour, name)
-    log.info("hour %s merged from %d windows: %d written, %d duplicates (%d across windows)",
-             result.hour, parts, result.written, result.duplicates, cross)
-    return result
 

@@ -5,7 +5,9 @@ file. It is written to a hidden temporary file first and then moved into place i
 (``os.replace`` on local disk; on object stores one object upload, which becomes visible
 whole), so a reader sees the old partition or the new one, never a mix, and a rerun replaces
 rather than appends. Readers skip hidden files (``.``/``_`` prefixes), so a writer killed
-mid-write leaves nothing they would read; the next write of that partition sweeps its debris.
+mid-write leaves nothing they would read. Each writer holds an ``flock`` on its temp file while
+it writes; the kernel drops it when the writer dies, so the next write of that partition
+sweeps every temp file nobody holds (a PID in the name would be reused; a lock is not).
 
 The base URI goes through Airflow's ``ObjectStoragePath``: ``file://`` works out of the box,
 ``s3://`` (or any fsspec store Airflow knows) by configuration alone.
@@ -14,6 +16,7 @@ The base URI goes through Airflow's ``ObjectStoragePath``: ``file://`` works out
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import socket
@@ -32,6 +35,9 @@ from promptops.settings import get_settings
 PART_NAME = "part-00000.parquet"
 _TMP_SUFFIX = ".tmp"
 _HOST = socket.gethostname()
+#: The lake's own temp files: ``.<file>.parquet.<host>.<pid>.<uuid hex>.tmp`` (host and PID
+#: say who wrote one; only its lock says whether that writer still runs).
+_TEMP_NAME = re.compile(r"\..+\.parquet\..+\.\d+\.[0-9a-f]{32}\.tmp")
 
 
 def as_utc(ts: datetime) -> datetime:
@@ -100,29 +106,23 @@ class Lake:
         target = self.partition_file(dataset, hour)
         directory = target.parent
         directory.mkdir(parents=True, exist_ok=True)
-        if self.is_local:
-            _sweep_dead_temp_files(directory.path)
-            tmp_path = os.path.join(
-                directory.path, f".{PART_NAME}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
-        else:
-            fd, tmp_path = tempfile.mkstemp(prefix="promptops-", suffix=".parquet")
-            os.close(fd)
-        writer = PartitionWriter(tmp_path, schema)
-        try:
-            yield writer
-            writer.close()
+        # On an object store the file is spooled on local disk, then uploaded as one object.
+        spool = directory.path if self.is_local else _remote_spool_dir()
+        with _locked_temp_file(spool, PART_NAME) as (tmp_path, fd):
+            writer = PartitionWriter(tmp_path, schema)
+            try:
+                yield writer
+            finally:
+                writer.close()
+            if writer.discarded:
+                return
             if self.is_local:
-                with open(tmp_path, "rb") as fh:
-                    os.fsync(fh.fileno())
+                os.fsync(fd)
                 os.replace(tmp_path, target.path)
             else:
                 with open(tmp_path, "rb") as src, target.open("wb") as dst:
                     while chunk := src.read(8 << 20):
                         dst.write(chunk)
-        finally:
-            writer.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp_path)
         writer.info = PartitionInfo(dataset, hour_floor(hour), str(target), writer.rows)
 
     def write_partition(self, dataset: str, hour: datetime, table: pa.Table) -> PartitionInfo:
@@ -154,13 +154,11 @@ class Lake:
         pq.write_table(table, sink, compression="snappy")
         data = sink.getvalue().to_pybytes()
         if self.is_local:
-            tmp = os.path.join(directory.path, f".{name}.{os.getpid()}.{uuid.uuid4().hex}"
-                                               f"{_TMP_SUFFIX}")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target.path)
+            with _locked_temp_file(directory.path, target.name) as (tmp, fd):
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.fsync(fd)
+                os.replace(tmp, target.path)
         else:
             with target.open("wb") as fh:  # one PUT: S3 objects appear whole or not at all
                 fh.write(data)
@@ -210,6 +208,18 @@ class Lake:
     def has_partition(self, dataset: str, hour: datetime) -> bool:
         return self.partition_file(dataset, hour).exists()
 
+    def partition_rows(self, dataset: str, hour: datetime) -> int | None:
+        """The partition's row count from its Parquet footer (no rows are read); None when
+        the hour has no partition."""
+        target = self.partition_file(dataset, hour)
+        try:
+            if self.is_local:
+                return pq.read_metadata(target.path).num_rows
+            with target.open("rb") as fh:
+                return pq.ParquetFile(fh).metadata.num_rows
+        except FileNotFoundError:
+            return None
+
     def read_partition(self, dataset: str, hour: datetime,
                        columns: list[str] | None = None) -> pa.Table | None:
         target = self.partition_file(dataset, hour)
@@ -252,6 +262,7 @@ class PartitionWriter:
         self.schema = schema
         self.rows = 0
         self.info: PartitionInfo | None = None
+        self.discarded = False
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
             path, schema, compression="snappy", use_dictionary=True)
 
@@ -261,35 +272,73 @@ class PartitionWriter:
         self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
         self.rows += table.num_rows
 
+    def discard(self) -> None:
+        """End the block without replacing the partition: the old one stays as it is."""
+        self.discarded = True
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
 
-def _sweep_dead_temp_files(directory: str) -> None:
-    """Remove temp files left by writers on this host that no longer run (a killed task)."""
+def _remote_spool_dir() -> str:
+    path = os.path.join(tempfile.gettempdir(), "promptops-lake-spool")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _locked_temp_file(directory: str, name: str) -> Iterator[tuple[str, int]]:
+    """A new hidden temp file for ``name`` in ``directory`` and a descriptor that holds an
+    ``flock`` on it until the block ends; the file is removed then unless it was moved into
+    place. Sweeps the temp files of dead writers first."""
+    _sweep_orphaned_temp_files(directory)
+    while True:
+        path = os.path.join(directory, f".{name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}"
+                                       f"{_TMP_SUFFIX}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _is_same_file(fd, path):
+            break
+        os.close(fd)  # a sweep took it between create and lock: take another name
+    try:
+        yield path, fd
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        os.close(fd)  # releases the lock
+
+
+def _sweep_orphaned_temp_files(directory: str) -> None:
+    """Remove the lake's temp files in ``directory`` that no writer holds locked: their
+    writer died (a killed task), and the kernel released its lock with it."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return
     for name in names:
-        if not (name.startswith(f".{PART_NAME}.") and name.endswith(_TMP_SUFFIX)):
+        if not _TEMP_NAME.fullmatch(name):
             continue
-        parts = name[len(PART_NAME) + 2:-len(_TMP_SUFFIX)].rsplit(".", 2)
-        if len(parts) != 3:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
             continue
-        host, pid, _ = parts
-        if host == _HOST and pid.isdigit() and not _pid_alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(directory, name))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Still that file? Its writer may have moved it into place meanwhile.
+            if _is_same_file(fd, path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+        except BlockingIOError:
+            pass  # a live writer holds it
+        finally:
+            os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def _is_same_file(fd: int, path: str) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     max_reject_share: float = Field(default=0.05, ge=0.0, le=1.0)
     #: How many earlier hours each hourly run re-reads, so late records reach their partition.
     lateness_hours: int = Field(default=1, ge=0, le=24)
+    #: A re-read of an hour replaces its partition only when it finds at least this share of
+    #: the rows the partition holds (an empty re-read never does); a run conf
+    #: ``{"replace": true}`` overrides it for a deliberate backfill.
+    reread_min_share: float = Field(default=0.9, ge=0.0, le=1.0)
     #: Minutes per pull window: 60 pulls whole hours (one mapped task each); less splits an
     #: hour into windows that run on different workers (hours too big for one worker).
     ingest_window_minutes: int = Field(default=60, ge=1, le=60)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from datetime import UTC, datetime
@@ -13,6 +15,9 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+# moto's S3 API with the bucket push-landing (a fixture shared with the push tests)
+from test_push import s3_landing  # noqa: F401
 
 from promptops.lake import PART_NAME, Lake, hours_between
 
@@ -120,3 +125,122 @@ def test_live_writers_temp_files_are_not_swept(tmp_path):
         assert any(n.endswith(".tmp") for n in os.listdir(part_dir))
         time.sleep(0.01)
     assert lake.read_partition("calls", HOUR).num_rows == 2
+
+
+def test_partition_rows_come_from_the_parquet_footer(tmp_path):
+    lake = Lake(f"file://{tmp_path}")
+    assert lake.partition_rows("calls", HOUR) is None
+    lake.write_partition("calls", HOUR, table(5))
+    assert lake.partition_rows("calls", HOUR) == 5
+    lake.write_partition("calls", HOUR, table(0))
+    assert lake.partition_rows("calls", HOUR) == 0
+
+
+def test_a_discarded_write_leaves_the_old_partition(tmp_path):
+    lake = Lake(f"file://{tmp_path}")
+    lake.write_partition("calls", HOUR, table(4))
+    with lake.partition_writer("calls", HOUR, table(1).schema) as w:
+        w.write(table(1, offset=50))
+        w.discard()
+    assert w.info is None
+    assert lake.read_partition("calls", HOUR).column("call_id").to_pylist() == \
+        ["c0", "c1", "c2", "c3"]
+    assert os.listdir(tmp_path / "calls/date=2026-11-20/hour=13") == [PART_NAME]
+
+
+@pytest.fixture
+def live_pid():
+    """The PID of a live process that writes nothing: what a dead writer's PID can become."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_a_temp_file_whose_pid_now_belongs_to_another_process_is_swept(tmp_path, live_pid):
+    lake = Lake(f"file://{tmp_path}")
+    lake.write_partition("calls", HOUR, table(2))
+    part_dir = tmp_path / "calls/date=2026-11-20/hour=13"
+    # Named as this host's writer with that PID: the writer died and the PID was reused.
+    debris = part_dir / f".{PART_NAME}.{socket.gethostname()}.{live_pid}.{'a' * 32}.tmp"
+    debris.write_bytes(b"PAR1 half a file")
+
+    lake.write_partition("calls", HOUR, table(3))
+    assert os.listdir(part_dir) == [PART_NAME]
+    assert lake.read_partition("calls", HOUR).num_rows == 3
+
+
+def test_a_killed_writers_temp_file_goes_with_the_next_rewrite_despite_pid_reuse(tmp_path,
+                                                                                 live_pid):
+    lake = Lake(f"file://{tmp_path}")
+    lake.write_partition("calls", HOUR, table(7))
+    part_dir = tmp_path / "calls/date=2026-11-20/hour=13"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, f"file://{tmp_path}"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("wrote")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (debris,) = [n for n in os.listdir(part_dir) if n.endswith(".tmp")]
+    # The kernel hands the dead writer's PID to another process.
+    reused = debris.replace(f".{proc.pid}.", f".{live_pid}.")
+    os.rename(part_dir / debris, part_dir / reused)
+
+    lake.write_partition("calls", HOUR, table(9, offset=100))
+    assert os.listdir(part_dir) == [PART_NAME]
+    assert lake.read_partition("calls", HOUR).num_rows == 9
+
+
+STEPPED_WRITER = textwrap.dedent("""
+    import sys
+    from datetime import UTC, datetime
+    import pyarrow as pa
+    from promptops.lake import Lake
+    lake = Lake(sys.argv[1])
+    hour = datetime(2026, 11, 20, 13, tzinfo=UTC)
+    batch = pa.table({"call_id": [f"w{i}" for i in range(1000)], "value": list(range(1000))})
+    with lake.partition_writer("calls", hour, batch.schema) as w:
+        for line in sys.stdin:  # one batch per line from the test; EOF ends the write
+            w.write(batch)
+            print("wrote", flush=True)
+    print("committed", flush=True)
+""")
+
+
+def test_a_live_writer_in_another_process_keeps_its_temp_file(tmp_path):
+    lake = Lake(f"file://{tmp_path}")
+    part_dir = tmp_path / "calls/date=2026-11-20/hour=13"
+    proc = subprocess.Popen([sys.executable, "-c", STEPPED_WRITER, f"file://{tmp_path}"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith("wrote")
+        # Another run rewrites the partition meanwhile: its sweep must spare the live writer.
+        lake.write_partition("calls", HOUR, table(3))
+        assert len([n for n in os.listdir(part_dir) if n.endswith(".tmp")]) == 1
+        proc.stdin.close()
+        assert proc.stdout.readline().startswith("committed")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert os.listdir(part_dir) == [PART_NAME]
+    assert lake.read_partition("calls", HOUR).num_rows == 1000
+
+
+@pytest.mark.usefixtures("s3_landing")
+def test_on_s3_the_footer_count_a_discarded_write_and_the_spool_sweep(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where writes spool for upload
+    lake = Lake("s3://push-landing/lake")
+    assert lake.partition_rows("calls", HOUR) is None
+    lake.write_partition("calls", HOUR, table(4))
+    assert lake.partition_rows("calls", HOUR) == 4
+
+    spool = tmp_path / "promptops-lake-spool"
+    debris = spool / f".{PART_NAME}.{socket.gethostname()}.{os.getpid()}.{'b' * 32}.tmp"
+    debris.write_bytes(b"a killed upload's spool file")
+    with lake.partition_writer("calls", HOUR, table(1).schema) as w:
+        w.write(table(2, offset=10))
+        w.discard()
+    assert os.listdir(spool) == [], "the killed writer's spool file is swept"
+    assert lake.read_partition("calls", HOUR).column("call_id").to_pylist() == \
+        ["c0", "c1", "c2", "c3"]
