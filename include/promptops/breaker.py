@@ -2,7 +2,9 @@
 
 Every Airflow task runs in a new process, so a breaker kept in memory would forget the
 outage between two task runs and every run would hammer a dead platform again. The state
-lives in a :class:`BreakerStore` instead (a JSON file per breaker by default).
+lives in a :class:`BreakerStore` instead: a JSON file per breaker on this host by default, or
+one Redis key per breaker shared by all workers (:mod:`promptops.breaker_redis`);
+:func:`store_from_settings` chooses.
 
 States::
 
@@ -14,10 +16,10 @@ States::
 A *failure* is what the caller reports with :meth:`CircuitBreaker.record_failure`; the API
 client reports only errors that say the platform is unwell (see docs/client.md).
 
-CLI::
+CLI (without a store option it uses the store the settings choose, as the workers do)::
 
-    python -m promptops.breaker status [NAME ...] [--state-dir DIR] [--json]
-    python -m promptops.breaker reset NAME [--state-dir DIR]
+    python -m promptops.breaker status [NAME ...] [--state-dir DIR | --redis-url URL] [--json]
+    python -m promptops.breaker reset NAME [--state-dir DIR | --redis-url URL]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -37,9 +40,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
+from urllib.parse import urlsplit
 
-from promptops.errors import CircuitOpenError
+from promptops.errors import CircuitOpenError, PromptOpsError
+
+if TYPE_CHECKING:
+    from promptops.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +97,13 @@ class Ticket:
 
 
 class BreakerStore(Protocol):
-    """Where breaker state lives. Small on purpose: a Redis store needs only these three
-    (``update`` as WATCH/MULTI or a Lua script)."""
+    """Where breaker state lives. Small on purpose: the Redis store needs only these three
+    (``update`` as a WATCH/MULTI transaction)."""
+
+    #: Where the state is, for people (no secrets).
+    location: str
+    #: The options that point ``python -m promptops.breaker`` at this store.
+    cli_options: str
 
     def load(self, name: str) -> BreakerState:
         """The stored state, or a fresh closed state when there is none. May read without
@@ -100,7 +112,9 @@ class BreakerStore(Protocol):
 
     def update(self, name: str, fn: Callable[[BreakerState], T]) -> T:
         """Atomically: load, let ``fn`` mutate the state in place, save if it changed, and
-        return what ``fn`` returned. No other ``update`` of ``name`` interleaves."""
+        return what ``fn`` returned. No other ``update`` of ``name`` interleaves. ``fn`` may
+        run more than once (an optimistic store runs it again on a fresh read when another
+        writer got in first), so it must do nothing but change the state."""
         ...
 
     def names(self) -> list[str]:
@@ -121,6 +135,14 @@ class FileBreakerStore:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
+
+    @property
+    def location(self) -> str:
+        return str(self.directory)
+
+    @property
+    def cli_options(self) -> str:
+        return f"--state-dir {shlex.quote(str(self.directory))}"
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{check_name(name)}.json"
@@ -179,6 +201,48 @@ class FileBreakerStore:
         return sorted(p.stem for p in self.directory.glob("*.json"))
 
 
+def celery_redis_broker_url() -> str | None:
+    """The Celery broker's URL when Airflow runs the CeleryExecutor on Redis, else None
+    (a broker URL alone means nothing: the provider has a default one)."""
+    try:
+        from airflow.configuration import conf
+    except ImportError:
+        return None
+    if "CeleryExecutor" not in (conf.get("core", "executor", fallback="") or ""):
+        return None
+    url = conf.get("celery", "broker_url", fallback=None)
+    return url if url and urlsplit(url).scheme in ("redis", "rediss") else None
+
+
+def store_from_settings(settings: Settings, *, fallback: bool = True) -> BreakerStore:
+    """The store the settings choose: ``PROMPTOPS_BREAKER_STORE`` ``file``, or Redis (the
+    configured URL, else the Celery broker's) with this host's files as the ``fallback``
+    while Redis is unreachable. ``auto`` takes files when there is no Redis to use."""
+    files = FileBreakerStore(settings.state_dir / "breakers")
+    if settings.breaker_store == "file":
+        return files
+    configured = settings.breaker_redis_url
+    url = (configured.get_secret_value() if configured else None) or celery_redis_broker_url()
+    if not url:
+        if settings.breaker_store == "redis":
+            raise ValueError(
+                "PROMPTOPS_BREAKER_STORE is redis but there is no Redis to use: set "
+                "PROMPTOPS_BREAKER_REDIS_URL (redis://[:password@]host[:port][/db]), or run "
+                "Airflow's CeleryExecutor with a redis:// broker")
+        return files
+    if settings.breaker_state_ttl_s <= settings.breaker_cooldown_s:
+        raise ValueError(
+            f"PROMPTOPS_BREAKER_STATE_TTL_S ({settings.breaker_state_ttl_s}) must be longer "
+            f"than PROMPTOPS_BREAKER_COOLDOWN_S ({settings.breaker_cooldown_s:g}): an open "
+            f"breaker's state would expire before its cooldown ends")
+    from promptops.breaker_redis import RedisBreakerStore
+
+    # cli_options "": the CLI finds this store through the same settings.
+    return RedisBreakerStore(url, prefix=settings.breaker_redis_prefix,
+                             ttl_s=settings.breaker_state_ttl_s,
+                             fallback=files if fallback else None, cli_options="")
+
+
 def _ts(t: float | None) -> str:
     if t is None:
         return "-"
@@ -214,12 +278,25 @@ class CircuitBreaker:
         # Fast path without the lock: a closed circuit is the common case.
         if self.store.load(self.name).state == CLOSED:
             return Ticket()
-        decision = self.store.update(self.name, self._admit)
+        decision = self._update(self._admit)
         if isinstance(decision, CircuitOpenError):
             raise decision
         return decision
 
-    def _admit(self, st: BreakerState) -> Ticket | CircuitOpenError:
+    def _update(self, fn: Callable[[BreakerState, list[str]], T]) -> T:
+        """``store.update`` that logs what ``fn`` noted in its committed run only."""
+        notes: list[str] = []
+
+        def run(st: BreakerState) -> T:
+            notes.clear()
+            return fn(st, notes)
+
+        result = self.store.update(self.name, run)
+        for note in notes:
+            log.warning("circuit %s: %s", self.name, note)
+        return result
+
+    def _admit(self, st: BreakerState, notes: list[str]) -> Ticket | CircuitOpenError:
         if st.state == CLOSED:
             return Ticket()
         now = self.clock()
@@ -230,29 +307,28 @@ class CircuitBreaker:
             return self._open_error(st, (st.probe_started_at or 0.0) + self.probe_timeout_s, now,
                                     probing=True)
         if st.probe_id is not None:
-            log.warning("circuit %s: the probe claimed at %s never reported back; "
-                        "letting another call probe", self.name, _ts(st.probe_started_at))
+            notes.append(f"the probe claimed at {_ts(st.probe_started_at)} never reported "
+                         f"back; letting another call probe")
         st.state = HALF_OPEN
         st.probe_id = uuid.uuid4().hex
         st.probe_started_at = now
-        log.warning("circuit %s: cooldown over, this call is the half-open probe", self.name)
+        notes.append("cooldown over, this call is the half-open probe")
         return Ticket(st.probe_id)
 
     def record_success(self, ticket: Ticket | None = None) -> None:
         st = self.store.load(self.name)
         if st.state == CLOSED and st.consecutive_failures == 0:
             return  # nothing to change: skip the lock and the write
-        self.store.update(self.name, lambda s: self._success(s, ticket))
+        self._update(lambda s, notes: self._success(s, ticket, notes))
 
-    def _success(self, st: BreakerState, ticket: Ticket | None) -> None:
+    def _success(self, st: BreakerState, ticket: Ticket | None, notes: list[str]) -> None:
         now = self.clock()
         if st.state == CLOSED:
             st.consecutive_failures = 0
             st.last_success_at = now
             return
         if ticket is not None and ticket.is_probe and ticket.probe_id == st.probe_id:
-            log.warning("circuit %s: probe succeeded, closing (was open since %s)",
-                        self.name, _ts(st.open_since))
+            notes.append(f"probe succeeded, closing (was open since {_ts(st.open_since)})")
             st.state = CLOSED
             st.consecutive_failures = 0
             st.open_since = st.opened_at = None
@@ -267,10 +343,10 @@ class CircuitBreaker:
         text = str(error)[:300]
         if code is None:
             code = getattr(error, "code", None)
-        self.store.update(self.name, lambda s: self._failure(s, ticket, text, code))
+        self._update(lambda s, notes: self._failure(s, ticket, text, code, notes))
 
     def _failure(self, st: BreakerState, ticket: Ticket | None, text: str,
-                 code: int | None) -> None:
+                 code: int | None, notes: list[str]) -> None:
         now = self.clock()
         st.consecutive_failures += 1
         st.last_failure_at = now
@@ -281,15 +357,14 @@ class CircuitBreaker:
                 st.state = OPEN
                 st.open_since = st.opened_at = now
                 st.probe_id = st.probe_started_at = None
-                log.warning("circuit %s: opened after %d consecutive failures; last error: %s",
-                            self.name, st.consecutive_failures, text)
+                notes.append(f"opened after {st.consecutive_failures} consecutive failures; "
+                             f"last error: {text}")
             return
         if ticket is not None and ticket.is_probe and ticket.probe_id == st.probe_id:
             st.state = OPEN
             st.opened_at = now  # a fresh cooldown
             st.probe_id = st.probe_started_at = None
-            log.warning("circuit %s: probe failed, open again until %s", self.name,
-                        _ts(now + self.cooldown_s))
+            notes.append(f"probe failed, open again until {_ts(now + self.cooldown_s)}")
 
     # -- inspection and operator actions ----------------------------------------------------
     def state(self) -> BreakerState:
@@ -304,9 +379,9 @@ class CircuitBreaker:
         log.warning("circuit %s: reset to closed by an operator", self.name)
 
     def reset_command(self) -> str:
-        directory = getattr(self.store, "directory", None)
-        extra = f" --state-dir {directory}" if directory is not None else ""
-        return f"python -m promptops.breaker reset {self.name}{extra}"
+        options = getattr(self.store, "cli_options", "")
+        command = f"python -m promptops.breaker reset {self.name}"
+        return f"{command} {options}" if options else command
 
     def _open_error(self, st: BreakerState, retry_at: float, now: float, *,
                     probing: bool = False) -> CircuitOpenError:
@@ -353,10 +428,18 @@ def describe(name: str, st: BreakerState, cooldown_s: float | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m promptops.breaker",
-                                     description="Inspect or reset persistent circuit breakers.")
-    parser.add_argument("--state-dir", help="breaker directory (default: "
-                        "$PROMPTOPS_STATE_DIR/breakers)")
+    parser = argparse.ArgumentParser(
+        prog="python -m promptops.breaker",
+        description="Inspect or reset persistent circuit breakers. Without --state-dir or "
+                    "--redis-url: the store the settings choose, as the workers do "
+                    "(PROMPTOPS_BREAKER_STORE, PROMPTOPS_BREAKER_REDIS_URL, the Celery broker, "
+                    "else $PROMPTOPS_STATE_DIR/breakers).")
+    parser.add_argument("--state-dir", help="files: the breaker directory")
+    parser.add_argument("--redis-url", help="Redis: redis://[[user]:password@]host[:port][/db] "
+                        "(the environment's PROMPTOPS_BREAKER_REDIS_URL keeps a password off "
+                        "the command line)")
+    parser.add_argument("--redis-prefix", help="Redis key prefix (default: "
+                        "$PROMPTOPS_BREAKER_REDIS_PREFIX or promptops:breaker:)")
     sub = parser.add_subparsers(dest="command", required=True)
     p_status = sub.add_parser("status", help="show breakers (all when no name is given)")
     p_status.add_argument("names", nargs="*")
@@ -364,33 +447,46 @@ def main(argv: list[str] | None = None) -> int:
     p_reset = sub.add_parser("reset", help="close a breaker now (after fixing the platform)")
     p_reset.add_argument("name")
     for p in (p_status, p_reset):  # accepted before or after the subcommand
-        p.add_argument("--state-dir", dest="state_dir_sub", help=argparse.SUPPRESS)
+        for opt in ("--state-dir", "--redis-url", "--redis-prefix"):
+            p.add_argument(opt, dest=f"{opt[2:].replace('-', '_')}_sub", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
     state_dir = args.state_dir_sub or args.state_dir
-    if state_dir is None:
-        from promptops.settings import get_settings
+    redis_url = args.redis_url_sub or args.redis_url
+    if state_dir and redis_url:
+        parser.error("argument --redis-url: not allowed with argument --state-dir (give the "
+                     "one store to use)")
 
-        settings = get_settings()
-        state_dir = settings.state_dir / "breakers"
-        cooldown: float | None = settings.breaker_cooldown_s
-    else:
-        cooldown = None
-    store = FileBreakerStore(state_dir)
+    from promptops.settings import get_settings
 
+    cooldown: float | None = None
     try:
+        if state_dir:
+            store: BreakerStore = FileBreakerStore(state_dir)
+        elif redis_url:
+            from promptops.breaker_redis import RedisBreakerStore
+
+            prefix = (args.redis_prefix_sub or args.redis_prefix
+                      or get_settings().breaker_redis_prefix)
+            store = RedisBreakerStore(redis_url, prefix=prefix)
+        else:  # no fallback: the CLI must show the shared state or say it cannot
+            settings = get_settings()
+            store = store_from_settings(settings, fallback=False)
+            cooldown = settings.breaker_cooldown_s
         if args.command == "reset":
             CircuitBreaker(args.name, store).reset()
-            print(f"{args.name}: reset to closed ({store.directory})")
+            print(f"{args.name}: reset to closed ({store.location})")
             return 0
         names = args.names or store.names()
         if not names:
-            print(f"no breakers in {store.directory}")
+            print(f"no breakers in {store.location}")
             return 0
         states = {n: store.load(n) for n in names}
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PromptOpsError as exc:  # the Redis store is unreachable
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({n: s.to_dict() for n, s in states.items()}, indent=1))
     else:

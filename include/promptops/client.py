@@ -41,7 +41,7 @@ from tenacity import (
 )
 from urllib3.util import Retry
 
-from promptops.breaker import CircuitBreaker, FileBreakerStore, Ticket
+from promptops.breaker import CircuitBreaker, Ticket, store_from_settings
 from promptops.errors import (
     ERROR_CLASSES,
     ERROR_CODES,
@@ -372,8 +372,8 @@ class PlatformClient:
     def from_airflow(cls, conn_id: str | None = None,
                      settings: Settings | None = None) -> PlatformClient:
         """Base URL and key from the Airflow connection (``prompt_platform`` by default),
-        falling back to ``PROMPT_API_KEY`` / ``PROMPTOPS_PLATFORM_URL``; breaker state under
-        ``settings.state_dir/breakers``."""
+        falling back to ``PROMPT_API_KEY`` / ``PROMPTOPS_PLATFORM_URL``; breaker state in the
+        store the settings choose (files under ``settings.state_dir/breakers``, or Redis)."""
         from promptops.settings import get_settings
 
         settings = settings or get_settings()
@@ -397,7 +397,7 @@ class PlatformClient:
         probe_timeout = (attempts * (settings.connect_timeout_s + settings.read_timeout_s)
                          + settings.max_retries * max(backoff_max, settings.max_retry_after_s))
         breaker = CircuitBreaker(
-            conn_id, FileBreakerStore(settings.state_dir / "breakers"),
+            conn_id, store_from_settings(settings),
             failure_threshold=settings.breaker_failure_threshold,
             cooldown_s=settings.breaker_cooldown_s, probe_timeout_s=probe_timeout)
         return cls(base_url, api_key, connect_timeout=settings.connect_timeout_s,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The repository root when the package is installed in editable mode (the default set-up).
@@ -54,6 +55,16 @@ class Settings(BaseSettings):
     max_retry_after_s: float = Field(default=60.0, ge=0)
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=300.0, ge=0)
+    #: Where breaker state lives: ``auto`` (Redis when ``breaker_redis_url`` is set or Airflow
+    #: runs the CeleryExecutor on a redis:// broker, else files under ``state_dir``), ``file``
+    #: or ``redis`` (an error when there is no Redis URL). See docs/client.md.
+    breaker_store: Literal["auto", "file", "redis"] = "auto"
+    #: Redis for breaker state shared by all workers (redis:// or rediss://); default: the
+    #: Celery broker's. A secret when it holds a password.
+    breaker_redis_url: SecretStr | None = None
+    breaker_redis_prefix: str = Field(default="promptops:breaker:", min_length=1)
+    #: Breaker state in Redis expires this long after its last change.
+    breaker_state_ttl_s: int = Field(default=7 * 86400, ge=60)
 
 
 @lru_cache(maxsize=1)

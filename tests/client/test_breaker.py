@@ -1,16 +1,20 @@
-"""The persistent circuit breaker, with a fake clock and a file store in tmp_path."""
+"""The persistent circuit breaker, with a fake clock. The contract tests run against both
+stores: files in tmp_path and the real Redis (a key prefix of their own per test)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from breakerhelpers import REDIS_URL, redis_namespace
 from clienthelpers import FakeClock
 
 from promptops.breaker import (
@@ -18,17 +22,40 @@ from promptops.breaker import (
     HALF_OPEN,
     OPEN,
     BreakerState,
+    BreakerStore,
     CircuitBreaker,
     FileBreakerStore,
     main,
 )
+from promptops.breaker_redis import RedisBreakerStore
 from promptops.errors import CircuitOpenError
 
+MakeStore = Callable[[], BreakerStore]
 
-def breaker(tmp_path: Path, clock: FakeClock, **kw) -> CircuitBreaker:
+
+@pytest.fixture(params=["file", "redis"])
+def make_store(request, tmp_path) -> Iterator[MakeStore]:
+    """Makes store objects over one shared place, as separate tasks would."""
+    if request.param == "file":
+        yield lambda: FileBreakerStore(tmp_path)
+        return
+    made: list[RedisBreakerStore] = []
+
+    def make() -> RedisBreakerStore:
+        made.append(RedisBreakerStore(REDIS_URL, prefix=prefix))
+        return made[-1]
+
+    with redis_namespace() as (_, prefix):
+        yield make
+        for store in made:
+            store.close()
+
+
+def breaker(where: Path | MakeStore, clock: FakeClock, **kw) -> CircuitBreaker:
     opts = {"failure_threshold": 3, "cooldown_s": 60.0, "probe_timeout_s": 30.0}
     opts.update(kw)
-    return CircuitBreaker("platform-a", FileBreakerStore(tmp_path), clock=clock, **opts)
+    store = FileBreakerStore(where) if isinstance(where, Path) else where()
+    return CircuitBreaker("platform-a", store, clock=clock, **opts)
 
 
 def fail(b: CircuitBreaker, n: int = 1, text: str = "platform error 5000 (HTTP 500)") -> None:
@@ -36,8 +63,8 @@ def fail(b: CircuitBreaker, n: int = 1, text: str = "platform error 5000 (HTTP 5
         b.record_failure(text, b.before_call(), code=5000)
 
 
-def test_opens_after_threshold_consecutive_failures(tmp_path, clock):
-    b = breaker(tmp_path, clock)
+def test_opens_after_threshold_consecutive_failures(make_store, clock):
+    b = breaker(make_store, clock)
     fail(b, 2)
     assert b.state().state == CLOSED
     assert b.state().consecutive_failures == 2
@@ -48,8 +75,8 @@ def test_opens_after_threshold_consecutive_failures(tmp_path, clock):
     assert st.last_error_code == 5000
 
 
-def test_success_resets_the_count(tmp_path, clock):
-    b = breaker(tmp_path, clock)
+def test_success_resets_the_count(make_store, clock):
+    b = breaker(make_store, clock)
     fail(b, 2)
     b.record_success(b.before_call())
     fail(b, 2)
@@ -57,8 +84,8 @@ def test_success_resets_the_count(tmp_path, clock):
     assert b.state().consecutive_failures == 2
 
 
-def test_open_circuit_fails_fast_with_an_actionable_message(tmp_path, clock):
-    b = breaker(tmp_path, clock)
+def test_open_circuit_fails_fast_with_an_actionable_message(make_store, clock):
+    b = breaker(make_store, clock)
     fail(b, 3, text="platform error 4003 (HTTP 503) on GET /v1/call_records")
     clock.advance(10)
     with pytest.raises(CircuitOpenError) as info:
@@ -69,13 +96,13 @@ def test_open_circuit_fails_fast_with_an_actionable_message(tmp_path, clock):
     assert "3 consecutive failures" in msg
     assert "platform error 4003" in msg and "(code 5000)" in msg
     assert "next probe is allowed at 2027-01-15T08:01:00Z (in 50 s)" in msg
-    assert f"python -m promptops.breaker reset platform-a --state-dir {tmp_path}" in msg
+    assert f"python -m promptops.breaker reset platform-a {b.store.cli_options}" in msg
     assert info.value.failures == 3
     assert info.value.retry_at == clock.now + 50
 
 
-def test_the_rejection_itself_is_not_a_failure(tmp_path, clock):
-    b = breaker(tmp_path, clock)
+def test_the_rejection_itself_is_not_a_failure(make_store, clock):
+    b = breaker(make_store, clock)
     fail(b, 3)
     for _ in range(5):
         with pytest.raises(CircuitOpenError):
@@ -84,9 +111,9 @@ def test_the_rejection_itself_is_not_a_failure(tmp_path, clock):
     assert b.state().opened_at == clock.now
 
 
-def test_half_open_lets_exactly_one_probe_through(tmp_path, clock):
-    b1 = breaker(tmp_path, clock)
-    b2 = breaker(tmp_path, clock)  # another task, same store
+def test_half_open_lets_exactly_one_probe_through(make_store, clock):
+    b1 = breaker(make_store, clock)
+    b2 = breaker(make_store, clock)  # another task, same store
     fail(b1, 3)
     clock.advance(60)
     probe = b1.before_call()
@@ -98,14 +125,14 @@ def test_half_open_lets_exactly_one_probe_through(tmp_path, clock):
         b1.before_call()
 
 
-def test_concurrent_callers_claim_one_probe(tmp_path, clock):
-    fail(breaker(tmp_path, clock), 3)
+def test_concurrent_callers_claim_one_probe(make_store, clock):
+    fail(breaker(make_store, clock), 3)
     clock.advance(61)
     results: list[str] = []
     lock = threading.Lock()
 
     def call() -> None:
-        b = breaker(tmp_path, clock)  # own object, own file descriptors
+        b = breaker(make_store, clock)  # own object, own file descriptors
         try:
             outcome = "probe" if b.before_call().is_probe else "plain"
         except CircuitOpenError:
@@ -121,8 +148,8 @@ def test_concurrent_callers_claim_one_probe(tmp_path, clock):
     assert sorted(results) == ["probe"] + ["rejected"] * 7
 
 
-def test_probe_success_closes(tmp_path, clock):
-    b = breaker(tmp_path, clock)
+def test_probe_success_closes(make_store, clock):
+    b = breaker(make_store, clock)
     fail(b, 3)
     clock.advance(60)
     b.record_success(b.before_call())
@@ -131,8 +158,8 @@ def test_probe_success_closes(tmp_path, clock):
     assert not b.before_call().is_probe
 
 
-def test_probe_failure_reopens_with_a_fresh_cooldown(tmp_path, clock):
-    b = breaker(tmp_path, clock)
+def test_probe_failure_reopens_with_a_fresh_cooldown(make_store, clock):
+    b = breaker(make_store, clock)
     fail(b, 3)
     first_open = clock.now
     clock.advance(60)
@@ -147,8 +174,8 @@ def test_probe_failure_reopens_with_a_fresh_cooldown(tmp_path, clock):
     assert b.before_call().is_probe
 
 
-def test_a_probe_that_never_reports_back_expires(tmp_path, clock):
-    b = breaker(tmp_path, clock, probe_timeout_s=30.0)
+def test_a_probe_that_never_reports_back_expires(make_store, clock):
+    b = breaker(make_store, clock, probe_timeout_s=30.0)
     fail(b, 3)
     clock.advance(60)
     lost = b.before_call()  # its process dies: nothing is reported
@@ -164,16 +191,16 @@ def test_a_probe_that_never_reports_back_expires(tmp_path, clock):
     assert b.state().state == CLOSED
 
 
-def test_a_late_success_does_not_close_an_open_circuit(tmp_path, clock):
-    b = breaker(tmp_path, clock)
+def test_a_late_success_does_not_close_an_open_circuit(make_store, clock):
+    b = breaker(make_store, clock)
     early = b.before_call()  # admitted while closed, answers after the circuit opened
     fail(b, 3)
     b.record_success(early)
     assert b.state().state == OPEN
 
 
-def test_state_is_shared_between_breaker_objects(tmp_path, clock):
-    a, b = breaker(tmp_path, clock), breaker(tmp_path, clock)
+def test_state_is_shared_between_breaker_objects(make_store, clock):
+    a, b = breaker(make_store, clock), breaker(make_store, clock)
     fail(a, 2)
     fail(b, 1)
     assert a.state().state == OPEN
@@ -205,8 +232,32 @@ def test_stays_open_across_a_new_process(tmp_path):
     assert "(code 5000)" in out
 
 
-def test_reset_closes(tmp_path, clock):
-    b = breaker(tmp_path, clock)
+class RaceLosingStore(FileBreakerStore):
+    """Runs ``fn`` once on a throwaway copy first, as the Redis store does when another
+    worker wrote between its read and its commit (WATCH): only the last run counts."""
+
+    def update(self, name, fn):
+        fn(self.load(name))
+        return super().update(name, fn)
+
+
+def test_only_the_committed_run_of_an_update_is_logged(tmp_path, clock, caplog):
+    b = CircuitBreaker("platform-a", RaceLosingStore(tmp_path), failure_threshold=1,
+                       cooldown_s=60, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="promptops.breaker"):
+        fail(b)
+        clock.advance(60)
+        probe = b.before_call()
+        b.record_success(probe)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("opened after 1 consecutive failures" in m for m in lines) == 1, lines
+    assert sum("this call is the half-open probe" in m for m in lines) == 1, lines
+    assert sum("probe succeeded, closing" in m for m in lines) == 1, lines
+    assert b.state().state == CLOSED
+
+
+def test_reset_closes(make_store, clock):
+    b = breaker(make_store, clock)
     fail(b, 3)
     b.reset()
     assert b.state().state == CLOSED
@@ -216,6 +267,7 @@ def test_reset_closes(tmp_path, clock):
 def test_file_store_writes_atomically_and_tolerates_garbage(tmp_path, clock):
     b = breaker(tmp_path, clock)
     fail(b, 3)
+    assert b.store.cli_options == f"--state-dir {tmp_path}"
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["platform-a.json", "platform-a.lock"]  # no temp file left behind
     assert json.loads((tmp_path / "platform-a.json").read_text())["state"] == OPEN
