@@ -147,19 +147,24 @@ def keep_existing_partition(lake: Lake, result: HourResult, reread_rows: int, *,
     hour = datetime.fromisoformat(result.hour)
     existing = lake.partition_rows(CALLS, hour)
     result.existing_rows, result.reread_rows = existing, reread_rows
-    if replace or not existing:
+    if replace or existing is None:
         return False
     share = get_settings().reread_min_share if min_share is None else min_share
-    if reread_rows and reread_rows >= share * existing:
+    if existing:
+        if reread_rows and reread_rows >= share * existing:
+            return False
+    # An hour of rejects only: an answer with no records at all must not wipe its quarantine.
+    elif result.received or not lake.partition_rows(QUARANTINE, hour):
         return False
     result.kept_existing = True
     result.calls_uri = str(lake.partition_file(CALLS, hour))
     log.warning(
-        "hour %s: the re-read found %d rows where the partition holds %d rows (fewer than "
-        "PROMPTOPS_REREAD_MIN_SHARE=%g of them); kept the partition and its quarantine as "
-        "they were. If the platform lost the hour or lags (retention, an outage), nothing "
-        'is to do; if the hour really has fewer records now, rerun with the run conf '
-        '{"replace": true}.', result.hour, reread_rows, existing, share)
+        "hour %s: the re-read found %d rows where the partition holds %d rows (%s); kept the "
+        "partition and its quarantine as they were. If the platform lost the hour or lags "
+        "(retention, an outage), nothing needs doing; if the hour really has fewer records "
+        'now, rerun with the run conf {"replace": true}.', result.hour, reread_rows, existing,
+        f"fewer than PROMPTOPS_REREAD_MIN_SHARE={share:g} of them" if existing
+        else "and quarantined records, where the platform now returned none")
     return True
 
 

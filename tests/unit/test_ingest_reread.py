@@ -13,6 +13,7 @@ from promptops.client import PlatformClient
 from promptops.ingest import CALLS, QUARANTINE, ingest_hour, ingest_interval, replace_requested
 from promptops.ingest_windows import STAGING_CALLS, merge_windows, plan_windows, pull_window
 from promptops.lake import Lake
+from promptops.records import CALLS_SCHEMA
 from promptops.settings import get_settings
 from promptops.simulator import SimulatorProcess
 
@@ -189,3 +190,17 @@ def test_replace_is_read_from_the_run_conf():
     assert replace_requested({"replace": False, "other": 1}) is False
     with pytest.raises(ValueError, match=r'"replace" is \'yes\'.*true or false'):
         replace_requested({"replace": "yes"})
+
+
+def test_an_empty_reread_keeps_the_quarantine_of_an_hour_of_rejects_only(sim, clock, tmp_path):
+    lake = Lake(f"file://{tmp_path}")
+    full_hour(sim, lake)
+    # An hour whose every record broke the contract: no good rows, all in quarantine.
+    lake.write_partition(CALLS, HOUR, CALLS_SCHEMA.empty_table())
+    quarantined = snapshot(lake)[1]
+
+    clock(GONE)
+    with PlatformClient(sim.url, sim.api_key) as client:
+        again = ingest_hour(client, lake, HOUR, run_id="reread")
+    assert snapshot(lake) == ([], quarantined)
+    assert again.kept_existing and (again.existing_rows, again.reread_rows) == (0, 0)
