@@ -4,7 +4,7 @@ Layout under the lake's base URI::
 
     alert_state/<scope>/state/<seq:012d>.json     one JSON document per committed version
     alert_state/<scope>/claims/<id>.<attempt>.json who took a notification to deliver it
-    alert_log/scope=<scope>/date=.../hour=.../part-00000.parquet   fired / resolved alerts
+    alert_log/scope=<scope>/date=.../hour=.../evaluation-<time>.parquet   its alert events
 
 Everything rests on one primitive, *create this object only if it does not exist yet*:
 
@@ -13,6 +13,9 @@ Everything rests on one primitive, *create this object only if it does not exist
   :class:`StateConflict`, re-reads and re-evaluates (optimistic concurrency, a
   compare-and-swap without a lock server).
 - A notification is delivered only by the run that created its claim object.
+
+The alert log needs no such primitive: each evaluation writes its own record file (see
+:meth:`AlertStore.write_alert_log`), so overlapping runs never rewrite each other's rows.
 
 On local disk (``file://``) the object is written to a temporary file and hard-linked into
 place (``os.link`` fails if the name exists, and the content is complete before the name
@@ -41,11 +44,10 @@ from typing import Any, Protocol
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from promptops.errors import PromptOpsError
-from promptops.lake import Lake, PartitionInfo, hour_floor
+from promptops.lake import Lake, PartitionInfo
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +202,7 @@ class FsspecBlobStore:
         return str(self.root)
 
 
-def _io_retry(func):
+def io_retry(func):
     """Retry transient I/O errors briefly; the state store is small and usually close."""
     return retry(retry=retry_if_exception_type(OSError), stop=stop_after_attempt(3),
                  wait=wait_exponential(multiplier=0.05, max=0.5), reraise=True)(func)
@@ -210,6 +212,12 @@ def _unavailable(what: str, where: str, exc: BaseException) -> StoreUnavailable:
     reason = getattr(exc, "strerror", None) or type(exc).__name__
     return StoreUnavailable(f"alert state store {where}: could not {what} ({reason}); "
                             f"check that the lake is reachable and writable")
+
+
+def blob_store(root: Any, *, local: bool) -> BlobStore:
+    """Objects under ``root`` (an ``ObjectStoragePath``) with an exclusive create: other lake
+    datasets with many writers (heal requests) use it too."""
+    return LocalBlobStore(root.path) if local else FsspecBlobStore(root)
 
 
 class AlertStore:
@@ -225,8 +233,7 @@ class AlertStore:
         self.lake = lake
         self.scope = scope
         if blobs is None:
-            root = lake.root / STATE_DIR / scope
-            blobs = LocalBlobStore(root.path) if lake.is_local else FsspecBlobStore(root)
+            blobs = blob_store(lake.root / STATE_DIR / scope, local=lake.is_local)
         self.blobs = blobs
 
     @classmethod
@@ -245,7 +252,7 @@ class AlertStore:
         except OSError as exc:
             raise _unavailable("read the state", self.blobs.describe(), exc) from None
 
-    @_io_retry
+    @io_retry
     def _load(self) -> StateSnapshot:
         seqs = self._seqs()
         for seq in reversed(seqs):  # newest first; a deleted one (pruned) is skipped
@@ -269,7 +276,7 @@ class AlertStore:
         """Create version ``seq``; :class:`StateConflict` if another run created it first."""
         data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
         try:
-            created = _io_retry(self.blobs.create)(f"state/{seq:012d}.json", data)
+            created = io_retry(self.blobs.create)(f"state/{seq:012d}.json", data)
         except OSError as exc:
             raise _unavailable("write the state", self.blobs.describe(), exc) from None
         if not created:
@@ -294,13 +301,13 @@ class AlertStore:
         body = {**owner, "claimed_at_unix": time.time(), "host": socket.gethostname(),
                 "pid": os.getpid()}
         try:
-            return _io_retry(self.blobs.create)(key, orjson.dumps(body))
+            return io_retry(self.blobs.create)(key, orjson.dumps(body))
         except OSError as exc:
             raise _unavailable("write a claim", self.blobs.describe(), exc) from None
 
     def read_claim(self, notification_id: str, attempt: int) -> dict[str, Any] | None:
         try:
-            raw = _io_retry(self.blobs.read)(self._claim_key(notification_id, attempt))
+            raw = io_retry(self.blobs.read)(self._claim_key(notification_id, attempt))
         except OSError as exc:
             raise _unavailable("read a claim", self.blobs.describe(), exc) from None
         if raw is None:
@@ -345,26 +352,26 @@ class AlertStore:
 
     def write_alert_log(self, evaluated_at: datetime,
                         rows: list[dict[str, Any]]) -> PartitionInfo:
-        """Put one evaluation's rows into its hour's partition, replacing that evaluation's
-        earlier rows and keeping the other evaluations of the hour: a rerun replaces, never
-        duplicates. (Two runs writing the same hour at the same instant could lose one's
-        rows; the state commit orders evaluations, so only overlapping runs can.)"""
+        """Keep one evaluation's rows as its own record file in its hour's folder.
+
+        The rows' natural key is (scope, fingerprint, event, evaluated_at): one evaluation
+        writes them all, once committed by the state store's versioning. So the record is
+        named by the evaluation time and replaces only that evaluation's earlier rows (a
+        rerun, or a retried delivery); overlapping runs writing other evaluations of the
+        hour never touch each other's files, and nothing is read back and rewritten."""
         evaluated_at = evaluated_at.astimezone(UTC)
-        hour = hour_floor(evaluated_at)
-        new = pa.Table.from_pylist([_log_row(r) for r in rows], schema=ALERT_LOG_SCHEMA)
+        table = pa.Table.from_pylist([_log_row(r) for r in rows], schema=ALERT_LOG_SCHEMA)
         try:
-            old = self.lake.read_partition(self.alert_log_dataset, hour)
-            if old is not None:
-                old = old.cast(ALERT_LOG_SCHEMA)
-                keep = pc.not_equal(old["evaluated_at"],
-                                    pa.scalar(evaluated_at, ALERT_LOG_SCHEMA.field("evaluated_at").type))
-                new = pa.concat_tables([old.filter(keep), new])
-            return self.lake.write_partition(self.alert_log_dataset, hour, new)
+            return self.lake.write_record(self.alert_log_dataset, evaluated_at,
+                                          f"evaluation-{evaluated_at:%Y%m%dT%H%M%S.%fZ}", table)
         except OSError as exc:
             raise _unavailable("write the alert log", str(self.lake.root), exc) from None
 
     def read_alert_log(self, start: datetime, end: datetime) -> pa.Table | None:
-        return self.lake.read_range(self.alert_log_dataset, start, end)
+        """The rows of the evaluations in the hours of ``[start, end)``, oldest first."""
+        table = self.lake.read_records(self.alert_log_dataset, start, end)
+        # Stable: an evaluation's rows stay in the order it wrote them.
+        return None if table is None else table.sort_by([("evaluated_at", "ascending")])
 
 
 _TIME_COLUMNS = ("evaluated_at", "active_since", "fired_at", "resolved_at")

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from promptops.findings import Finding
 from promptops.hourly_metrics import (
@@ -25,7 +26,7 @@ from promptops.hourly_metrics import (
     write_hourly_metrics,
 )
 from promptops.judge import JudgeConfig, judge_hour
-from promptops.lake import Lake, hour_floor
+from promptops.lake import Lake, as_utc, hour_floor
 from promptops.metric_table import METRICS
 from promptops.pricing import PriceTable, load_price_table
 from promptops.rules import MetricHistory, evaluate
@@ -180,7 +181,8 @@ def _isolation_forest_view(lake: Lake, hour: datetime) -> dict[tuple[str, str], 
             for r in rows.itertuples()}
 
 
-#: Lake dataset of heal requests raised by alerts (read by the heal DAG once it exists).
+#: Lake dataset of heal requests raised by alerts: one record file per request, in the
+#: folder of the hour its alert fired (see :func:`write_heal_requests`).
 HEAL_REQUESTS = "heal_requests"
 
 HEAL_REQUESTS_SCHEMA = pa.schema([
@@ -193,6 +195,9 @@ HEAL_REQUESTS_SCHEMA = pa.schema([
     pa.field("summary", pa.string()),
     pa.field("newly_fired", pa.bool_()),
     pa.field("run_id", pa.string()),
+    #: The evaluating DAG: scheduled run ids repeat across DAGs, so they name no run alone.
+    pa.field("dag_id", pa.string()),
+    pa.field("fired_at", pa.timestamp("us", tz="UTC")),
 ])
 
 
@@ -213,38 +218,75 @@ def alert_on_findings(lake: Lake, findings: list[Finding], now: datetime, *, run
     return outcome.as_dict()
 
 
-def write_heal_requests(lake: Lake, hour: datetime, requests: list[dict], *,
-                        run_id: str) -> str | None:
-    """Keep a run's heal requests in the hour's partition of the lake.
+def write_heal_requests(lake: Lake, requested_at: datetime | str, requests: list[dict], *,
+                        dag_id: str, run_id: str) -> list[str]:
+    """Keep an evaluation's heal requests in the lake, each once.
 
-    Several runs share an hour (the health sensor runs every 5 minutes): rows of other runs
-    stay, this run's earlier rows (a rerun) are replaced, so nothing is lost or doubled.
-    Returns the partition URI, or None when the hour holds no request any more."""
+    A request is identified by its natural key: the evaluating DAG, the alert's fingerprint
+    and the time the alert fired. Its record file is named by a hash of that key, in the
+    folder of the fire hour, and created only if it does not exist yet (exclusive create,
+    as the alert store's claims). So reruns of an interval under any run id, concurrent
+    runs, and later evaluations of the same firing alert find it there and add nothing,
+    while two DAGs that share a run id keep their own requests. Nothing is ever rewritten.
+
+    ``requested_at`` is the evaluation time (the engine's ``evaluated_at``). Returns the URIs
+    of the records this call created (empty when every request was already kept)."""
+    import hashlib
     import json
 
-    import pyarrow.compute as pc
+    from promptops.alert_store import blob_store, io_retry
 
-    hour = hour_floor(hour)
-    rows = {
-        "requested_at": [hour + timedelta(hours=1)] * len(requests),
-        "fingerprint": [r["fingerprint"] for r in requests],
-        "rule": [r["rule"] for r in requests],
-        "severity": [r["severity"] for r in requests],
-        "playbook": [r["playbook"] for r in requests],
-        "labels": [json.dumps(r.get("labels", {}), sort_keys=True) for r in requests],
-        "summary": [r.get("summary") for r in requests],
-        "newly_fired": [bool(r.get("newly_fired")) for r in requests],
-        "run_id": [run_id] * len(requests),
-    }
-    table = pa.Table.from_pydict(rows, schema=HEAL_REQUESTS_SCHEMA)
-    existing = lake.read_partition(HEAL_REQUESTS, hour)
-    if existing is not None:
-        others = existing.filter(pc.invert(pc.equal(existing.column("run_id"), run_id)))
-        table = pa.concat_tables([others.cast(HEAL_REQUESTS_SCHEMA), table])
-    if table.num_rows == 0:
-        lake.delete_partition(HEAL_REQUESTS, hour)
+    if not dag_id:
+        raise ValueError("write_heal_requests needs the evaluating DAG's dag_id (scheduled run "
+                         "ids repeat across DAGs); pass context['dag_run'].dag_id")
+    requested_at = _utc(requested_at)
+    records = []
+    for i, r in enumerate(requests):
+        missing = [k for k in ("fingerprint", "rule", "severity", "playbook") if not r.get(k)]
+        if missing:
+            raise ValueError(f"heal request #{i} ({r.get('rule') or 'unknown rule'}) lacks "
+                             f"{', '.join(missing)}; pass the alert engine's heal_requests "
+                             f"unchanged (nothing was written)")
+        # A request without a fire time was raised by this evaluation.
+        fired_at = _utc(r["fired_at"]) if r.get("fired_at") else requested_at
+        key = json.dumps([dag_id, r["fingerprint"], fired_at.isoformat()])
+        row = {"requested_at": requested_at, "fingerprint": r["fingerprint"], "rule": r["rule"],
+               "severity": r["severity"], "playbook": r["playbook"],
+               "labels": json.dumps(r.get("labels", {}), sort_keys=True),
+               "summary": r.get("summary"), "newly_fired": bool(r.get("newly_fired")),
+               "run_id": run_id, "dag_id": dag_id, "fired_at": fired_at}
+        records.append((fired_at, hashlib.sha256(key.encode()).hexdigest()[:32], row))
+
+    created, kept = [], 0
+    for fired_at, name, row in records:
+        folder = lake.partition_dir(HEAL_REQUESTS, fired_at)
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist([row], schema=HEAL_REQUESTS_SCHEMA), sink)
+        if io_retry(blob_store(folder, local=lake.is_local).create)(
+                f"{name}.parquet", sink.getvalue().to_pybytes()):
+            created.append(str(folder / f"{name}.parquet"))
+        else:
+            kept += 1
+    if requests:
+        log.info("heal requests of %s run %s: %d recorded, %d already recorded (a rerun, "
+                 "another run of the interval, or the same alert still firing)",
+                 dag_id, run_id, len(created), kept)
+    return created
+
+
+def read_heal_requests(lake: Lake, start: datetime, end: datetime) -> pa.Table | None:
+    """The heal requests whose alerts fired in ``[start, end)``, as one table (oldest first);
+    None when there are none."""
+    table = lake.read_records(HEAL_REQUESTS, start, end)
+    if table is None:
         return None
-    return lake.write_partition(HEAL_REQUESTS, hour, table).uri
+    # Files written before dag_id existed lack it (read as null; absent if all are old).
+    return table.sort_by([(c, "ascending") for c in ("requested_at", "dag_id", "fingerprint")
+                          if c in table.column_names])
+
+
+def _utc(ts: datetime | str) -> datetime:
+    return as_utc(datetime.fromisoformat(ts) if isinstance(ts, str) else ts)
 
 
 def response_for(outcome: dict) -> str:

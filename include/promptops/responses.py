@@ -32,9 +32,10 @@ def respond(outcome, scope: str) -> None:
 
         for r in outcome["heal_requests"]:
             print(f"heal requested: playbook {r['playbook']} for {r['summary']}")
-        # A run triggered without a logical date has no interval: file it at its run time.
-        at = context.get("data_interval_start") or context["dag_run"].run_after
-        write_heal_requests(Lake(), at, outcome["heal_requests"], run_id=context["run_id"])
+        # Each request once per (DAG, alert, fire time): reruns and other DAGs' runs of the
+        # same run id neither double nor drop any.
+        write_heal_requests(Lake(), outcome["evaluated_at"], outcome["heal_requests"],
+                            dag_id=context["dag_run"].dag_id, run_id=context["run_id"])
         # Heal only from a current evaluation (its age on the platform's clock); a stale
         # one is reported here and kept in the heal audit.
         triggers, notes = heal_triggers(

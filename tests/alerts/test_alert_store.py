@@ -99,3 +99,52 @@ def test_store_unreachable_notifies_anyway_then_recovers(sink, tmp_path, caplog)
     assert not out.degraded
     assert {n.reason for n in out.notifications} == {"new", "resolved"}
 
+
+
+def _log_row(at, fingerprint: str, event: str, delivery: str = "sent") -> dict:
+    return {"evaluated_at": at, "scope": "health", "run_id": f"run-{at:%H%M}",
+            "fingerprint": fingerprint, "rule": "token_burst_5m", "severity": "critical",
+            "labels": {"slice": fingerprint}, "event": event, "delivery": delivery,
+            "notification_id": f"n-{fingerprint}-{at:%H%M}"}
+
+
+def test_overlapping_writers_keep_every_alert_log_row_once(tmp_path, monkeypatch):
+    """Two health evaluations of one hour written by overlapping runs (a backfill next to
+    the schedule): each has read what it reads before either writes."""
+    import threading
+
+    both_ready = threading.Barrier(2, timeout=60)
+
+    def after_both_read(write):
+        def paused(self, *args, **kwargs):
+            both_ready.wait()
+            return write(self, *args, **kwargs)
+        return paused
+
+    for name in ("write_partition", "write_record"):
+        monkeypatch.setattr(Lake, name, after_both_read(getattr(Lake, name)))
+
+    store = AlertStore(Lake(f"file://{tmp_path}"), "health")
+    first, second = T0 + timedelta(minutes=5), T0 + timedelta(minutes=10)
+    batches = {first: [_log_row(first, "a", "fired"), _log_row(first, "b", "fired")],
+               second: [_log_row(second, "a", "firing"), _log_row(second, "c", "fired")]}
+    writers = [threading.Thread(target=store.write_alert_log, args=(at, rows))
+               for at, rows in batches.items()]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    monkeypatch.undo()
+
+    def logged():
+        table = store.read_alert_log(T0, T0 + timedelta(hours=1))
+        return [(r["evaluated_at"], r["fingerprint"], r["event"], r["delivery"])
+                for r in table.to_pylist()]
+
+    assert logged() == [(first, "a", "fired", "sent"), (first, "b", "fired", "sent"),
+                        (second, "a", "firing", "sent"), (second, "c", "fired", "sent")]
+    # A rerun of an evaluation (a retried delivery) replaces its rows, keeping the others.
+    store.write_alert_log(first, [_log_row(first, "a", "fired"),
+                                  _log_row(first, "b", "fired", delivery="failed")])
+    assert logged() == [(first, "a", "fired", "sent"), (first, "b", "fired", "failed"),
+                        (second, "a", "firing", "sent"), (second, "c", "fired", "sent")]

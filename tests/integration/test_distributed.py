@@ -164,7 +164,8 @@ def test_dags_run_distributed_on_celery_postgres_redis_and_s3(tmp_path, moto_s3)
     assert in_order, report["hourly_evaluations"]
     for evaluation in in_order:
         at = datetime.fromisoformat(evaluation["evaluated_at"].replace("Z", "+00:00"))
-        assert partition("alert_log/scope=hourly", at) in all_keys, evaluation
+        folder = partition("alert_log/scope=hourly", at).rsplit("/", 1)[0]  # a file per evaluation
+        assert f"{folder}/evaluation-{at:%Y%m%dT%H%M%S.%fZ}.parquet" in all_keys, evaluation
     assert any(k.startswith(f"{PREFIX}/alert_log/scope=health/") for k in all_keys)
     assert any(k.startswith(f"{PREFIX}/health_metrics/") for k in all_keys)
     audit_keys = [k for k in all_keys if k.startswith(f"{PREFIX}/heal_audit/")]

@@ -59,6 +59,11 @@ def test_health_dag_catches_a_flooding_caller(airflow_db, tmp_path, monkeypatch)
     rows = lake.read_partition("health_metrics", run.data_interval_end).to_pylist()
     metrics = {r["metric"] for r in rows}
     assert {"api_up", "success_rate", "peak_calls_per_minute", "gpu_utilization_pct"} <= metrics
-    heal = lake.read_partition("heal_requests", run.data_interval_start).to_pylist()
-    assert [(h["rule"], h["playbook"]) for h in heal] == [("abusive_caller_5m", "rate_limit_user")]
+    from promptops.hourly_analysis import read_heal_requests
+
+    # Filed in the hour the alert fired: this evaluation's.
+    heal = read_heal_requests(lake, run.data_interval_start,
+                              run.data_interval_end + timedelta(hours=1)).to_pylist()
+    assert [(h["dag_id"], h["rule"], h["playbook"]) for h in heal] == \
+        [("promptops_health", "abusive_caller_5m", "rate_limit_user")]
     assert json.loads(heal[0]["labels"])["slice"] == "user-042"

@@ -11,9 +11,9 @@ import pendulum
 import pytest
 
 from promptops.hourly_analysis import (
-    HEAL_REQUESTS,
     analyse_hour,
     findings_for_hour,
+    read_heal_requests,
     response_for,
     write_heal_requests,
 )
@@ -73,26 +73,112 @@ def test_missing_partitions_say_what_to_run(tmp_path):
         findings_for_hour(lake, HOUR)
 
 
-def test_heal_requests_of_a_run_replace_only_that_runs_rows(tmp_path):
+#: An abusive caller's alert as the alert engine hands it to the hourly run of 14:00-15:00.
+HEAL_REQUEST = {"fingerprint": "abc", "rule": "abusive_caller", "severity": "critical",
+                "playbook": "rate_limit_user", "labels": {"user": "user-042"},
+                "summary": "peak 300 calls/min", "fired_at": "2026-11-20T15:00:00+00:00",
+                "newly_fired": True}
+EVALUATED_AT = HOUR + timedelta(hours=1)
+HOURLY, HEALTH = "promptops_hourly", "promptops_health"
+
+
+def _heal_rows(lake: Lake) -> list[dict]:
+    table = read_heal_requests(lake, HOUR - timedelta(hours=1), HOUR + timedelta(hours=4))
+    return [] if table is None else table.to_pylist()
+
+
+def test_heal_request_reruns_keep_exactly_the_original_rows(tmp_path):
     lake = Lake(f"file://{tmp_path}")
-    request = {"fingerprint": "abc", "rule": "abusive_caller", "severity": "critical",
-               "playbook": "rate_limit_user", "labels": {"user": "user-042"},
-               "summary": "peak 300 calls/min", "newly_fired": True}
-    uri = write_heal_requests(lake, HOUR, [request], run_id="r2")
-    assert uri and "heal_requests/date=2026-11-20/hour=14" in uri
-    write_heal_requests(lake, HOUR, [request], run_id="r2")  # a rerun (cleared task: same run)
-    rows = lake.read_partition(HEAL_REQUESTS, HOUR).to_pylist()
-    assert len(rows) == 1 and rows[0]["run_id"] == "r2"
-    assert json.loads(rows[0]["labels"]) == {"user": "user-042"}
-    # Another run in the same hour (the health sensor runs every 5 minutes) adds its own.
-    write_heal_requests(lake, HOUR, [{**request, "fingerprint": "def"}], run_id="r3")
-    rows = lake.read_partition(HEAL_REQUESTS, HOUR).to_pylist()
-    assert sorted((r["run_id"], r["fingerprint"]) for r in rows) == [("r2", "abc"), ("r3", "def")]
-    # A rerun with nothing to request removes only its own rows.
-    assert write_heal_requests(lake, HOUR, [], run_id="r3") is not None
-    assert [r["run_id"] for r in lake.read_partition(HEAL_REQUESTS, HOUR).to_pylist()] == ["r2"]
-    assert write_heal_requests(lake, HOUR, [], run_id="r2") is None
-    assert not lake.has_partition(HEAL_REQUESTS, HOUR)
+    created = write_heal_requests(lake, EVALUATED_AT, [HEAL_REQUEST], dag_id=HOURLY,
+                                  run_id="scheduled__2026-11-20T14:00:00+00:00")
+    # Filed in the hour the alert fired, one record per request.
+    assert len(created) == 1 and "heal_requests/date=2026-11-20/hour=15/" in created[0]
+    original = _heal_rows(lake)
+    assert [(r["dag_id"], r["fingerprint"], r["run_id"]) for r in original] == \
+        [(HOURLY, "abc", "scheduled__2026-11-20T14:00:00+00:00")]
+    assert original[0]["requested_at"] == EVALUATED_AT
+    assert json.loads(original[0]["labels"]) == {"user": "user-042"}
+    # A cleared task, a backfill and `airflow dags test` rerun the same interval, the last
+    # two under run ids of their own.
+    for run_id in ("scheduled__2026-11-20T14:00:00+00:00", "backfill__2026-11-20T14:00:00+00:00",
+                   "manual__2026-11-21T09:12:44.123456+00:00"):
+        assert write_heal_requests(lake, EVALUATED_AT, [HEAL_REQUEST], dag_id=HOURLY,
+                                   run_id=run_id) == []
+        assert _heal_rows(lake) == original
+
+
+def test_one_heal_request_per_firing_episode(tmp_path):
+    lake = Lake(f"file://{tmp_path}")
+    write_heal_requests(lake, EVALUATED_AT, [HEAL_REQUEST], dag_id=HOURLY, run_id="r1")
+    # The next hour the alert still fires: the same episode, already requested.
+    still = {**HEAL_REQUEST, "newly_fired": False}
+    assert write_heal_requests(lake, EVALUATED_AT + timedelta(hours=1), [still],
+                               dag_id=HOURLY, run_id="r2") == []
+    # It resolved and fired again: a new episode, a new request.
+    again = {**HEAL_REQUEST, "fired_at": "2026-11-20T17:00:00+00:00"}
+    assert len(write_heal_requests(lake, EVALUATED_AT + timedelta(hours=2), [again],
+                                   dag_id=HOURLY, run_id="r3")) == 1
+    assert [(r["run_id"], r["newly_fired"]) for r in _heal_rows(lake)] == \
+        [("r1", True), ("r3", True)]
+    assert write_heal_requests(lake, EVALUATED_AT, [], dag_id=HOURLY, run_id="r4") == []
+
+
+def _write_heal_in_subprocess(lake_uri: str, run_id: str, barrier, results) -> None:
+    try:
+        barrier.wait(timeout=120)  # both task processes write at once
+        results.put(write_heal_requests(Lake(lake_uri), EVALUATED_AT, [HEAL_REQUEST],
+                                        dag_id=HOURLY, run_id=run_id))
+    except Exception as exc:  # the parent reports it
+        results.put(repr(exc))
+
+
+def test_two_concurrent_runs_of_one_interval_record_the_request_once(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # fresh interpreters, as two Airflow task processes
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_write_heal_in_subprocess,
+                         args=(f"file://{tmp_path}", run_id, barrier, results))
+             for run_id in ("scheduled__2026-11-20T14:00:00+00:00",
+                            "backfill__2026-11-20T14:00:00+00:00")]
+    for p in procs:
+        p.start()
+    created = [results.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert sorted(len(c) for c in created) == [0, 1], created  # one created it, one found it
+    rows = _heal_rows(Lake(f"file://{tmp_path}"))
+    assert [(r["dag_id"], r["fingerprint"]) for r in rows] == [(HOURLY, "abc")]
+
+
+def test_dags_sharing_a_run_id_keep_each_others_heal_requests(tmp_path):
+    """The 5-minute health run and the hourly run of 10:00 are both
+    ``scheduled__2026-11-20T10:00:00+00:00``."""
+    lake = Lake(f"file://{tmp_path}")
+    run_id = "scheduled__2026-11-20T10:00:00+00:00"
+    flood = {**HEAL_REQUEST, "fingerprint": "h1", "rule": "abusive_caller_5m",
+             "fired_at": "2026-11-20T10:05:00+00:00"}
+    write_heal_requests(lake, datetime(2026, 11, 20, 10, 5, tzinfo=UTC), [flood],
+                        dag_id=HEALTH, run_id=run_id)
+    hourly = [{**HEAL_REQUEST, "fingerprint": fp, "fired_at": "2026-11-20T10:05:00+00:00"}
+              for fp in ("h1", "x2")]  # the same alert raised by both DAGs, and another
+    assert len(write_heal_requests(lake, datetime(2026, 11, 20, 11, tzinfo=UTC), hourly,
+                                   dag_id=HOURLY, run_id=run_id)) == 2
+    rows = read_heal_requests(lake, datetime(2026, 11, 20, 10, tzinfo=UTC),
+                              datetime(2026, 11, 20, 11, tzinfo=UTC)).to_pylist()
+    assert sorted((r["dag_id"], r["fingerprint"]) for r in rows) == \
+        [(HEALTH, "h1"), (HOURLY, "h1"), (HOURLY, "x2")]
+
+
+def test_a_heal_request_without_its_identity_is_refused(tmp_path):
+    lake = Lake(f"file://{tmp_path}")
+    incomplete = {k: v for k, v in HEAL_REQUEST.items() if k != "fingerprint"}
+    with pytest.raises(ValueError, match="fingerprint.*alert engine"):
+        write_heal_requests(lake, EVALUATED_AT, [incomplete], dag_id=HOURLY, run_id="r1")
+    with pytest.raises(ValueError, match="dag_id"):
+        write_heal_requests(lake, EVALUATED_AT, [HEAL_REQUEST], dag_id="", run_id="r1")
+    assert _heal_rows(lake) == []
 
 
 def test_response_for_outcomes():
@@ -141,3 +227,14 @@ def test_root_cause_prefers_the_coarsest_sufficient_layer():
     assert _coarsest_explanation(localise).causes[0].layers == 2 and asked == [1, 2]
     localise, asked = answers({1: 0.1, 2: 0.2, 3: 0.3})  # nothing sufficient: the deepest
     assert _coarsest_explanation(localise).causes[0].layers == 3 and asked == [1, 2, 3]
+
+
+def test_heal_requests_on_s3_are_created_once(s3_api):
+    """The object-store path: fsspec's exclusive create on a real S3 API."""
+    s3_api.create_bucket(Bucket="lake")
+    lake = Lake("s3://lake/promptops")
+    for run_id in ("scheduled__2026-11-20T14:00:00+00:00", "manual__2026-11-21T09:00:00"):
+        write_heal_requests(lake, EVALUATED_AT, [HEAL_REQUEST], dag_id=HOURLY, run_id=run_id)
+    write_heal_requests(lake, EVALUATED_AT, [HEAL_REQUEST], dag_id=HEALTH, run_id="r1")
+    assert sorted((r["dag_id"], r["run_id"]) for r in _heal_rows(lake)) == \
+        [(HEALTH, "r1"), (HOURLY, "scheduled__2026-11-20T14:00:00+00:00")]

@@ -373,28 +373,10 @@ def test_push_writes_what_the_poll_writes_for_the_same_records(sim, tmp_path):
 
 
 @pytest.fixture
-def s3_landing(monkeypatch):
-    """A real S3 API (moto's server) on a free port, with the bucket ``push-landing``."""
-    import boto3
-    from airflow.sdk.io import store
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-        monkeypatch.setenv(key, value)
-    # ObjectStoragePath keeps one filesystem per protocol: start and end without a stale one.
-    store._STORE_CACHE.pop("s3", None)
-    try:
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="push-landing")
-        yield s3
-    finally:
-        store._STORE_CACHE.pop("s3", None)
-        server.stop()
+def s3_landing(s3_api):
+    """A real S3 API with the bucket ``push-landing``."""
+    s3_api.create_bucket(Bucket="push-landing")
+    return s3_api
 
 
 def test_a_landing_area_on_s3(s3_landing, tmp_path):
