@@ -48,6 +48,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from promptops import cost_movers
 from promptops import metric_table as mt
 from promptops.daily import backfill_command
 from promptops.errors import PromptOpsError
@@ -68,7 +69,7 @@ TEMPLATE = "daily_report.html.j2"
 CHARTS = ("cost_by_hour", "cost_by_team", "cost_by_app", "top_users", "tokens_vs_budget",
           "daily_trend", "month_to_date", "quality")
 #: Plain tables written as CSV too.
-TABLES = ("unpriced_models", "incidents", "hours")
+TABLES = ("unpriced_models", "incidents", "hours", "cost_movers")
 #: Names the plugin may serve from a report folder.
 REPORT_FILE_RE = re.compile(r"^[a-z0-9_]+\.(?:html|png|csv|json)$")
 _DATE_DIR_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
@@ -554,6 +555,26 @@ def _change(now: float | None, before: float | None) -> float | None:
     return now / before - 1.0
 
 
+def compare_cost_movers(lake: Lake, day: date, present: list[datetime], day_rows: pd.DataFrame,
+                        min_usd: float) -> list[cost_movers.Comparison]:
+    """The report day's slice costs against each comparison day, on the hours both have."""
+    out = []
+    for against, back in cost_movers.COMPARISONS:
+        shift = timedelta(days=back)
+        other = day - shift
+        common = [h for h in present if lake.has_partition(mt.METRICS, h - shift)]
+        note = (f"no data for {day.isoformat()}" if not present
+                else f"no data for {other.isoformat()}" if not common
+                else f"on the {len(common)} hours both days have" if len(common) < 24
+                else None)
+        before = _read_hours(lake, [h - shift for h in common], [mt.COST_USD],
+                             cost_movers.DIMENSIONS)
+        out.append(cost_movers.compare(
+            against, other, day_rows[day_rows["hour"].isin(_utc_hours(common))], before,
+            hours=len(common), note=note, min_usd=min_usd))
+    return out
+
+
 def report_folder(lake: Lake, day: date):
     return lake.root / REPORTS / f"date={day.isoformat()}"
 
@@ -597,6 +618,9 @@ def build_report(lake: Lake, day: date | datetime | str, *, budget_tokens: float
         "unpriced_models": unpriced_table(day_rows),
         "incidents": incidents_table(lake, start, end),
     }
+    movers_config = cost_movers.MoversConfig()
+    movers = compare_cost_movers(lake, day, present, day_rows, movers_config.min_usd)
+    tables["cost_movers"] = cost_movers.to_table(movers)
     users = tables["top_users"]
     other_users = users.loc[mt.OTHER_SLICE] if mt.OTHER_SLICE in users.index else None
     tables["top_users"] = users.drop(index=[mt.OTHER_SLICE], errors="ignore").head(TOP_USERS)
@@ -669,6 +693,8 @@ def build_report(lake: Lake, day: date | datetime | str, *, budget_tokens: float
         "other_users_cost_usd": _none(other_users["cost_usd"]) if other_users is not None
         else None,
         "run_url": run_url,
+        "cost_movers": {"min_cost_usd": movers_config.min_usd,
+                        "comparisons": [c.as_dict(movers_config.top) for c in movers]},
     }
     if "relevance_judge_mean" in quality:
         summary["relevance_judge_mean"] = weighted_mean(
@@ -743,6 +769,7 @@ def render_html(*, day: date, summary: dict[str, Any], tables: dict[str, pd.Data
     env = Environment(loader=PackageLoader("promptops", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(usd=fmt_usd, num=fmt_num, pct=fmt_pct, signed_pct=fmt_signed_pct,
+                       ratio=cost_movers.fmt_ratio, change_usd=cost_movers.fmt_change,
                        hhmm=lambda ts: "" if ts is None or pd.isna(ts)
                        else pd.Timestamp(ts).strftime("%Y-%m-%d %H:%M"))
     images = {name: "data:image/png;base64," + base64.b64encode(png).decode("ascii")
@@ -903,6 +930,7 @@ def slack_summary(result: ReportResult, report_url: str | None) -> dict[str, Any
                                          emoji=True)),
         SectionBlock(fields=[MarkdownTextObject(text=f[:2000]) for f in fields]),
     ]
+    blocks.append(SectionBlock(text=MarkdownTextObject(text=_movers_text(s)[:3000])))
     if s["backfill_commands"]:
         blocks.append(SectionBlock(text=MarkdownTextObject(text=(
             "*Incomplete day:* missing hours are left out, not counted as zero. Fill them "
@@ -917,11 +945,39 @@ def slack_summary(result: ReportResult, report_url: str | None) -> dict[str, Any
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=context[:3000])]))
     text = (f"promptops daily cost {s['day']}: {fmt_usd(s['cost_usd'])} ({hours}), tokens "
             f"{fmt_pct(s['tokens_budget_share'], 0)} of budget, MTD {fmt_usd(s['mtd_cost_usd'])}")
+    top = next((c for c in s["cost_movers"]["comparisons"] if c["movers"]), None)
+    if top:
+        m = top["movers"][0]
+        text += (f", top cost mover {m['dimension']} {m['slice']} "
+                 f"{cost_movers.fmt_change(m['change_usd'])} "
+                 f"({cost_movers.fmt_ratio(m['ratio'])}) vs {top['date']}")
     if report_url:
         text += f" · {report_url}"
     message = {"text": text, "blocks": [b.to_dict() for b in blocks]}
     validate_message(message)
     return message
+
+
+def _movers_text(s: dict[str, Any], per_comparison: int = 3) -> str:
+    from promptops.slack_notify import escape
+
+    movers = s["cost_movers"]
+    lines = [f"*Cost movers* (slices over {fmt_usd(movers['min_cost_usd'])}, largest change "
+             "first)"]
+    for c in movers["comparisons"]:
+        head = f"vs {c['date']} ({c['against']}" + (
+            f", {c['note']}" if c["note"] and c["hours"] else "") + "): "
+        if not c["hours"]:
+            lines.append(head + c["note"])
+        elif not c["movers"]:
+            lines.append(head + f"no slice over {fmt_usd(movers['min_cost_usd'])}")
+        else:
+            lines.append(head + " · ".join(
+                f"{m['dimension']} *{escape(m['slice'])}* {fmt_usd(m['before_usd'])} → "
+                f"{fmt_usd(m['cost_usd'])} ({cost_movers.fmt_change(m['change_usd'])}, "
+                f"{cost_movers.fmt_ratio(m['ratio'])})"
+                for m in c["movers"][:per_comparison]))
+    return "\n".join(lines)
 
 
 def send_slack_summary(message: dict[str, Any], *, conn_id: str = "slack_alerts",

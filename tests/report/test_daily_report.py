@@ -45,8 +45,8 @@ from promptops.records import validate_page
 from promptops.simulator import Platform, SimConfig
 
 SECTIONS = ("headline", "completeness", "cost-by-hour", "cost-by-team", "cost-by-app",
-            "top-users", "tokens-budget", "trend", "month-to-date", "unpriced", "quality",
-            "incidents", "hours")
+            "top-users", "tokens-budget", "trend", "cost-movers", "month-to-date", "unpriced",
+            "quality", "incidents", "hours")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
