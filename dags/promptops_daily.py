@@ -44,7 +44,11 @@ def promptops_daily():
        versioned in `models/anomaly/`.
     4. **Cost report**: HTML with charts and CSVs in `reports/date=.../` (Browse ›
        promptops reports in the UI), summary to Slack (`slack_alerts`).
-    5. **Retention**: partitions older than `PROMPTOPS_RETENTION_<DATASET>_DAYS` go.
+    5. **Retention**: partitions older than `PROMPTOPS_RETENTION_<DATASET>_DAYS` go. It
+       runs once the steps before it are done, whether they succeeded or not: a failed
+       report must not let the lake grow, least of all on the days ingest failed.
+    6. **Flag failed steps**: fails the run, naming the steps that failed, so a run
+       whose report (or any step) failed still ends red after retention ran.
     """
 
     @task(task_display_name="Check completeness")
@@ -91,22 +95,41 @@ def promptops_daily():
         day = context["data_interval_start"]
         run_url = context["ti"].log_url.split("/tasks/")[0]
         result = build_report(Lake(), day, run_url=run_url)
-        url = report_url(conf.get("api", "base_url", fallback="http://localhost:8080"), day)
+        # The report's date, not the run's timestamp: that is the plugin's route.
+        url = report_url(conf.get("api", "base_url", fallback="http://localhost:8080"),
+                         result.day)
         send_slack_summary(slack_summary(result, url))
         print(f"report: {result.html_uri} ({url})")
         return result.summary
 
-    @task(task_display_name="Apply retention")
-    def apply_retention(baselines: dict, model: dict, report: dict, **context) -> dict:
-        """Last, so nothing the day's analysis reads is deleted under it."""
+    @task(task_display_name="Apply retention", trigger_rule="all_done")
+    def apply_retention(**context) -> dict:
+        """After the analysis, so nothing it reads is deleted under it; whatever its outcome,
+        so a failed report does not skip retention."""
         from promptops.daily import apply_retention as retain
         from promptops.lake import Lake
 
         return retain(Lake(), context["data_interval_start"])
 
+    @task(task_display_name="Flag failed steps", trigger_rule="all_done")
+    def flag_failed_steps(**context) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from promptops.daily import failed_steps
+
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id])[ti.run_id]
+        failed = failed_steps(states)
+        if failed:  # permanent: retrying this check cannot fix the steps
+            raise AirflowFailException(
+                f"step(s) failed: {', '.join(failed)} (their logs say why); retention ran "
+                "anyway. Fix the cause, then clear the failed step(s) to rerun them.")
+        print("every step succeeded")
+
     completeness = check_completeness()
-    apply_retention(refit_baselines(completeness), retrain_root_cause_model(completeness),
-                    cost_report(completeness))
+    steps = [refit_baselines(completeness), retrain_root_cause_model(completeness),
+             cost_report(completeness)]
+    steps >> apply_retention() >> flag_failed_steps()
 
 
 promptops_daily()

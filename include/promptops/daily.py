@@ -4,11 +4,13 @@
   Missing hours are named with the command that fills them; they are never counted as
   zero traffic by anything downstream (reports and baselines read them as gaps).
 - :func:`apply_retention`: delete hourly partitions older than each dataset's age.
+- :func:`failed_steps`: which steps of a run failed (the run's last step fails it on them).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
@@ -123,6 +125,13 @@ def apply_retention(lake: Lake, today: datetime, config: RetentionConfig | None 
                      cutoff.isoformat())
         deleted[dataset] = len(old)
     return deleted
+
+
+def failed_steps(states: Mapping[str, str | None]) -> list[str]:
+    """Task ids (sorted) whose state says the step did not do its work: it failed, or a
+    step it needs failed."""
+    return sorted(task_id for task_id, state in states.items()
+                  if state in ("failed", "upstream_failed"))
 
 
 def _delete_old_reports(lake: Lake, cutoff: datetime) -> int:

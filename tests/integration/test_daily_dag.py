@@ -1,6 +1,7 @@
 """The daily DAG end to end under dag.test(): a lake with three simulated days (one hour of
 the report day missing), then completeness, baselines, the root-cause model, the cost report
-(delivered to a real Slack sink) and retention."""
+(delivered to a real Slack sink) and retention. And a day when ingest failed and the summary
+could not be sent: the report says the day is empty, retention still runs, the run fails."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from promptops.hourly_analysis import analyse_hour
@@ -38,25 +40,31 @@ def _fill(lake: Lake) -> None:
                          lake.read_partition("calls", FIRST_DAY))
 
 
-@pytest.mark.slow
-def test_daily_dag_under_dag_test(airflow_db, tmp_path, monkeypatch):
+def _run_daily(lake_uri: str, monkeypatch, *, no_retries: tuple[str, ...] = ()):
     from airflow.dag_processing.dagbag import DagBag
 
     from promptops.settings import get_settings
 
+    monkeypatch.setenv("PROMPTOPS_LAKE_URI", lake_uri)
+    get_settings.cache_clear()
+    try:
+        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["promptops_daily"]
+        for task_id in no_retries:  # fail now rather than after minutes of retry delay
+            dag.task_dict[task_id].retries = 0
+        return dag.test(logical_date=REPORT_DAY + timedelta(days=1, minutes=30))
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.slow
+def test_daily_dag_under_dag_test(airflow_db, tmp_path, monkeypatch):
     lake_uri = f"file://{tmp_path / 'lake'}"
     lake = Lake(lake_uri)
     _fill(lake)
     with SlackSinkProcess() as sink:
-        monkeypatch.setenv("PROMPTOPS_LAKE_URI", lake_uri)
         monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps(
             {"conn_type": "slackwebhook", "password": sink.url + "/services/T/B/daily"}))
-        get_settings.cache_clear()
-        try:
-            dag = DagBag(dag_folder=str(ROOT / "dags")).dags["promptops_daily"]
-            run = dag.test(logical_date=REPORT_DAY + timedelta(days=1, minutes=30))
-        finally:
-            get_settings.cache_clear()
+        run = _run_daily(lake_uri, monkeypatch)
         messages = sink.messages()
 
     assert run.state == "success"
@@ -70,6 +78,9 @@ def test_daily_dag_under_dag_test(airflow_db, tmp_path, monkeypatch):
     html = (report_dir / "index.html").read_text()
     assert "05:00" in html and "backfill" in html
     assert len(messages) == 1 and f"{REPORT_DAY:%Y-%m-%d}" in json.dumps(messages[0]["body"])
+    # The link opens the report of the day: the date, not the run's timestamp.
+    button = next(b for b in messages[0]["body"]["blocks"] if b["type"] == "actions")
+    assert button["elements"][0]["url"].endswith(f"/promptops-reports/{REPORT_DAY:%Y-%m-%d}/")
     summary = json.loads((report_dir / "summary.json").read_text())
     assert [h[11:16] for h in summary["missing_hours"]] == ["05:00"]
 
@@ -84,3 +95,31 @@ def test_daily_dag_under_dag_test(airflow_db, tmp_path, monkeypatch):
     # Retention removed the 90-day-old raw partition and nothing recent.
     assert not lake.has_partition("calls", FIRST_DAY - timedelta(days=90))
     assert lake.has_partition("calls", FIRST_DAY)
+
+
+@pytest.mark.slow
+def test_an_empty_day_and_a_failed_summary_still_run_retention(airflow_db, tmp_path,
+                                                               monkeypatch, capfd):
+    """Ingest wrote nothing for days, and the Slack connection is missing: the report of
+    the empty day is written, its delivery fails, retention runs anyway, and the run ends
+    failed, naming the step that failed."""
+    lake_uri = f"file://{tmp_path / 'lake'}"
+    lake = Lake(lake_uri)
+    old = REPORT_DAY - timedelta(days=90)
+    lake.write_partition("calls", old, pa.table({"call_id": ["c1"]}))
+    monkeypatch.delenv("AIRFLOW_CONN_SLACK_ALERTS", raising=False)
+
+    run = _run_daily(lake_uri, monkeypatch, no_retries=("cost_report",))
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states == {"check_completeness": "success", "refit_baselines": "success",
+                      "retrain_root_cause_model": "success", "cost_report": "failed",
+                      "apply_retention": "success", "flag_failed_steps": "failed"}
+    assert run.state == "failed"
+    # The run's failure names the step, for the UI and the failure notice.
+    assert "step(s) failed: cost_report (their logs say why)" in capfd.readouterr().out
+    assert not lake.has_partition("calls", old)
+    report_dir = tmp_path / "lake" / "reports" / f"date={REPORT_DAY:%Y-%m-%d}"
+    summary = json.loads((report_dir / "summary.json").read_text())
+    assert summary["hours_present"] == 0 and len(summary["missing_hours"]) == 24
+    assert "No data for this day" in (report_dir / "index.html").read_text()
