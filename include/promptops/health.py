@@ -28,7 +28,7 @@ from promptops import metric_table as mt
 from promptops.errors import PromptOpsError
 from promptops.gpu import metric_rows
 from promptops.hourly_metrics import ACCURACY_ALPHA, SUCCESS_STATUS
-from promptops.lake import Lake, PartitionInfo, as_utc, hour_floor
+from promptops.lake import Lake, PartitionInfo, as_utc
 from promptops.records import empty_calls_table, validate_page
 
 log = logging.getLogger(__name__)
@@ -167,11 +167,13 @@ def fetch_recent_calls(client: Any, window_end: datetime, minutes: int = 5) -> p
 
 
 def write_health_metrics(lake: Lake, at: datetime, table: pa.Table) -> PartitionInfo:
-    """Store one evaluation's rows in ``health_metrics``, in the partition of ``at``'s hour.
+    """Store one evaluation's rows in ``health_metrics``, as its own record file in the
+    folder of ``at``'s hour (``evaluation-<time>.parquet``).
 
-    The partition holds every evaluation of that hour, told apart by the ``hour`` column
-    (the evaluation time): rows of other evaluations are kept, this evaluation's earlier
-    rows (a rerun) are replaced. Every row of ``table`` must carry ``at`` as its time.
+    The rows' natural key is the evaluation time (the ``hour`` column): a rerun replaces
+    its own file, and overlapping runs writing other evaluations of the hour (a backfill
+    beside the schedule) never read and rewrite each other's rows. Every row of ``table``
+    must carry ``at`` as its time.
     """
     at = as_utc(at)
     missing = [c for c in mt.METRICS_SCHEMA.names if c not in table.column_names]
@@ -183,11 +185,14 @@ def write_health_metrics(lake: Lake, at: datetime, table: pa.Table) -> Partition
     if new.num_rows and not pc.all(pc.equal(new.column("hour"), at_scalar)).as_py():
         raise ValueError(f"every health row must have hour = the evaluation time {at.isoformat()}"
                          "; found rows of other times (write each evaluation on its own)")
-    hour = hour_floor(at)
-    old = lake.read_partition(HEALTH_METRICS, hour)
-    parts = [new]
-    if old is not None:
-        old = old.select(mt.METRICS_SCHEMA.names).cast(mt.METRICS_SCHEMA)
-        parts.insert(0, old.filter(pc.not_equal(old.column("hour"), at_scalar)))
-    merged = pa.concat_tables(parts).sort_by([("hour", "ascending")])
-    return lake.write_partition(HEALTH_METRICS, hour, merged)
+    return lake.write_record(HEALTH_METRICS, at, f"evaluation-{at:%Y%m%dT%H%M%S.%fZ}", new)
+
+
+def read_health_metrics(lake: Lake, start: datetime, end: datetime) -> pa.Table | None:
+    """Every evaluation's rows in the hours of ``[start, end)``, oldest first (files written
+    before evaluations had their own, ``part-00000.parquet``, are read too)."""
+    table = lake.read_records(HEALTH_METRICS, start, end)
+    if table is None:
+        return None
+    return table.select(mt.METRICS_SCHEMA.names).cast(mt.METRICS_SCHEMA).sort_by(
+        [("hour", "ascending")])

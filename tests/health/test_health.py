@@ -132,7 +132,7 @@ def test_health_metrics_keep_other_evaluations_and_replace_a_rerun(tmp_path) -> 
     health.write_health_metrics(lake, t1, first)
     health.write_health_metrics(lake, t2, second)
     health.write_health_metrics(lake, t2, second)  # a rerun: replaces its own rows
-    stored = lake.read_partition(health.HEALTH_METRICS, datetime(2026, 11, 20, 16, tzinfo=UTC))
+    stored = health.read_health_metrics(lake, t1, t2 + timedelta(minutes=1))
     assert stored.num_rows == first.num_rows + second.num_rows
     by_time = {}
     for r in stored.to_pylist():
@@ -143,7 +143,7 @@ def test_health_metrics_keep_other_evaluations_and_replace_a_rerun(tmp_path) -> 
     assert req == {t1: 1, t2: 2}
     # A rerun of t1 with different rows replaces t1's rows and leaves t2's alone.
     health.write_health_metrics(lake, t1, first.slice(0, 1))
-    stored = lake.read_partition(health.HEALTH_METRICS, datetime(2026, 11, 20, 16, tzinfo=UTC))
+    stored = health.read_health_metrics(lake, t1, t2 + timedelta(minutes=1))
     assert stored.num_rows == 1 + second.num_rows
 
 
@@ -153,3 +153,35 @@ def test_rows_of_another_time_are_refused(tmp_path) -> None:
     rows = health.recent_call_rows(calls([]), t)
     with pytest.raises(ValueError, match="evaluation time"):
         health.write_health_metrics(lake, t + timedelta(minutes=5), rows)
+
+
+def test_overlapping_health_evaluations_keep_each_others_rows(tmp_path, monkeypatch) -> None:
+    """Two 5-minute evaluations of one hour written by overlapping runs (a backfill next to
+    the schedule): each has read what it reads before either writes; both keep their rows."""
+    import threading
+
+    both_ready = threading.Barrier(2, timeout=60)
+
+    def after_both_read(write):
+        def paused(self, *args, **kwargs):
+            both_ready.wait()
+            return write(self, *args, **kwargs)
+        return paused
+
+    for name in ("write_partition", "write_record"):
+        monkeypatch.setattr(Lake, name, after_both_read(getattr(Lake, name)))
+    lake = Lake(f"file://{tmp_path}")
+    t1, t2 = datetime(2026, 11, 20, 16, 5, tzinfo=UTC), datetime(2026, 11, 20, 16, 10, tzinfo=UTC)
+    rows = {t1: health.recent_call_rows(calls([record(1, t1 - timedelta(minutes=1))]), t1),
+            t2: health.recent_call_rows(calls([record(2, t2 - timedelta(minutes=1)),
+                                               record(3, t2 - timedelta(minutes=2))]), t2)}
+    writers = [threading.Thread(target=health.write_health_metrics, args=(lake, at, table))
+               for at, table in rows.items()]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    monkeypatch.undo()
+    stored = health.read_health_metrics(lake, t1, t2 + timedelta(minutes=1))
+    req = {r["hour"]: r["value"] for r in stored.to_pylist() if r["metric"] == "requests"}
+    assert req == {t1: 1, t2: 2}

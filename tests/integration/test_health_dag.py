@@ -56,7 +56,10 @@ def test_health_dag_catches_a_flooding_caller(airflow_db, tmp_path, monkeypatch)
     assert "user-042" in json.dumps(messages[0]["body"])
 
     lake = Lake(lake_uri)
-    rows = lake.read_partition("health_metrics", run.data_interval_end).to_pylist()
+    from promptops.health import read_health_metrics
+
+    at = run.data_interval_end
+    rows = read_health_metrics(lake, at, at + timedelta(hours=1)).to_pylist()
     metrics = {r["metric"] for r in rows}
     assert {"api_up", "success_rate", "peak_calls_per_minute", "gpu_utilization_pct"} <= metrics
     from promptops.hourly_analysis import read_heal_requests
