@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import secrets
 import shutil
 import socket
@@ -227,17 +226,6 @@ class DistributedStack(Stack):
         self.procs.append((name, proc))
         print(f"  started {name} (pid {proc.pid}, log {self.logs / (name + '.log')})")
         return proc
-
-    def check_alive(self) -> None:
-        """dev_stack's check, plus the errors the dead process logged last."""
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                log = self.logs / f"{name}.log"
-                lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-                errors = [ln.strip() for ln in lines
-                          if re.match(r"^\w+(\.\w+)*(Error|Exception): ", ln.strip())][-3:]
-                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {log}"
-                                   + "".join(f"\n    {e}" for e in errors))
 
     def up(self) -> None:
         """Services, database, bucket, migration, then the Airflow components."""

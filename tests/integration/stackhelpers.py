@@ -61,6 +61,9 @@ class AirflowRest:
             raise AssertionError(f"{method} {path}: HTTP {resp.status_code} {resp.text[:500]}")
         return resp.json() if resp.content else None
 
+    def get(self, path: str, **params: Any) -> Any:
+        return self._call("GET", path, params=params)
+
     def trigger(self, dag_id: str, run_id: str, conf: dict) -> dict:
         return self._call("POST", f"/dags/{dag_id}/dagRuns",
                           json={"dag_run_id": run_id, "logical_date": None, "conf": conf})
