@@ -10,15 +10,16 @@ and the engine answers with what to post. Per alert (identity = rule + severity 
 ``firing --seen again while keep-firing--> firing`` (no new message: flapping is absorbed)
 
 Firing alerts are muted by silences (:mod:`promptops.silences`) and inhibition rules (a
-firing source mutes matching targets with equal labels that are no more severe than it). Muted alerts keep their state and
-still inhibit others; they are simply not posted. Unmuted firing alerts are grouped by the
-route's ``group_by`` labels, and a group gets one message in an evaluation when it has an
-alert Slack has not seen firing, a resolved alert Slack saw firing (``send_resolved``), or
-when ``repeat_interval`` has passed since its last delivered message. Changes to a group
-that Slack already saw firing wait ``group_interval`` since its last message (Alertmanager's
-knob), except the all-clear, which goes out at once. A message lists every
-firing alert of its group, as Alertmanager's do. What Slack has seen changes only when a
-message is delivered, so a failed delivery is simply due again at the next evaluation.
+firing source mutes matching targets with equal labels that are no more severe than it).
+Muted alerts keep their state and still inhibit others; they are simply not posted. Unmuted
+firing alerts are grouped by the route's ``group_by`` labels, and a group gets one message
+in an evaluation when it has an alert Slack has not seen firing, a resolved alert Slack saw
+firing (``send_resolved``), or when ``repeat_interval`` has passed since its last delivered
+message. Changes to a group that Slack already saw firing wait ``group_interval`` since its
+last message (Alertmanager's knob), except the all-clear, which goes out at once. A message
+lists every firing alert of its group, as Alertmanager's do. What Slack has seen changes
+only when a message is delivered, so a failed delivery is simply due again at the next
+evaluation.
 
 Runs, processes and concurrency:
 
@@ -31,8 +32,17 @@ Runs, processes and concurrency:
   whose sender died is retaken after ``claim_timeout`` (at-least-once).
 - Replays: an evaluation at the time of the last one (a rerun, an Airflow retry) changes no
   alert state; it returns the stored outcome and only (re)sends that evaluation's messages
-  that are not delivered yet. An evaluation older than the last one (an out-of-order
-  backfill) changes nothing and sends nothing.
+  that are not delivered yet. An evaluation older than the last one that was done before,
+  or more than ``replay_window`` before it, changes nothing and sends nothing.
+- Gaps: an older evaluation time never evaluated before (the backfill that arrives after the
+  scheduler's run for the latest hour) completes the history. The state remembers which
+  alerts held at each evaluation time within ``replay_window``; from that the gap's findings
+  are placed in their streaks. An alert still pending at the latest evaluation whose streak
+  the gap completes fires and is posted once, as the latest evaluation would have. An alert
+  that fired in the gap but no longer fires at the latest evaluation is over: it goes to the
+  alert log (``delivery="past"``) for the daily report and is never posted. A gap never
+  resolves anything, and its heal requests say ``stale: true``: the heal path acts only on
+  the latest evaluation.
 - If the store cannot be read or written, the engine evaluates from what it has (no state
   when it cannot read it), sends without claims and logs a warning: a store outage may
   cause a duplicate message, never a lost one.
@@ -284,9 +294,14 @@ class EvaluationOutcome:
     scope: str
     evaluated_at: datetime
     run_id: str | None
-    #: None for a normal evaluation; ``same`` (a rerun of the last evaluation time) or
-    #: ``older`` (an evaluation time before the last one: nothing changed, nothing sent).
+    #: None for a normal evaluation; ``same`` (a rerun of the last evaluation time),
+    #: ``gap`` (an older time never evaluated: completes the history, see the module doc) or
+    #: ``older`` (an older time done before or beyond the replay window: nothing changed,
+    #: nothing sent).
     replay: str | None = None
+    #: The newest evaluation time the state knows; later than ``evaluated_at`` for a replay
+    #: of an older time, whose findings are stale.
+    latest_evaluated_at: datetime | None = None
     #: The state store was unreachable: evaluated from what could be read, sent unclaimed.
     degraded: bool = False
     firing: list[dict[str, Any]] = field(default_factory=list)
@@ -294,7 +309,9 @@ class EvaluationOutcome:
     #: Alerts that resolved in this evaluation.
     resolved: list[dict[str, Any]] = field(default_factory=list)
     notifications: list[NotificationReport] = field(default_factory=list)
-    #: Unmuted firing alerts carrying ``annotations["heal_playbook"]``.
+    #: Unmuted firing alerts carrying ``annotations["heal_playbook"]``; each says the
+    #: ``evaluated_at`` that found it and ``stale`` (True when older than the latest
+    #: evaluation: report it, never act on it).
     heal_requests: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     state_seq: int | None = None
@@ -311,6 +328,8 @@ class EvaluationOutcome:
         """JSON-safe (for XCom): times as ISO strings."""
         out = asdict(self)
         out["evaluated_at"] = _iso(self.evaluated_at)
+        if self.latest_evaluated_at is not None:
+            out["latest_evaluated_at"] = _iso(self.latest_evaluated_at)
         return out
 
 
@@ -343,7 +362,66 @@ class _Plan:
 def _empty_state(scope: str) -> dict[str, Any]:
     return {"version": STATE_VERSION, "scope": scope, "last_evaluated_at": None,
             "last_run_id": None, "alerts": {}, "groups": {}, "outbox": [],
-            "last_outcome": None, "last_log_rows": []}
+            "last_outcome": None, "last_log_rows": [], "evaluations": {},
+            "history_from": None}
+
+
+def _remember(state: dict[str, Any], now: datetime, fingerprints: Iterable[str],
+              window: timedelta) -> None:
+    """Note in ``state`` which alerts held at ``now``; forget evaluations beyond ``window``."""
+    if "evaluations" not in state:  # a state from before evaluations were remembered
+        state["evaluations"] = {}
+        state["history_from"] = state.get("last_evaluated_at")
+    evaluations = state["evaluations"]
+    evaluations[_iso(now)] = sorted(fingerprints)
+    oldest = max(_dt(t) for t in evaluations) - window
+    state["evaluations"] = {t: fps for t, fps in sorted(evaluations.items())
+                            if _dt(t) >= oldest}
+
+
+def older_than_history(doc: dict[str, Any], now: datetime, window: timedelta) -> str | None:
+    """Why an evaluation older than the last one cannot fill a gap, or None when it can."""
+    if _iso(now) in doc.get("evaluations", {}):
+        return "was done before"
+    known_from = doc.get("history_from") if "evaluations" in doc else doc["last_evaluated_at"]
+    if known_from is not None and now < _dt(known_from):
+        return f"is older than the history this state remembers (from {known_from})"
+    if now < _dt(doc["last_evaluated_at"]) - window:
+        return f"is beyond the replay window (replay_window: {window})"
+    return None
+
+
+class _History:
+    """The remembered evaluations of a scope: which alerts held at each evaluation time.
+
+    Evaluations are one step apart (the DAG's schedule), taken as the smallest gap between
+    remembered times; a time not remembered breaks a streak, as nothing is known of it."""
+
+    def __init__(self, evaluations: dict[str, list[str]]) -> None:
+        self.held = {_dt(t): set(fps) for t, fps in evaluations.items()}
+        times = sorted(self.held)
+        self.step = min((b - a for a, b in zip(times, times[1:], strict=False)), default=None)
+
+    def streak(self, fp: str, end: datetime) -> list[datetime]:
+        """The evaluations in a row up to ``end`` in which ``fp`` held, oldest first."""
+        out, t = [], end
+        while fp in self.held.get(t, ()):
+            out.append(t)
+            if self.step is None:
+                break
+            t -= self.step
+        return out[::-1]
+
+    def ended_at(self, fp: str, start: datetime) -> datetime | None:
+        """The first evaluation after ``start`` in which ``fp`` no longer held, if known."""
+        t = start
+        while self.step is not None:
+            t += self.step
+            if t not in self.held:
+                return None
+            if fp not in self.held[t]:
+                return t
+        return None
 
 
 def _entry_in_flight(entry: dict[str, Any], claim_timeout: timedelta) -> bool:
@@ -357,6 +435,7 @@ def plan_evaluation(doc: dict[str, Any] | None, findings: dict[str, Finding], no
                     run_id: str | None, run_url: str | None) -> _Plan:
     """The new state document, the messages to send and the outcome (before delivery)."""
     state = json.loads(json.dumps(doc)) if doc else _empty_state(scope)
+    _remember(state, now, findings, config.replay_window)
     records = {fp: AlertRecord.from_dict(d) for fp, d in state["alerts"].items()}
     records = advance(records, findings, now)
     muted = mute_reasons(records, config, silences)
@@ -383,9 +462,7 @@ def plan_evaluation(doc: dict[str, Any] | None, findings: dict[str, Finding], no
     entries: list[dict[str, Any]] = []
     new_groups: dict[str, Any] = {}
     for key, g in sorted(groups.items()):
-        gs = state["groups"].get(key) or {"labels": g.labels, "route_index": g.route_index,
-                                           "notified": {}, "last_notified_at": None,
-                                           "failures": 0, "last_error": None}
+        gs = state["groups"].get(key) or _group_state(g)
         firing = firing_by_group.get(key, [])
         notified: dict[str, Any] = gs["notified"]
         # Alerts Slack saw firing that no longer fire (resolved, or gone): a resolved message.
@@ -416,13 +493,8 @@ def plan_evaluation(doc: dict[str, Any] | None, findings: dict[str, Finding], no
             "resolved" if resolved_views and change_due else \
             "repeat" if repeat_due else None
         if reason is not None and key not in waiting:
-            entries.append({
-                "id": _hash(scope, key, _iso(now)), "group_key": key, "group_labels": g.labels,
-                "route_index": g.route_index, "connections": list(g.route.connections),
-                "evaluated_at": _iso(now), "run_id": run_id, "run_url": run_url,
-                "reason": reason, "firing": [r.view() for r in firing],
-                "resolved": resolved_views, "new": new, "status": "pending", "attempt": 0,
-                "created_unix": time.time(), "error": None, "connection_id": None})
+            entries.append(_entry(_hash(scope, key, _iso(now)), g, now, run_id, run_url,
+                                  reason, firing, resolved_views, new))
         if firing or gs["notified"] or key in waiting or reason is not None:
             new_groups[key] = gs
 
@@ -456,17 +528,13 @@ def plan_evaluation(doc: dict[str, Any] | None, findings: dict[str, Finding], no
 
     views = {fp: r.view(muted.get(fp)) for fp, r in records.items()}
     outcome = EvaluationOutcome(
-        scope=scope, evaluated_at=now, run_id=run_id,
+        scope=scope, evaluated_at=now, run_id=run_id, latest_evaluated_at=now,
         firing=[views[fp] for fp, r in sorted(records.items()) if r.status == FIRING],
         pending=[views[fp] for fp, r in sorted(records.items()) if r.status == PENDING],
         resolved=[views[fp] for fp, r in sorted(records.items())
                   if r.status == RESOLVED and r.resolved_at == _iso(now)],
-        notifications=[NotificationReport(e["id"], e["group_key"], e["group_labels"],
-                                          e["reason"], len(e["firing"]), len(e["resolved"]),
-                                          "pending") for e in entries],
-        heal_requests=[_heal_request(r, now) for fp, r in sorted(records.items())
-                       if r.status == FIRING and fp not in muted
-                       and r.annotations.get("heal_playbook")])
+        notifications=[_pending_report(e) for e in entries],
+        heal_requests=_heal_requests(records, muted, now, stale=False))
 
     new_doc = {**state, "version": STATE_VERSION, "scope": scope,
                "last_evaluated_at": _iso(now), "last_run_id": run_id,
@@ -475,12 +543,126 @@ def plan_evaluation(doc: dict[str, Any] | None, findings: dict[str, Finding], no
     return _Plan(new_doc, entries, outcome, log_rows)
 
 
-def _heal_request(rec: AlertRecord, now: datetime) -> dict[str, Any]:
-    return {"fingerprint": rec.fingerprint, "rule": rec.rule, "severity": rec.severity,
-            "playbook": rec.annotations["heal_playbook"], "labels": dict(rec.labels),
-            "summary": rec.summary, "value": rec.value, "threshold": rec.threshold,
-            "fired_at": rec.fired_at, "newly_fired": rec.fired_at == _iso(now),
-            "annotations": dict(rec.annotations)}
+def _group_state(g: _Group) -> dict[str, Any]:
+    return {"labels": g.labels, "route_index": g.route_index, "notified": {},
+            "last_notified_at": None, "failures": 0, "last_error": None}
+
+
+def _entry(entry_id: str, g: _Group, evaluated_at: datetime, run_id: str | None,
+           run_url: str | None, reason: str, firing: list[AlertRecord],
+           resolved: list[dict[str, Any]], new: list[str]) -> dict[str, Any]:
+    """One planned message (an outbox entry of the state)."""
+    return {"id": entry_id, "group_key": g.key, "group_labels": g.labels,
+            "route_index": g.route_index, "connections": list(g.route.connections),
+            "evaluated_at": _iso(evaluated_at), "run_id": run_id, "run_url": run_url,
+            "reason": reason, "firing": [r.view() for r in firing], "resolved": resolved,
+            "new": new, "status": "pending", "attempt": 0, "created_unix": time.time(),
+            "error": None, "connection_id": None}
+
+
+def _pending_report(e: dict[str, Any]) -> NotificationReport:
+    return NotificationReport(e["id"], e["group_key"], e["group_labels"], e["reason"],
+                              len(e["firing"]), len(e["resolved"]), "pending")
+
+
+def _heal_requests(records: dict[str, AlertRecord], muted: dict[str, str], now: datetime, *,
+                   stale: bool) -> list[dict[str, Any]]:
+    """Unmuted firing alerts with a heal playbook. ``stale``: found by an evaluation older
+    than the latest one (a backfill), which the heal path must not act on."""
+    return [{"fingerprint": r.fingerprint, "rule": r.rule, "severity": r.severity,
+             "playbook": r.annotations["heal_playbook"], "labels": dict(r.labels),
+             "summary": r.summary, "value": r.value, "threshold": r.threshold,
+             "fired_at": r.fired_at, "newly_fired": r.fired_at == _iso(now),
+             "annotations": dict(r.annotations), "evaluated_at": _iso(now), "stale": stale}
+            for fp, r in sorted(records.items())
+            if r.status == FIRING and fp not in muted and r.annotations.get("heal_playbook")]
+
+
+def plan_gap_fill(doc: dict[str, Any], findings: dict[str, Finding], now: datetime,
+                  config: AlertingConfig, silences: list[Silence],
+                  latest_silences: list[Silence], *, scope: str, run_id: str | None,
+                  run_url: str | None) -> _Plan:
+    """An evaluation at ``now``, older than the last one and never done before: a backfill
+    completing the history (see the module doc). ``silences`` are those active at ``now``,
+    ``latest_silences`` those active at the latest evaluation, which messages speak for.
+
+    The latest evaluation's decisions stand: nothing resolves, no alert state changes except
+    a pending alert whose streak this evaluation completes, which fires."""
+    state = json.loads(json.dumps(doc))
+    latest = _dt(state["last_evaluated_at"])
+    _remember(state, now, findings, config.replay_window)
+    history = _History(state["evaluations"])
+    records = {fp: AlertRecord.from_dict(d) for fp, d in state["alerts"].items()}
+
+    # The alerts as they stood at `now`, from the streaks the history knows.
+    then: dict[str, AlertRecord] = {}
+    for fp, f in sorted(findings.items()):
+        streak = history.streak(fp, now)
+        need = max(1, f.pending_for)
+        rec = replace(AlertRecord.start(f, streak[0]), last_seen_at=_iso(now), hits=len(streak))
+        if len(streak) >= need:
+            rec = replace(rec, status=FIRING, fired_at=_iso(streak[need - 1]))
+        then[fp] = rec
+    firing_then = {fp: r for fp, r in then.items() if r.status == FIRING}
+    muted_then = mute_reasons(firing_then, config, silences)
+
+    # A pending alert of the latest evaluation whose streak now reaches pending_for fires.
+    promoted = []
+    for fp, rec in sorted(records.items()):
+        if rec.status != PENDING:
+            continue
+        streak = history.streak(fp, latest)
+        need = max(1, rec.pending_for)
+        if now in streak and len(streak) >= need:
+            records[fp] = replace(rec, status=FIRING, hits=len(streak),
+                                  active_since=_iso(streak[0]), fired_at=_iso(streak[need - 1]))
+            promoted.append(fp)
+    muted = mute_reasons(records, config, latest_silences)
+
+    # Their groups get a message, as the latest evaluation would have sent, unless one is
+    # in flight or the group waits for its group_interval (a later evaluation sends it).
+    waiting = {e["group_key"] for e in state["outbox"] if _entry_in_flight(e, config.claim_timeout)}
+    entries: list[dict[str, Any]] = []
+    for fp in promoted:
+        g = group_for(records[fp], config)
+        if fp in muted or g.key in waiting or any(e["group_key"] == g.key for e in entries):
+            continue
+        gs = state["groups"].get(g.key) or _group_state(g)
+        firing = [r for k, r in sorted(records.items()) if r.status == FIRING
+                  and k not in muted and group_for(r, config).key == g.key]
+        new = [r.fingerprint for r in firing if r.fingerprint not in gs["notified"]]
+        last = gs["last_notified_at"]
+        if new and (not gs["notified"] or last is None or
+                    latest - _dt(last) >= config.group_interval_for(g.route)):
+            entries.append(_entry(_hash(scope, g.key, _iso(latest), "gap", _iso(now)), g,
+                                  latest, run_id, run_url, "new", firing, [], new))
+            state["groups"][g.key] = gs
+
+    entry_of = {a["fingerprint"]: e for e in entries for a in e["firing"]}
+    log_rows = []
+    for rec in sorted(firing_then.values(), key=lambda r: (r.rule, r.fingerprint)):
+        fp = rec.fingerprint
+        e = entry_of.get(fp)
+        open_now = fp in records and records[fp].status == FIRING
+        ended = None if open_now else history.ended_at(fp, now)
+        delivery = "muted" if fp in muted_then else "pending" if e else \
+            "still_open" if open_now else "past"
+        log_rows.append({**rec.view(muted_then.get(fp)),
+                         "event": "fired" if rec.fired_at == _iso(now) else "firing",
+                         "resolved_at": _iso(ended) if ended else None,
+                         "evaluated_at": _iso(now), "scope": scope, "run_id": run_id,
+                         "notification_id": e["id"] if e else None, "delivery": delivery,
+                         "connection_id": None})
+
+    outcome = EvaluationOutcome(
+        scope=scope, evaluated_at=now, run_id=run_id, replay="gap", latest_evaluated_at=latest,
+        firing=[r.view(muted_then.get(fp)) for fp, r in firing_then.items()],
+        pending=[r.view() for r in then.values() if r.status == PENDING],
+        notifications=[_pending_report(e) for e in entries],
+        heal_requests=_heal_requests(firing_then, muted_then, now, stale=True))
+    new_doc = {**state, "alerts": {fp: asdict(r) for fp, r in records.items()},
+               "outbox": state["outbox"] + entries}
+    return _Plan(new_doc, entries, outcome, log_rows)
 
 
 def mark_log_rows(rows: list[dict[str, Any]], notification_id: str, delivery: str,
@@ -573,25 +755,36 @@ class AlertEngine:
             except StoreUnavailable as exc:
                 return self._degraded(None, by_fp, now, active, run_id, run_url, warnings, exc)
             last = (snap.doc or {}).get("last_evaluated_at")
-            if last is not None and now < _dt(last):
-                warnings.append(f"evaluation at {_iso(now)} is older than the last one "
-                                f"({last}): an out-of-order replay; state unchanged, nothing "
-                                f"sent")
-                return EvaluationOutcome(self.scope, now, run_id, replay="older",
-                                         warnings=warnings, state_seq=snap.seq)
             if last is not None and now == _dt(last):
                 return self._replay(snap.seq, snap.doc, now, run_id, warnings)
-            plan = plan_evaluation(snap.doc, by_fp, now, self.config, active, scope=self.scope,
-                                   run_id=run_id, run_url=run_url)
-            plan.doc["last_outcome"] = plan.outcome.as_dict()
+            if last is not None and now < _dt(last):
+                why = older_than_history(snap.doc, now, self.config.replay_window)
+                if why is not None:
+                    warnings.append(f"evaluation at {_iso(now)} is older than the last one "
+                                    f"({last}) and {why}: state unchanged, nothing sent")
+                    return EvaluationOutcome(self.scope, now, run_id, replay="older",
+                                             latest_evaluated_at=_dt(last),
+                                             warnings=warnings, state_seq=snap.seq)
+                latest_silences, problems = self._active_silences(_dt(last))
+                plan = plan_gap_fill(snap.doc, by_fp, now, self.config, active,
+                                     latest_silences, scope=self.scope, run_id=run_id,
+                                     run_url=run_url)
+                notes = [p for p in problems if p not in warnings]
+                notes.append(self._gap_summary(plan.outcome, plan.log_rows, last))
+            else:
+                plan = plan_evaluation(snap.doc, by_fp, now, self.config, active,
+                                       scope=self.scope, run_id=run_id, run_url=run_url)
+                plan.doc["last_outcome"] = plan.outcome.as_dict()
+                notes = []
             try:
                 self.store.commit(snap.seq + 1, plan.doc, keep=self.config.keep_state_versions)
             except StateConflict:
                 continue  # another run committed first: re-read, most likely a replay now
             except StoreUnavailable as exc:
-                return self._degraded(plan, by_fp, now, active, run_id, run_url, warnings, exc)
+                return self._degraded(plan, by_fp, now, active, run_id, run_url,
+                                      warnings + notes, exc)
             plan.outcome.state_seq = snap.seq + 1
-            plan.outcome.warnings = warnings
+            plan.outcome.warnings = warnings + notes
             self._deliver_and_record(plan.entries, plan.outcome, plan.log_rows)
             self._write_log(now, plan.outcome, plan.log_rows)
             if (snap.seq + 1) % CLAIM_PRUNE_EVERY == 0:
@@ -610,6 +803,14 @@ class AlertEngine:
             return self.silences.active(now)
         return [s for s in self.silences if s.active_at(now)], []
 
+    @staticmethod
+    def _gap_summary(outcome: EvaluationOutcome, rows: list[dict[str, Any]], last: str) -> str:
+        past = sum(r["delivery"] == "past" for r in rows)
+        return (f"evaluation at {_iso(outcome.evaluated_at)} fills a gap before the latest one "
+                f"({last}): {len(outcome.notifications)} message(s) for alerts still firing "
+                f"now, {past} alert(s) over by then logged for the report, not posted; heal "
+                f"requests are stale")
+
     def _replay(self, seq: int, doc: dict[str, Any], now: datetime, run_id: str | None,
                 warnings: list[str]) -> EvaluationOutcome:
         """A rerun of the last evaluation: no state change; deliver what is still due."""
@@ -619,7 +820,9 @@ class AlertEngine:
             firing=stored.get("firing", []), pending=stored.get("pending", []),
             resolved=stored.get("resolved", []),
             notifications=[NotificationReport(**n) for n in stored.get("notifications", [])],
-            heal_requests=stored.get("heal_requests", []),
+            latest_evaluated_at=now,
+            heal_requests=[{"evaluated_at": _iso(now), "stale": False, **h}
+                           for h in stored.get("heal_requests", [])],
             warnings=[*warnings, f"evaluation at {_iso(now)} was already done (run "
                                  f"{doc.get('last_run_id')!r}); alert state unchanged"],
             state_seq=seq)
@@ -751,4 +954,5 @@ class AlertEngine:
 
 __all__ = ["AlertEngine", "AlertRecord", "Delivery", "EvaluationOutcome", "Notification",
            "NotificationReport", "Notifier", "advance", "apply_delivery",
-           "mark_log_rows", "mute_reasons", "plan_evaluation"]
+           "mark_log_rows", "mute_reasons", "older_than_history", "plan_evaluation",
+           "plan_gap_fill"]

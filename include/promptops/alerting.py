@@ -254,8 +254,11 @@ class AlertingConfig(_Strict):
     max_alerts_per_message: int = Field(default=20, ge=1, le=23)
     #: State document versions kept in the store (older ones are deleted).
     keep_state_versions: int = Field(default=20, ge=2)
+    #: How far behind the latest evaluation a backfill still completes the history (its
+    #: incidents still open are posted, those over are logged); older replays change nothing.
+    replay_window: Duration = timedelta(days=7)
 
-    @field_validator("repeat_interval", "group_interval", "claim_timeout")
+    @field_validator("repeat_interval", "group_interval", "claim_timeout", "replay_window")
     @classmethod
     def _positive(cls, v: timedelta) -> timedelta:
         if v < timedelta(0):

@@ -199,9 +199,9 @@ def test_a_new_process_between_evaluations_posts_nothing_twice(sink, lake):
     later = engine(lake).evaluate(findings, clock.tick(), run_id="r1")
     assert later.notifications == [] and later.replay is None
     old = engine(lake).evaluate([], T0 - timedelta(hours=5), run_id="backfill")
-    assert old.replay == "older" and old.notifications == [] and old.firing == []
+    assert old.replay == "gap" and old.notifications == [] and old.firing == []
     assert len(sink_messages(sink)) == 1
-    # The out-of-order replay of "nothing firing" did not resolve anything.
+    # The backfill of "nothing firing" (a gap in the history) did not resolve anything.
     assert len(engine(lake).evaluate(findings, clock.tick(), run_id="r2").firing) == 2
     assert len(sink_messages(sink)) == 1
 
@@ -233,8 +233,9 @@ def test_heal_requests_and_json_outcome(sink, lake):
                    user="user-042")
     plain = finding(rule="cost_budget")
     out = engine(lake).evaluate([heal, plain], T0, run_id="r")
-    assert [(h["rule"], h["playbook"], h["newly_fired"]) for h in out.heal_requests] == \
-        [("abuse_calls_per_minute", "rate_limit", True)]
+    assert [(h["rule"], h["playbook"], h["newly_fired"], h["stale"], h["evaluated_at"])
+            for h in out.heal_requests] == \
+        [("abuse_calls_per_minute", "rate_limit", True, False, T0.isoformat())]
     data = json.loads(json.dumps(out.as_dict()))  # JSON-safe for XCom
     assert data["evaluated_at"] == T0.isoformat() and len(data["notifications"]) == 2
     again = engine(lake).evaluate([heal, plain], T0 + timedelta(hours=1), run_id="r2")

@@ -30,6 +30,10 @@ def test_shipped_config():
     assert all(m.matches({"metric": "latency_p95_ms"}) for m in api.target_matchers)
     assert not any(m.matches({"metric": "success_rate"}) for m in api.target_matchers)
     assert rules["critical-mutes-warning"].equal == ["rule", "metric", "dimension", "slice"]
+    # Only the rule whose two sides measure the same calls lets a warning mute a critical.
+    assert [n for n, r in rules.items() if r.allow_less_severe_source] == \
+        ["success-rate-mutes-error-jump"]
+    assert not rules["abusive-caller-mutes-token-burst"].may_mute("warning", "critical")
 
 
 @pytest.mark.parametrize(("text", "labels", "expected"), [
