@@ -79,7 +79,9 @@ ALERT_LOG_SCHEMA = pa.schema([
     pa.field("muted_by", pa.string()),
     pa.field("notification_id", pa.string()),
     #: ``sent``, ``failed``, ``pending`` (in flight), ``not_due``, ``muted``,
-    #: ``unrecorded`` (sent while the state store was unreachable).
+    #: ``unrecorded`` (sent while the state store was unreachable); from a backfill filling a
+    #: gap: ``past`` (over by the latest evaluation, never posted), ``still_open`` (the
+    #: latest evaluation's alert, posted by the live path).
     pa.field("delivery", pa.string(), nullable=False),
     pa.field("connection_id", pa.string()),
 ])

@@ -371,12 +371,16 @@ def incidents_table(lake: Lake, start: datetime, end: datetime,
         labels = json.loads(last["labels"]) if last["labels"] else {}
         dimension, slice_ = labels.get("dimension"), labels.get("slice")
         fired = group["fired_at"].dropna()
-        resolved = group.loc[group["event"] == "resolved", "resolved_at"].dropna()
+        # A backfill that filled a gap logs incidents already over by then as "past", with
+        # their end where a later hour of the gap knew it.
+        past = group["delivery"] == "past"
+        resolved = group.loc[(group["event"] == "resolved") | past, "resolved_at"].dropna()
         out.append({
             "rule": last["rule"], "severity": last["severity"],
             "slice": "overall" if not dimension or dimension == mt.OVERALL
             else f"{dimension}={slice_}",
-            "status": "resolved" if last["event"] == "resolved" else "firing",
+            "status": "resolved" if last["event"] == "resolved"
+            else "over" if last["delivery"] == "past" else "firing",
             "fired_at": fired.min() if len(fired) else None,
             "resolved_at": resolved.max() if len(resolved) else None,
             "summary": last["summary"], "muted_by": last["muted_by"],

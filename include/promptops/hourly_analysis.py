@@ -293,6 +293,9 @@ def response_for(outcome: dict) -> str:
     """What the hourly run does next: ``request_heal``, ``alerts_sent`` or ``all_clear``."""
     if outcome.get("heal_requests"):
         return "request_heal"
-    if outcome.get("notifications") or outcome.get("firing"):
+    # A backfill filling a gap in the history posts only what still fires now (its
+    # notifications); the rest it saw firing is over, logged for the report.
+    live_firing = outcome.get("firing") and outcome.get("replay") != "gap"
+    if outcome.get("notifications") or live_firing:
         return "alerts_sent"
     return "all_clear"

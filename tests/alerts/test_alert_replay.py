@@ -177,3 +177,19 @@ def test_a_state_from_before_the_history_only_fills_gaps_after_it(sink, lake):
     gap = engine(lake).evaluate([f], T0 + 3 * H, run_id="after")
     assert gap.replay == "gap" and gap.notifications == []
     assert [(r[0], r[3]) for r in _log(lake)] == [(T0 + 3 * H, "past")]
+
+
+def test_the_daily_report_lists_a_past_incident_as_over_not_firing(sink, lake):
+    """A gap fill logs an incident that was over before the latest hour; the daily report's
+    incident table must not show it as still firing."""
+    from promptops.daily_report import incidents_table
+
+    burst = finding("error_rate")
+    engine(lake).evaluate([], T0 + 6 * H, run_id="scheduled")
+    for i in (0, 1, 3, 2):
+        engine(lake).evaluate([burst] if i in (1, 2) else [], T0 + i * H, run_id=f"b{i}")
+    table = incidents_table(Lake(lake), T0 - H, T0 + 23 * H)
+    [row] = table.to_dict("records")
+    assert row["fingerprint"] == burst.fingerprint
+    assert row["status"] == "over"
+    assert row["fired_at"] == T0 + H and row["resolved_at"] == T0 + 3 * H

@@ -189,6 +189,12 @@ def test_response_for_outcomes():
         "alerts_sent"
     assert response_for({"heal_requests": [], "notifications": [], "firing": []}) == \
         "all_clear"
+    # A backfilled hour filling a gap: what it saw firing was over, or posted by the
+    # latest run; it sent nothing itself.
+    assert response_for({"heal_requests": [], "notifications": [], "firing": [{}],
+                         "replay": "gap"}) == "all_clear"
+    assert response_for({"heal_requests": [], "notifications": [{}], "firing": [{}],
+                         "replay": "gap"}) == "alerts_sent"
 
 
 def test_an_unpriced_model_is_reported_not_free(lake, monkeypatch):
