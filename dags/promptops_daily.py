@@ -7,6 +7,12 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
+from promptops.failure_notifier import (
+    PERMANENT_ERRORS_FAIL,
+    RunFailureNotifier,
+    record_task_failure,
+)
+
 
 @dag(
     dag_id="promptops_daily",
@@ -18,8 +24,14 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=3),
     tags=["promptops", "analysis", "report", "daily"],
+    # One Slack message per failed run, naming the failed tasks and their causes.
+    on_failure_callback=RunFailureNotifier(),
     default_args={
         "owner": "promptops",
+        # Errors a retry cannot fix (wrong key, no permission) fail at once; every task
+        # failure keeps its cause for that message.
+        "retry_policy": PERMANENT_ERRORS_FAIL,
+        "on_failure_callback": record_task_failure,
         "retries": 2,
         "retry_delay": timedelta(minutes=5),
         "retry_exponential_backoff": 2.0,

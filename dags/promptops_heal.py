@@ -8,6 +8,11 @@ import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, PokeReturnValue, dag, task
 
+from promptops.failure_notifier import (
+    PERMANENT_ERRORS_FAIL,
+    RunFailureNotifier,
+    record_task_failure,
+)
 from promptops.heal import ACTIONS, policy_timing
 from promptops.heal_approval import HealApprovalNotifier, HealApprovalOperator
 
@@ -23,8 +28,14 @@ _PLAN = "ti.xcom_pull(task_ids='plan_heal')"
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["promptops", "heal", "ops"],
+    # One Slack message per failed run, naming the failed tasks and their causes.
+    on_failure_callback=RunFailureNotifier(),
     default_args={
         "owner": "promptops",
+        # Errors a retry cannot fix (wrong key, no permission) fail at once; every task
+        # failure keeps its cause for that message.
+        "retry_policy": PERMANENT_ERRORS_FAIL,
+        "on_failure_callback": record_task_failure,
         # A rejected request fails without retrying (AirflowFailException); a retried
         # apply re-posts with the same Idempotency-Key, so it cannot act twice.
         "retries": 1,

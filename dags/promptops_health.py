@@ -8,6 +8,11 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
+from promptops.failure_notifier import (
+    PERMANENT_ERRORS_FAIL,
+    RunFailureNotifier,
+    record_task_failure,
+)
 from promptops.responses import respond
 
 #: Celery queue of the workers that live on GPU nodes (any worker under the local executor).
@@ -23,8 +28,14 @@ GPU_QUEUE = os.environ.get("PROMPTOPS_GPU_QUEUE", "gpu")
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=4, seconds=30),
     tags=["promptops", "health", "gpu", "alerts"],
+    # One Slack message per failed run, naming the failed tasks and their causes.
+    on_failure_callback=RunFailureNotifier(),
     default_args={
         "owner": "promptops",
+        # Errors a retry cannot fix (wrong key, no permission) fail at once; every task
+        # failure keeps its cause for that message.
+        "retry_policy": PERMANENT_ERRORS_FAIL,
+        "on_failure_callback": record_task_failure,
         "retries": 1,
         "retry_delay": timedelta(seconds=20),
         "retry_exponential_backoff": 2.0,

@@ -8,6 +8,11 @@ import pendulum
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
 from promptops.assets import CALLS_ASSET
+from promptops.failure_notifier import (
+    PERMANENT_ERRORS_FAIL,
+    RunFailureNotifier,
+    record_task_failure,
+)
 from promptops.responses import respond
 from promptops.settings import get_settings
 
@@ -24,8 +29,14 @@ SETTINGS = get_settings()
     max_active_runs=3,
     dagrun_timeout=timedelta(minutes=55),
     tags=["promptops", "ingest", "analysis", "alerts", "hourly"],
+    # One Slack message per failed run, naming the failed tasks and their causes.
+    on_failure_callback=RunFailureNotifier(),
     default_args={
         "owner": "promptops",
+        # Errors a retry cannot fix (wrong key, no permission) fail at once; every task
+        # failure keeps its cause for that message.
+        "retry_policy": PERMANENT_ERRORS_FAIL,
+        "on_failure_callback": record_task_failure,
         "retries": 3,
         "retry_delay": timedelta(minutes=1),
         "retry_exponential_backoff": 2.0,
@@ -78,20 +89,12 @@ def promptops_hourly():
         mode="reschedule",
         retries=0,
     )
-    def wait_for_platform() -> PokeReturnValue:
-        """Done when `/health` answers `ok`; a degraded answer keeps waiting."""
-        from promptops.client import PlatformClient
-        from promptops.errors import PlatformUnreachable, UpstreamTimeout
+    def wait_for_platform(**context) -> PokeReturnValue:
+        """Done when `/health` answers `ok`; a degraded answer keeps waiting. Timing out
+        names what the last look saw."""
+        from promptops.health_check import poke_platform
 
-        try:
-            with PlatformClient.from_airflow() as client:
-                health = client.health()
-        except (PlatformUnreachable, UpstreamTimeout) as exc:
-            print(f"platform not answering yet: {exc}")
-            return PokeReturnValue(is_done=False)
-        print(f"platform health: {health.status} ({health.latency_ms:.0f} ms)"
-              + (f", reason: {health.reason}" if health.reason else ""))
-        return PokeReturnValue(is_done=health.ok, xcom_value=health.status)
+        return poke_platform(context)
 
     @task(task_display_name="Plan pull windows")
     def plan_pull(**context) -> list[dict]:

@@ -8,6 +8,11 @@ import pendulum
 from airflow.sdk import dag, task
 
 from promptops.assets import CALLS_ASSET, LANDING_ASSET
+from promptops.failure_notifier import (
+    PERMANENT_ERRORS_FAIL,
+    RunFailureNotifier,
+    record_task_failure,
+)
 
 
 @dag(
@@ -21,8 +26,14 @@ from promptops.assets import CALLS_ASSET, LANDING_ASSET
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=55),
     tags=["promptops", "ingest", "push"],
+    # One Slack message per failed run, naming the failed tasks and their causes.
+    on_failure_callback=RunFailureNotifier(),
     default_args={
         "owner": "promptops",
+        # Errors a retry cannot fix (wrong key, no permission) fail at once; every task
+        # failure keeps its cause for that message.
+        "retry_policy": PERMANENT_ERRORS_FAIL,
+        "on_failure_callback": record_task_failure,
         "retries": 3,
         "retry_delay": timedelta(minutes=1),
         "retry_exponential_backoff": 2.0,

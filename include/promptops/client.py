@@ -18,12 +18,12 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -47,6 +47,7 @@ from promptops.errors import (
     ERROR_CODES,
     AuthenticationFailed,
     DataFormatError,
+    InvalidRequest,
     PermissionDenied,
     PlatformError,
     PlatformInternalError,
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from promptops.settings import Settings
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: No answer, or an answer cut off: worth another attempt.
 _RETRYABLE_TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout,
@@ -273,6 +275,14 @@ def _parse_error_body(content: bytes) -> tuple[int | None, str]:
     return code, message if isinstance(message, str) else ""
 
 
+def _is_malformed_answer(exc: BaseException) -> bool:
+    """A 2xx answer whose body is not what the contract says (client-side 3002): a body cut
+    off or garbled on the way, worth asking for again. A 422 is the platform's own verdict
+    on our request and is not."""
+    status = getattr(exc, "http_status", None)
+    return isinstance(exc, DataFormatError) and status is not None and 200 <= status < 300
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception and what it wraps (requests -> urllib3 -> socket), without loops."""
     seen: set[int] = set()
@@ -333,7 +343,7 @@ class PlatformClient:
     def __init__(self, base_url: str, api_key: str, *, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, max_retries: int = 5, backoff_factor: float = 0.5,
                  backoff_max: float = 30.0, max_retry_after: float = 60.0,
-                 breaker: CircuitBreaker | None = None,
+                 malformed_retries: int = 2, breaker: CircuitBreaker | None = None,
                  session: requests.Session | None = None) -> None:
         split = urlsplit(base_url.strip())
         if split.scheme not in ("http", "https") or not split.netloc:
@@ -343,12 +353,16 @@ class PlatformClient:
             raise PlatformNotConfigured("PlatformClient needs an API key")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if malformed_retries < 0:
+            raise ValueError("malformed_retries must be >= 0")
         self.base_url = base_url.strip().rstrip("/")
         self.host = split.netloc.rpartition("@")[2]  # never a userinfo part
         self._auth = _BearerAuth(api_key)
         self._secret = api_key
         self.timeout = (connect_timeout, read_timeout)
         self.max_retries = max_retries
+        #: How often a malformed 2xx answer is asked for again before it is a 3002 error.
+        self.malformed_retries = malformed_retries
         self.backoff_factor = backoff_factor
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
@@ -403,7 +417,8 @@ class PlatformClient:
         return cls(base_url, api_key, connect_timeout=settings.connect_timeout_s,
                    read_timeout=settings.read_timeout_s, max_retries=settings.max_retries,
                    backoff_factor=settings.backoff_factor_s, backoff_max=backoff_max,
-                   max_retry_after=settings.max_retry_after_s, breaker=breaker)
+                   max_retry_after=settings.max_retry_after_s,
+                   malformed_retries=min(2, settings.max_retries), breaker=breaker)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -562,7 +577,7 @@ class PlatformClient:
                 early = guess if guess is not None and guess != cursor else None
                 pending = (fetcher.submit(self._fetch_call_records, params, early)
                            if early is not None else None)
-                page, nxt = self._decode_call_records(answer, cursor)
+                page, nxt = self._decode_retrying(answer, params, cursor)
                 if nxt != early:  # the guess was wrong, or there was none
                     if pending is not None:
                         pending.cancel()
@@ -584,7 +599,19 @@ class PlatformClient:
 
     def _call_records_page(self, params: dict[str, str],
                            cursor: str | None) -> tuple[list[dict], str | None]:
-        return self._page_envelope(self._fetch_call_records(params, cursor), cursor)
+        return self._parsed(lambda: self._fetch_call_records(params, cursor),
+                            lambda answer: self._page_envelope(answer, cursor))
+
+    def _decode_retrying(self, answer: _Answer, params: dict[str, str],
+                         cursor: str | None) -> tuple[CallRecordPage, str | None]:
+        """The pager's page (already fetched), decoded; a malformed one is fetched again
+        like any other."""
+        fetched = iter([answer])
+
+        def fetch() -> _Answer:
+            return next(fetched, None) or self._fetch_call_records(params, cursor)
+
+        return self._parsed(fetch, lambda a: self._decode_call_records(a, cursor))
 
     def _decode_call_records(self, answer: _Answer,
                              cursor: str | None) -> tuple[CallRecordPage, str | None]:
@@ -624,8 +651,7 @@ class PlatformClient:
 
     def gpu_metrics(self) -> list[dict]:
         """``GET /v1/gpu_metrics``: one dict per GPU (entries are not validated here)."""
-        doc = self._get_json("/v1/gpu_metrics", None)
-        return self._field(doc, "data", list, "GET /v1/gpu_metrics")
+        return self._call_json("GET", "/v1/gpu_metrics", fields={"data": list})["data"]
 
     def create_action(self, action: str, target: str, params: dict, *, dry_run: bool,
                       reason: str, idempotency_key: str) -> dict:
@@ -633,27 +659,70 @@ class PlatformClient:
         key returns the first answer and does not act twice)."""
         if not idempotency_key or not idempotency_key.strip():
             raise ValueError("create_action needs a non-empty idempotency_key")
-        path = "/v1/ops/actions"
         body = {"action": action, "target": target, "params": params, "dry_run": dry_run,
                 "reason": reason}
-        resp = self._request("POST", path, json_body=body, idempotency_key=idempotency_key)
-        doc = self._json(resp, f"POST {path}")
-        self._field(doc, "action_id", str, f"POST {path}")
-        self._field(doc, "status", str, f"POST {path}")
-        return doc
+        return self._call_json("POST", "/v1/ops/actions", json_body=body,
+                               idempotency_key=idempotency_key,
+                               fields={"action_id": str, "status": str})
 
     def get_action(self, action_id: str) -> dict:
         """``GET /v1/ops/actions/{action_id}``."""
-        path = f"/v1/ops/actions/{quote(action_id, safe='')}"
-        doc = self._get_json(path, None)
-        self._field(doc, "action_id", str, "GET /v1/ops/actions/{id}")
-        self._field(doc, "status", str, "GET /v1/ops/actions/{id}")
-        return doc
+        return self._call_json("GET", f"/v1/ops/actions/{quote(action_id, safe='')}",
+                               fields={"action_id": str, "status": str},
+                               endpoint="GET /v1/ops/actions/{id}")
 
     # -- the request pipeline ------------------------------------------------------------------
-    def _get_json(self, path: str, params: dict[str, str] | None) -> dict:
-        resp = self._request("GET", path, params=params)
-        return self._json(resp, f"GET {path}")
+    def _call_json(self, method: str, path: str, *, fields: dict[str, type],
+                   endpoint: str | None = None, json_body: Any = None,
+                   idempotency_key: str | None = None) -> dict:
+        """One logical request whose 2xx answer is a JSON object with ``fields`` of these
+        types; a malformed answer is asked for again where a repeat is safe."""
+        endpoint = endpoint or f"{method} {path}"
+
+        def fetch() -> _Answer:
+            return self._request(method, path, json_body=json_body,
+                                 idempotency_key=idempotency_key)
+
+        def parse(resp: _Answer) -> dict:
+            doc = self._json(resp, endpoint)
+            for name, typ in fields.items():
+                self._field(doc, name, typ, endpoint)
+            return doc
+
+        if method not in ("GET", "HEAD") and idempotency_key is None:
+            return parse(fetch())  # the platform could not tell a repeat from a new request
+        return self._parsed(fetch, parse)
+
+    def _parsed(self, fetch: Callable[[], _Answer], parse: Callable[[_Answer], _T]) -> _T:
+        """``parse(fetch())``; a malformed 2xx answer (3002) is fetched again, up to
+        ``malformed_retries`` times with the usual backoff: a body cut off or garbled on the
+        way is usually one bad answer. Then the 3002 says how often it was tried."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.malformed_retries + 1),
+            wait=self._backoff,
+            retry=retry_if_exception(_is_malformed_answer),
+            before_sleep=self._log_malformed_retry,
+            retry_error_callback=self._malformed_exhausted,
+        )
+        return retrying(lambda: parse(fetch()))
+
+    def _log_malformed_retry(self, rs: RetryCallState) -> None:
+        err = rs.outcome.exception() if rs.outcome is not None else None
+        wait = rs.next_action.sleep if rs.next_action is not None else 0.0
+        log.warning("platform %s gave a malformed answer (code 3002: %s); attempt %d of %d, "
+                    "asking again in %.2f s", getattr(err, "endpoint", "?"),
+                    getattr(err, "detail", err), rs.attempt_number,
+                    self.malformed_retries + 1, wait)
+
+    @staticmethod
+    def _malformed_exhausted(rs: RetryCallState) -> Any:
+        err = rs.outcome.exception() if rs.outcome is not None else None
+        assert isinstance(err, DataFormatError)
+        if rs.attempt_number == 1:
+            raise err
+        tries = f" (after {rs.attempt_number} attempts)"
+        raise DataFormatError(err.detail[:300 - len(tries)] + tries,
+                              http_status=err.http_status, endpoint=err.endpoint) from None
 
     def _send(self, method: str, url: str, *, auth: AuthBase | None,
               params: dict[str, str] | None = None, data: bytes | None = None,
@@ -806,6 +875,8 @@ class PlatformClient:
         cls: type[PlatformError]
         if code in ERROR_CLASSES:
             cls, detail = ERROR_CLASSES[code], message or "(no message)"
+            if cls is DataFormatError and 400 <= status < 500:
+                cls = InvalidRequest
         else:
             unknown = f"unknown platform code {code}: " if code is not None else ""
             if status in _BARE_GATEWAY and code is None:
@@ -814,6 +885,7 @@ class PlatformClient:
             else:
                 cls = {401: AuthenticationFailed, 403: PermissionDenied,
                        429: RateLimited}.get(status, PlatformInternalError if status >= 500
+                                             else InvalidRequest if status >= 400
                                              else DataFormatError)
                 detail = (f"unexpected HTTP {status}: {unknown}"
                           f"{message or self._snippet(resp.body)}")

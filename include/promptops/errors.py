@@ -85,6 +85,11 @@ class DataFormatError(PlatformError):
     code = 3002
 
 
+class InvalidRequest(DataFormatError):
+    """3002 from the platform itself (HTTP 422, or another 4xx it gives no code for): it
+    refused our request, so sending the same request again gets the same answer."""
+
+
 class PlatformDatabaseUnavailable(PlatformError):
     code = 4003
 
@@ -159,3 +164,10 @@ class PlatformReadTimeout(UpstreamTimeout):
 class PlatformNotConfigured(PromptOpsError):
     """Neither the Airflow connection nor the environment says where the platform is or
     which key to use."""
+
+
+#: Failures that another try of the same task cannot fix: a person has to change the key,
+#: the service account's permissions, the request or the platform connection first. Tasks
+#: fail at once on these, without Airflow's retries (see promptops.failure_notifier).
+PERMANENT_ERRORS: tuple[type[PromptOpsError], ...] = (
+    AuthenticationFailed, PermissionDenied, InvalidRequest, PlatformNotConfigured)

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from promptops.errors import PERMANENT_ERRORS
 from promptops.heal import (
     Action,
     HealConfError,
@@ -239,9 +240,17 @@ def apply_poke(client: Any, lake: Any, plan: Mapping[str, Any], now: datetime, *
             if rec.platform_status != "succeeded":
                 stopped = f"not run: step {step['step']} failed"
             continue
-        answer = client.create_action(req.action.value, req.target, dict(req.params),
-                                      dry_run=req.dry_run, reason=req.reason or plan["reason"],
-                                      idempotency_key=step["key"])
+        try:
+            answer = client.create_action(req.action.value, req.target, dict(req.params),
+                                          dry_run=req.dry_run,
+                                          reason=req.reason or plan["reason"],
+                                          idempotency_key=step["key"])
+        except PERMANENT_ERRORS as exc:
+            # Refused for good (401/403/422): the audit keeps the platform's answer and the
+            # task fails without a retry (see promptops.failure_notifier): sent once.
+            write_audit(lake, replace(rec, platform_status="refused",
+                                      platform_detail=str(exc)[:2000]))
+            raise
         view = client.get_action(answer["action_id"])
         status = view.get("status")
         finished = _finished(view) or answer.get("status") == "dry_run"
@@ -590,18 +599,10 @@ def invalid_audit(lake: Any, conf: Mapping[str, Any], run_id: str, now: datetime
 def send_heal_message(message: dict[str, Any], policy: HealPolicy | None = None) -> str | None:
     """Post a heal message to the policy's first Slack connection that exists; returns the
     problem (never the webhook URL) instead of raising: a report must not undo a heal."""
-    from promptops.slack_notify import SlackSendError, airflow_connection_exists, send_message
+    from promptops.slack_notify import send_to_first
 
     policy = policy or load_policy()
-    conn_id = next((c for c in policy.slack_connections if airflow_connection_exists(c)), None)
-    if conn_id is None:
-        return (f"no Slack connection for heal messages: none of "
-                f"{', '.join(policy.slack_connections)} exists")
-    try:
-        send_message(message, conn_id=conn_id, what="the heal report")
-    except SlackSendError as exc:
-        return str(exc)
-    return None
+    return send_to_first(message, list(policy.slack_connections), what="the heal report")
 
 
 # -- triggers from the hourly and health DAGs ------------------------------------------------

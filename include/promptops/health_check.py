@@ -8,12 +8,73 @@ Tasks hand each other small lists of metric rows (a few hundred at most), never 
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 
 from promptops.lake import Lake, as_utc
 from promptops.metric_table import METRICS_SCHEMA
+
+
+@dataclass(frozen=True)
+class PlatformLook:
+    """One look at ``/health`` for the hourly DAG's sensor."""
+
+    ready: bool
+    status: str
+    #: What was seen, as the task log says it; the cause when not ready.
+    said: str
+
+
+def look_at_platform(client_factory: Any = None) -> PlatformLook:
+    """``/health`` once. A platform that does not answer (yet) is a look that says why,
+    not an error: the sensor waits for it."""
+    from promptops.client import PlatformClient
+    from promptops.errors import PlatformUnreachable, UpstreamTimeout
+
+    try:
+        with (client_factory or PlatformClient.from_airflow)() as client:
+            health = client.health()
+    except (PlatformUnreachable, UpstreamTimeout) as exc:
+        return PlatformLook(False, "no_answer", f"platform not answering: {exc}")
+    said = (f"platform health: {health.status} ({health.latency_ms:.0f} ms)"
+            + (f", reason: {health.reason}" if health.reason else ""))
+    return PlatformLook(health.ok, health.status, said)
+
+
+def poke_platform(context: Any) -> Any:
+    """The hourly DAG's *Wait for platform health* sensor: done when ``/health`` says ok.
+
+    When the sensor's time is up after a look that was not ok, it fails naming what that
+    look saw (Airflow's own timeout says only "Sensor has timed out"); a timed-out sensor is
+    not retried.
+    """
+    from airflow.sdk import PokeReturnValue
+    from airflow.sdk.exceptions import AirflowSensorTimeout
+
+    look = look_at_platform()
+    print(look.said)
+    if not look.ready and _sensor_time_is_up(context):
+        timeout = context["task"].timeout
+        raise AirflowSensorTimeout(f"the platform was not ready within the sensor's timeout "
+                                   f"of {timeout:g} s; the last look said: {look.said}")
+    return PokeReturnValue(is_done=look.ready, xcom_value=look.status)
+
+
+#: Airflow checks the sensor's timeout right after the poke returns: a moment later.
+_TIMEOUT_MARGIN = timedelta(seconds=1)
+
+
+def _sensor_time_is_up(context: Any) -> bool:
+    """Whether Airflow would time the sensor out after this poke: its timeout counts from
+    the first poke (reschedule mode) or from the start of the try (poke mode)."""
+    task, ti = context["task"], context["ti"]
+    now = datetime.now(UTC)
+    started = (ti.get_first_reschedule_date(context) if task.reschedule else None) \
+        or ti.start_date or now
+    return now + _TIMEOUT_MARGIN - started >= timedelta(seconds=task.timeout)
 
 
 def rows_of(table: pa.Table) -> list[dict]:
@@ -46,6 +107,7 @@ def gpu_rows_at(at: datetime, client=None) -> dict:
 
 def api_rows_at(at: datetime, client, minutes: int = 5) -> dict:
     """/health plus success, latency and abuse over the last ``minutes`` of call records."""
+    from promptops.errors import PERMANENT_ERRORS
     from promptops.health import api_health_rows, fetch_recent_calls, recent_call_rows
 
     tables = [api_health_rows(client, at)]
@@ -53,6 +115,8 @@ def api_rows_at(at: datetime, client, minutes: int = 5) -> dict:
     try:
         calls = fetch_recent_calls(client, at, minutes=minutes)
         tables.append(recent_call_rows(calls, at, minutes=minutes))
+    except PERMANENT_ERRORS:
+        raise  # a key the platform refuses is promptops' own failure: fail the run, alert
     except Exception as exc:  # API down: api_up=0 already says it
         notes.append(f"no call records for the last {minutes} minutes: {exc}")
     return {"rows": rows_of(pa.concat_tables([t.cast(METRICS_SCHEMA) for t in tables])),

@@ -495,3 +495,19 @@ def send_message(message: dict[str, Any], *, conn_id: str, what: str = "the mess
         body = _redact(str(response.body or ""), secrets)[:100]
         raise SlackSendError(f"Slack answered HTTP {response.status_code} ({body}) for "
                              f"connection {conn_id!r}; check the webhook URL in its password")
+
+
+def send_to_first(message: dict[str, Any], connections: list[str], *,
+                  what: str) -> str | None:
+    """Post one message to the first of ``connections`` that exists. Returns the problem
+    (never the webhook URL) instead of raising, for callers a failed post must not stop."""
+    conn_id = next((c for c in connections if airflow_connection_exists(c)), None)
+    if conn_id is None:
+        return (f"no Slack connection for {what}: none of {', '.join(connections)} exists; "
+                f"create one of type 'slackwebhook' with the incoming-webhook URL as its "
+                f"password")
+    try:
+        send_message(message, conn_id=conn_id, what=what)
+    except SlackSendError as exc:
+        return str(exc)
+    return None

@@ -14,6 +14,7 @@ from promptops.client import PlatformClient, rfc3339
 from promptops.errors import (
     AuthenticationFailed,
     DataFormatError,
+    InvalidRequest,
     PermissionDenied,
     PlatformDatabaseUnavailable,
     PlatformInternalError,
@@ -224,6 +225,7 @@ def test_invalid_action_is_422_without_retry(make_client, clean_sim):
         make_client().create_action("reboot_universe", "x", {}, dry_run=True, reason="t",
                                     idempotency_key="bad-1")
     assert info.value.http_status == 422 and "POST /v1/ops/actions" in str(info.value)
+    assert isinstance(info.value, InvalidRequest)  # the platform's verdict: permanent
     assert len(v1_requests(clean_sim, expect=1)) == 1
 
 
@@ -233,13 +235,52 @@ def test_invalid_action_is_422_without_retry(make_client, clean_sim):
     ("wrong_shape", "'data' is missing"),
     ("data_not_list", "'data' is a JSON dict, expected list"),
 ])
-def test_malformed_page_is_3002(make_client, clean_sim, variant, says):
+@pytest.mark.parametrize("bodies", [False, True], ids=["dicts", "page_bodies"])
+def test_malformed_page_is_retried_then_3002(make_client, clean_sim, variant, says, bodies):
+    # A malformed 200 is usually one bad answer (a proxy cut it off): asked again a bounded
+    # number of times, then a clear 3002 that says how often it was tried.
     clean_sim.set_faults([{"kind": "malformed_body", "variant": variant,
                            "path_prefix": "/v1/call_records"}])
+    client = make_client()  # by default a malformed answer is asked for twice more
+    pages = (client.iter_call_record_page_bodies if bodies else client.iter_call_record_pages)
     with pytest.raises(DataFormatError) as info:
-        list(make_client().iter_call_record_pages(*WINDOW))
-    assert info.value.code == 3002 and says in str(info.value)
-    assert "GET /v1/call_records" in str(info.value)
+        list(pages(*WINDOW))
+    msg = str(info.value)
+    assert info.value.code == 3002 and says in msg
+    assert "GET /v1/call_records" in msg and "after 3 attempts" in msg
+    assert len(v1_requests(clean_sim, expect=3)) == 3
+
+
+@pytest.mark.parametrize("bodies", [False, True], ids=["dicts", "page_bodies"])
+def test_a_malformed_page_that_comes_right_is_used(make_client, clean_sim, bodies):
+    client = make_client()
+    pages = (client.iter_call_record_page_bodies if bodies else client.iter_call_record_pages)
+    whole = [len(p) for p in pages(*WINDOW, limit=500)]
+    settled_log(clean_sim)
+    clean_sim.clear_requests_log()
+    clean_sim.set_faults([{"kind": "malformed_body", "variant": "truncated",
+                           "path_prefix": "/v1/call_records", "times": 2}])
+    assert [len(p) for p in pages(*WINDOW, limit=500)] == whole
+    log = v1_requests(clean_sim, expect=len(whole) + 2)
+    assert [e["status"] for e in log].count(200) == len(whole) + 2
+    assert len(log) == len(whole) + 2
+
+
+def test_a_malformed_answer_to_other_calls_is_retried(make_client, clean_sim):
+    clean_sim.set_faults([{"kind": "malformed_body", "variant": "wrong_shape",
+                           "path_prefix": GPU, "times": 1}])
+    assert make_client(malformed_retries=1).gpu_metrics()
+    assert len(v1_requests(clean_sim, expect=2)) == 2
+    clean_sim.set_faults([{"kind": "malformed_body", "variant": "not_json", "path_prefix": GPU}])
+    settled_log(clean_sim)
+    clean_sim.clear_requests_log()
+    with pytest.raises(DataFormatError, match="after 2 attempts"):
+        make_client(malformed_retries=1).gpu_metrics()
+    assert len(v1_requests(clean_sim, expect=2)) == 2
+    settled_log(clean_sim)
+    clean_sim.clear_requests_log()
+    with pytest.raises(DataFormatError):  # 0 turns the retries off
+        make_client(malformed_retries=0).gpu_metrics()
     assert len(v1_requests(clean_sim, expect=1)) == 1
 
 

@@ -223,6 +223,8 @@ def test_a_bad_conf_fails_before_anything_is_posted(stack):
     [rec] = audit(lake)
     assert rec.decision == "invalid" and "shell metacharacter" in rec.decision_reason
     assert rec.target == "api_gateway; rm -rf /"
-    [message] = sink.messages()
+    # The heal report, and the failed run's own alert (promptops.failure_notifier).
+    [message, alert] = sink.messages()
+    assert alert["body"]["text"].startswith("promptops run failed: promptops_heal · plan_heal")
     assert "invalid" in message["body"]["text"]
     assert "shell metacharacter" in json.dumps(message["body"])
