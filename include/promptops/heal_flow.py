@@ -664,10 +664,13 @@ def heal_triggers(heal_requests: list[Mapping[str, Any]], *, scope: str,
         fired = re.sub(r"[^0-9T]", "", str(req.get("fired_at") or ""))[:13] or "now"
         run_id = f"heal__{scope}__{req['rule']}__{req['fingerprint'][:16]}__{fired}"
         reason = f"alert {req['rule']}: {req.get('summary') or ''}"[:2000]
-        if stale:
+        if stale or req.get("stale"):
             why = (f"stale: evaluated at {evaluated_at:%Y-%m-%d %H:%M} UTC, "
                    f"{_age(now - evaluated_at)} before now ({now:%Y-%m-%d %H:%M} UTC), over "
-                   f"heal_policy.yaml max_finding_age.{scope} ({_age(max_age)})")
+                   f"heal_policy.yaml max_finding_age.{scope} ({_age(max_age)})") if stale \
+                else ("stale: a backfilled hour older than the latest evaluation "
+                      f"({req.get('evaluated_at') or evaluated_at.isoformat()}), which "
+                      "decides what fires now")
             notes.append(f"{req['rule']} ({req.get('summary')}): playbook {playbook} not "
                          f"acted on: the finding is {why}; only a current evaluation heals")
             if lake is not None:

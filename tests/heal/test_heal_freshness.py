@@ -170,3 +170,17 @@ def test_without_a_platform_the_workers_clock_is_used(monkeypatch):
     monkeypatch.delenv("PROMPT_API_KEY", raising=False)
     before = datetime.now(UTC)
     assert before <= platform_clock() <= datetime.now(UTC)
+
+
+def test_a_request_the_engine_marks_stale_is_never_acted_on(policy, lake):
+    """A backfilled hour that fills a gap before the latest evaluation: the alert engine marks
+    its requests stale even when the run itself started on time (it replays an older hour
+    within max_finding_age of now)."""
+    req = {**_request(), "stale": True, "evaluated_at": HEALTH_AT.isoformat()}
+    triggers, notes = heal_triggers([req], scope="health", evaluated_at=HEALTH_AT,
+                                    now=HEALTH_AT + timedelta(minutes=2), policy=policy,
+                                    lake=lake)
+    assert triggers == []
+    assert len(notes) == 1 and "older than the latest evaluation" in notes[0]
+    [record] = _audit(lake)
+    assert record.decision == "stale"
