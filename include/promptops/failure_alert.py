@@ -73,9 +73,21 @@ def describe_error(exc: BaseException | None, secrets: Iterable[str] = ()) -> st
     return text if len(text) <= MAX_CAUSE else text[:MAX_CAUSE - 1] + "…"
 
 
+def failure_signature(dag_id: str, failures: list[TaskFailure], reason: str | None) -> str:
+    """What makes two failed runs "the same failure": the DAG, why the run failed, and the
+    failed tasks with their causes, digits masked (times, counts, ports and map indexes
+    differ from run to run; a wrong key fails every run the same way)."""
+    import hashlib
+    import re
+
+    tasks = sorted({(f.task_id, re.sub(r"[0-9]+", "#", f.cause)[:300]) for f in failures})
+    parts = [dag_id, reason or "", *(f"{t}\x1f{c}" for t, c in tasks)]
+    return hashlib.sha256("\x1e".join(parts).encode()).hexdigest()[:32]
+
+
 def failure_message(*, dag_id: str, run_id: str, failures: list[TaskFailure],
                     run_url: str | None, reason: str | None = None,
-                    secrets: Iterable[str] = ()) -> dict[str, Any]:
+                    secrets: Iterable[str] = (), repeat_note: str = "") -> dict[str, Any]:
     """The Slack message (Block Kit, validated) for one failed run."""
     from slack_sdk.models.blocks import (
         ContextBlock,
@@ -110,7 +122,7 @@ def failure_message(*, dag_id: str, run_id: str, failures: list[TaskFailure],
     where = f"<{run_url}|Open the run in Airflow>" if run_url else "Open the run in Airflow"
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=(
         f"{where}: the failed tasks' logs say more. Clear them to run again once the cause "
-        f"is fixed."))]))
+        f"is fixed. {repeat_note}".strip()))]))
     first = (f"{failures[0].label}: {scrub(failures[0].cause, secrets)}" if failures
              else why or "see the run")
     fallback = f"promptops run failed: {dag_id} · {first}"[:300]

@@ -14,6 +14,9 @@ Every DAG gets three things from here:
   a run fails; it posts one Slack message with the DAG, the failed tasks, their causes and
   the link to the run, to the route of a critical alert (``slack_alerts_critical``, else
   ``slack_alerts``). Posting never raises: a failure alert that cannot be sent is logged.
+  The same failure again (same DAG, tasks and causes, digits aside) is posted at most once
+  per the route's ``repeat_interval``: a wrong key fails the 5-minute health DAG every run,
+  and twelve identical pages an hour teach people to mute the channel.
 
 Only names from ``airflow.sdk`` and :mod:`promptops.errors` are imported at module level,
 so DAG files stay cheap to parse.
@@ -21,8 +24,10 @@ so DAG files stay cheap to parse.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseNotifier, ExceptionRetryPolicy, RetryAction, RetryRule
@@ -34,6 +39,7 @@ from promptops.failure_alert import (
     TaskFailure,
     describe_error,
     failure_message,
+    failure_signature,
 )
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,7 @@ PERMANENT_ERRORS_FAIL = ExceptionRetryPolicy(rules=[RetryRule(
 RUN_FAILED_LABELS = {"rule": "promptops_run_failed", "severity": "critical"}
 #: The route when alerting.yaml cannot be read (that may be why the run failed).
 FALLBACK_CONNECTIONS = ["slack_alerts_critical", "slack_alerts"]
+FALLBACK_REPEAT = timedelta(hours=4)
 
 
 def record_task_failure(context: Any) -> None:
@@ -76,7 +83,10 @@ class RunFailureNotifier(BaseNotifier):
             problem = self._post(context)
         except Exception as exc:  # never raise out of a callback; the type names the bug
             problem = f"could not build or send it ({type(exc).__name__})"
-        if problem:
+        if isinstance(problem, RepeatedFailure):
+            log.info("failure alert for %s run %s not posted: %s", dag_id,
+                     context.get("run_id"), problem)
+        elif problem:
             log.warning("failure alert for %s run %s not sent: %s", dag_id,
                         context.get("run_id"), problem)
         else:
@@ -92,10 +102,71 @@ class RunFailureNotifier(BaseNotifier):
             failures.append(TaskFailure(task_id=ti.task_id, cause=NO_RECORDED_CAUSE,
                                         map_index=map_index))
         secrets = known_secrets()
+        connections, repeat = alert_route_and_repeat()
+        ledger = RepeatLedger.from_lake()
+        claim = ledger.claim(dag.dag_id, failure_signature(dag.dag_id, failures,
+                                                           context.get("reason")), repeat)
+        if claim is None:
+            return RepeatedFailure(f"the same failure was posted within the last "
+                                   f"{_span(repeat)} (alerting.yaml repeat_interval)")
         message = failure_message(dag_id=dag.dag_id, run_id=run_id, failures=failures,
                                   run_url=_run_url(dag.dag_id, run_id, ti),
-                                  reason=context.get("reason"), secrets=secrets)
-        return send_to_first(message, alert_route(), what="the failure alert")
+                                  reason=context.get("reason"), secrets=secrets,
+                                  repeat_note=f"The same failure again is posted at most once "
+                                              f"every {_span(repeat)}.")
+        problem = send_to_first(message, connections, what="the failure alert")
+        if problem:
+            ledger.release(claim)  # not posted: the next failure may try again
+        return problem
+
+
+class RepeatedFailure(str):
+    """Why a failure alert was not posted: it repeats one posted a moment ago."""
+
+
+class RepeatLedger:
+    """Which failures were posted when: one object per (DAG, failure, repeat window), created
+    only if it does not exist yet, in the lake beside the alert engine's state. Two runs
+    failing alike at once post one message; the lake out of reach never stops a post."""
+
+    def __init__(self, blobs: Any) -> None:
+        self.blobs = blobs
+
+    @classmethod
+    def from_lake(cls) -> RepeatLedger:
+        from promptops.alert_store import STATE_DIR, blob_store
+        from promptops.lake import Lake
+
+        lake = Lake()
+        return cls(blob_store(lake.root / STATE_DIR / "failure_alerts", local=lake.is_local))
+
+    def claim(self, dag_id: str, signature: str, repeat: timedelta,
+              now: datetime | None = None) -> str | None:
+        """The claim's key when this run should post; None when the failure was posted in
+        the current window already."""
+        now = now or datetime.now(UTC)
+        window = int(now.timestamp() // max(repeat.total_seconds(), 60))
+        key = f"{dag_id}/{signature}/{window}.json"
+        try:
+            created = self.blobs.create(key, json.dumps({"posted_at": now.isoformat()}).encode())
+        except Exception as exc:  # an unreachable lake must not silence the alert
+            log.warning("failure-alert ledger unavailable (%s); posting anyway",
+                        type(exc).__name__)
+            return ""
+        return key if created else None
+
+    def release(self, key: str) -> None:
+        if key:
+            try:
+                self.blobs.delete(key)
+            except Exception as exc:
+                log.warning("could not release the failure-alert claim (%s)",
+                            type(exc).__name__)
+
+
+def _span(td: timedelta) -> str:
+    minutes = int(td.total_seconds() // 60)
+    return f"{minutes // 60} h" if minutes % 60 == 0 and minutes >= 60 else f"{minutes} min"
 
 
 def recorded_failures(dag: Any, run_id: str) -> list[TaskFailure]:
@@ -136,14 +207,21 @@ def _run_url(dag_id: str, run_id: str, ti: Any) -> str:
 
 def alert_route() -> list[str]:
     """The connections a critical alert goes to (alerting.yaml), first existing one wins."""
+    return alert_route_and_repeat()[0]
+
+
+def alert_route_and_repeat() -> tuple[list[str], timedelta]:
+    """The critical route's connections and its repeat interval (alerting.yaml)."""
     from promptops.alerting import load_alerting_config
 
     try:
-        return list(load_alerting_config().route_for(RUN_FAILED_LABELS)[1].connections)
+        config = load_alerting_config()
+        route = config.route_for(RUN_FAILED_LABELS)[1]
+        return list(route.connections), config.repeat_interval_for(route)
     except Exception as exc:  # a broken alerting.yaml must not silence the failure alert
         log.warning("alerting config unreadable (%s); failure alert goes to %s",
                     type(exc).__name__, ", ".join(FALLBACK_CONNECTIONS))
-        return FALLBACK_CONNECTIONS
+        return FALLBACK_CONNECTIONS, FALLBACK_REPEAT
 
 
 def known_secrets() -> set[str]:

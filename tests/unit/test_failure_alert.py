@@ -116,9 +116,10 @@ def test_the_retry_policy_fails_permanent_errors_at_once(exc, action):
 
 # -- the notifier against a real Slack-compatible sink --------------------------------------
 @pytest.fixture()
-def slack(sink_server, monkeypatch):
+def slack(sink_server, monkeypatch, tmp_path):
     """``slack_alerts`` points at the sink (no critical connection); the platform
-    connection holds the canary key."""
+    connection holds the canary key; a lake of its own for the repeat ledger."""
+    monkeypatch.setenv("PROMPTOPS_LAKE_URI", f"file://{tmp_path / 'lake'}")
     requests.delete(sink_server.url + "/messages", timeout=5)
     requests.delete(sink_server.url + "/_faults", timeout=5)
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps(
@@ -183,3 +184,81 @@ def test_the_notifier_never_raises_and_never_logs_the_webhook(slack, airflow_db,
     assert "slack_alerts" in warnings[0] and "no Slack connection" in warnings[1]
     assert "canaryFailureToken99" not in caplog.text and CANARY_KEY not in caplog.text
     assert sink_messages(slack) == []
+
+
+# -- the same failure again: at most one message per repeat interval ------------------------
+def _failed_run(run_id: str, dag_id: str = "promptops_failure_repeat") -> dict:
+    """The notifier's context of a failed run (its task's cause comes from the patched
+    ``recorded_failures``)."""
+    from unittest import mock
+
+    ti = mock.Mock(task_id="pull_window", map_index=-1, try_number=1,
+                   log_url=f"http://airflow.example/dags/{dag_id}/runs/{run_id}/tasks/x")
+    return {"dag": a_dag(dag_id), "run_id": run_id, "reason": "task_failure", "ti": ti}
+
+
+def test_the_same_failure_again_is_posted_once_per_repeat_interval(slack, airflow_db,
+                                                                   monkeypatch):
+    """A wrong key fails the 5-minute health DAG every run: one message, not twelve an
+    hour. Another cause is news and is posted."""
+    from promptops import failure_notifier
+    from promptops.failure_notifier import RunFailureNotifier
+
+    causes = {}
+    monkeypatch.setattr(failure_notifier, "recorded_failures", lambda dag, run_id: [
+        TaskFailure(task_id="pull_window", cause=causes[run_id])])
+    for minute in (5, 10, 15):
+        run_id = f"scheduled__2026-11-20T10:{minute:02d}:00+00:00"
+        causes[run_id] = (f"AuthenticationFailed: platform error 1001 at 10:{minute:02d} "
+                          f"(request {minute * 7}): check the API key")
+        RunFailureNotifier()(_failed_run(run_id))
+    causes["other"] = "PlatformUnreachable: connection refused by 127.0.0.1:8700"
+    RunFailureNotifier()(_failed_run("other"))
+    posted = sink_messages(slack)
+    assert len(posted) == 2
+    bodies = [json.dumps(p["body"]) for p in posted]
+    assert "10:05" in bodies[0] and "connection refused" in bodies[1]
+    assert "at most once every 4 h" in bodies[0]
+
+
+def test_a_failure_alert_that_could_not_be_sent_is_tried_again(slack, airflow_db,
+                                                               monkeypatch):
+    from promptops import failure_notifier
+    from promptops.failure_notifier import RunFailureNotifier
+
+    monkeypatch.setattr(failure_notifier, "recorded_failures", lambda dag, run_id: [
+        TaskFailure(task_id="pull_window", cause="AuthenticationFailed: check the key")])
+    requests.post(slack.url + "/_faults", json={"mode": "server_error", "status": 500,
+                                                "count": None}, timeout=5)
+    RunFailureNotifier()(_failed_run("r1"))
+    requests.delete(slack.url + "/_faults", timeout=5)
+    RunFailureNotifier()(_failed_run("r2"))
+    assert len(sink_messages(slack)) == 1
+
+
+def test_the_repeat_window_reopens(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from promptops.alert_store import LocalBlobStore
+    from promptops.failure_notifier import RepeatLedger
+
+    ledger = RepeatLedger(LocalBlobStore(str(tmp_path)))
+    t0, repeat = datetime(2026, 11, 20, 8, 0, tzinfo=UTC), timedelta(hours=4)
+    assert ledger.claim("d", "sig", repeat, now=t0)
+    assert ledger.claim("d", "sig", repeat, now=t0 + timedelta(hours=3)) is None
+    assert ledger.claim("d", "other", repeat, now=t0 + timedelta(hours=3))
+    assert ledger.claim("d", "sig", repeat, now=t0 + timedelta(hours=4))
+
+
+def test_failures_alike_but_for_digits_share_a_signature():
+    from promptops.failure_alert import failure_signature
+
+    def sig(*causes, dag="promptops_hourly"):
+        return failure_signature(dag, [TaskFailure(task_id="pull_window", cause=c,
+                                                   map_index=i)
+                                       for i, c in enumerate(causes)], "task_failure")
+
+    assert sig("error 1001 at 10:05") == sig("error 1001 at 11:35") == \
+        sig("error 1001 at 10:05", "error 1001 at 10:20")
+    assert sig("error 1001 at 10:05") != sig("connection refused")
+    assert sig("error 1001") != sig("error 1001", dag="promptops_health")
