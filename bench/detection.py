@@ -240,6 +240,11 @@ def print_results(incidents: list[Incident], fired_outside: list, sent: list[Not
                      and not any(i.covers(n.evaluated_at) for i in real)]
     holiday_pages = [n for n in pages_outside if holiday.start < n.evaluated_at
                      <= holiday.end + GRACE]
+    firing_messages = [n for n in sent if n.reason in ("new", "repeat")]
+    per_incident = [sum(1 for n in firing_messages if i.covers(n.evaluated_at)) for i in real]
+    warnings_outside = [n for n in firing_messages if n.reason == "new"
+                        and n.severity != "critical"
+                        and not any(i.covers(n.evaluated_at) for i in real)]
     print(f"\nrecall              {detected}/{len(real)} = {detected / len(real):.0%}")
     print(f"precision           {inside}/{inside + len(fired_outside)} fired alerts inside "
           f"incident windows = {precision:.0%}")
@@ -247,6 +252,10 @@ def print_results(incidents: list[Incident], fired_outside: list, sent: list[Not
     print(f"pages outside       {len(pages_outside) / weeks:.1f} per week "
           f"({len(pages_outside)} critical new messages)")
     print(f"holiday dip pages   {len(holiday_pages)}")
+    print(f"messages/incident   {sum(per_incident) / max(1, len(real)):.1f} "
+          f"(firing messages in each window: {per_incident})")
+    print(f"warnings outside    {len(warnings_outside) / weeks:.1f} per week "
+          f"({len(warnings_outside)} new non-critical messages)")
     if fired_outside:
         print("\nalerts fired outside incidents:")
         for t, a in fired_outside[:15]:

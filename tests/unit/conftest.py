@@ -23,10 +23,18 @@ def s3_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
                        "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
         monkeypatch.setenv(key, value)
-    # ObjectStoragePath keeps one filesystem per protocol: start and end without a stale one.
-    store._STORE_CACHE.pop("s3", None)
+    # ObjectStoragePath keeps one filesystem per protocol, and fsspec caches s3fs instances by
+    # their arguments (the endpoint comes from the environment, so not among them): start and
+    # end without a stale one pointing at an earlier test's server.
+    from s3fs import S3FileSystem
+
+    def forget_filesystems() -> None:
+        store._STORE_CACHE.pop("s3", None)
+        S3FileSystem.clear_instance_cache()
+
+    forget_filesystems()
     try:
         yield boto3.client("s3")
     finally:
-        store._STORE_CACHE.pop("s3", None)
+        forget_filesystems()
         server.stop()
