@@ -140,10 +140,19 @@ def test_a_wrong_key_fails_the_hourly_run_at_once_and_says_so(stack, monkeypatch
     assert "/dags/promptops_hourly/runs/" in body
     assert_no_secret(sink.messages())
 
-    # The same alert when the dag-processor runs the callback, as in a deployment.
+    # The same callback run again (the dag-processor replaying it): the same failure within
+    # the repeat interval is not posted twice.
     sink.clear()
-    replay_in_dag_processor(run, ROOT / "dags" / "promptops_hourly.py",
-                            tmp_path / "processor.log")
+    processor = ROOT / "dags" / "promptops_hourly.py"
+    replay_in_dag_processor(run, processor, tmp_path / "processor.log")
+    assert failure_alerts(sink) == []
+    # In a deployment where it was not posted yet (a lake of its own), the dag-processor
+    # builds the same alert from the recorded failures.
+    from promptops.settings import get_settings
+
+    monkeypatch.setenv("PROMPTOPS_LAKE_URI", f"file://{tmp_path / 'other-lake'}")
+    get_settings.cache_clear()  # the processor is forked from this process
+    replay_in_dag_processor(run, processor, tmp_path / "processor2.log")
     [again] = failure_alerts(sink)
     assert again["body"]["blocks"][2:] == alert["body"]["blocks"][2:]  # tasks, causes, link
 
