@@ -7,7 +7,7 @@
    seasonality of random amplitude and phase, slow trends, noise, and the faults the fit
    must survive: missing hours (a few percent of partitions), occasional outliers, a
    handful of sparse or constant series.
-2. Times :func:`promptops.baselines.fit_all` on it (series extraction, every fit, the
+2. Times :func:`promptops.detection.baselines.fit_all` on it (series extraction, every fit, the
    simulated prediction bands, the bands table): with 1 worker (in this process), then with
    ``--workers`` processes, cold (the pool starts, each worker imports statsmodels) and warm
    (the pool is reused, as in a long-lived worker).
@@ -35,7 +35,7 @@ METRICS = ("requests", "error_rate", "latency_p95_ms", "cost_usd")
 
 def synthetic_history(series: int, days: int, seed: int = SEED) -> pa.Table:
     """A tidy metrics table: ``series`` series over ``days`` days of hours before DAY."""
-    from promptops.metric_table import METRICS_SCHEMA
+    from promptops.contracts.metric_table import METRICS_SCHEMA
 
     rng = np.random.default_rng(seed)
     slices = max(1, series // len(METRICS))
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     import statsmodels.tsa.holtwinters  # noqa: F401
 
-    from promptops.baselines import BaselineConfig, fit_all
+    from promptops.detection.baselines import BaselineConfig, fit_all
     import_s = time.perf_counter() - began
 
     table = synthetic_history(args.series, args.days)

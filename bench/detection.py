@@ -28,15 +28,15 @@ from pathlib import Path
 
 import yaml
 
-from promptops.alert_engine import AlertEngine, Delivery, Notification
-from promptops.alert_store import AlertStore
-from promptops.alerting import load_alerting_config
-from promptops.anomaly_model import NotEnoughData, train
-from promptops.baselines import refit_baselines
-from promptops.hourly_analysis import analyse_hour, findings_for_hour
-from promptops.lake import Lake
-from promptops.pricing import load_price_table
-from promptops.records import validate_page
+from promptops.alerts.config import load_alerting_config
+from promptops.alerts.engine import AlertEngine, Delivery, Notification
+from promptops.alerts.store import AlertStore
+from promptops.contracts.records import validate_page
+from promptops.detection.anomaly_model import NotEnoughData, train
+from promptops.detection.baselines import refit_baselines
+from promptops.lake.store import Lake
+from promptops.metrics.pricing import load_price_table
+from promptops.pipelines.hourly import analyse_hour, findings_for_hour
 from promptops.simulator import Platform, SimConfig
 
 START = datetime(2026, 9, 7, tzinfo=UTC)  # a Monday

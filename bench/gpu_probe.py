@@ -1,4 +1,4 @@
-"""Take one real NVML reading through promptops.gpu and print it.
+"""Take one real NVML reading through promptops.metrics.gpu and print it.
 
 Run on any machine:  .venv/bin/python bench/gpu_probe.py [--samples 3] [--interval 0.5]
 With an NVIDIA GPU it prints each GPU's averaged reading and the metric rows the health
@@ -13,7 +13,7 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from promptops.gpu import NvmlUnavailable, gpu_rows, load_nvml, node_name, read_nvml
+from promptops.metrics.gpu import NvmlUnavailable, gpu_rows, load_nvml, node_name, read_nvml
 
 
 def main(argv: list[str] | None = None) -> int:

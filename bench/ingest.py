@@ -3,7 +3,7 @@
     .venv/bin/python bench/ingest.py 1000000
 
 Starts the platform simulator as its own process (flat traffic: exactly N records in the
-hour), then times `promptops.ingest.ingest_hour` in this process: paging through the API,
+hour), then times `promptops.ingest.pull.ingest_hour` in this process: paging through the API,
 validating every page, deduplicating and writing the Parquet partition to a temporary lake.
 Prints wall seconds, records per second, this (client) process's CPU seconds and peak RSS.
 
@@ -20,9 +20,9 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 
-from promptops.client import CallRecordPage, PlatformClient
-from promptops.ingest import ingest_hour
-from promptops.lake import Lake
+from promptops.ingest.pull import ingest_hour
+from promptops.lake.store import Lake
+from promptops.platform.client import CallRecordPage, PlatformClient
 from promptops.simulator.process import SimulatorProcess
 
 

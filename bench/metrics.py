@@ -6,7 +6,7 @@
 1. Builds (once; reused from ``data/bench/``) an N-record ``calls`` partition: the platform
    simulator's generator makes the hour in this process (flat traffic, seed 11), our record
    validation and lake writer store it page by page, as ingest does for a polled hour.
-2. Times ``promptops.hourly_metrics`` on it (reading the partition included), in a fresh
+2. Times ``promptops.metrics.hourly`` on it (reading the partition included), in a fresh
    process, ``--repeat`` times, and records that process's peak RSS.
 3. Times DuckDB computing the same aggregates on the same file with SQL (one query with
    GROUPING SETS over the dimensions, ``quantile_cont`` for the percentiles, the user top-N,
@@ -60,8 +60,8 @@ def partition_file(records: int) -> Path:
     """The cached partition for N records, built on first use: simulator pages through our
     record validation into our lake writer, one row group per page as ingest writes them
     (no faults are injected, so there is nothing to reject or deduplicate)."""
-    from promptops.lake import Lake
-    from promptops.records import CALLS_SCHEMA, validate_page
+    from promptops.contracts.records import CALLS_SCHEMA, validate_page
+    from promptops.lake.store import Lake
 
     lake = Lake(f"file://{ROOT / 'data' / 'bench' / f'metrics-{records}-seed{SEED}'}")
     target = Path(lake.partition_file("calls", HOUR).path)
@@ -84,7 +84,7 @@ def partition_file(records: int) -> Path:
 # -- the two sides, each in its own process -----------------------------------------------------
 
 def _prices(unpriced: list[str]):
-    from promptops.pricing import load_price_table
+    from promptops.metrics.pricing import load_price_table
 
     return load_price_table(use_env=False).without(*unpriced)
 
@@ -92,7 +92,7 @@ def _prices(unpriced: list[str]):
 def run_ours(path: Path, repeat: int, top_n: int, unpriced: list[str], out: Path) -> dict:
     import pyarrow.parquet as pq
 
-    from promptops.hourly_metrics import INPUT_COLUMNS, compute_hourly_metrics
+    from promptops.metrics.hourly import INPUT_COLUMNS, compute_hourly_metrics
 
     prices = _prices(unpriced)
     # Warm the lazy imports (scikit-learn, statsmodels) outside the timings, as DuckDB's

@@ -4,13 +4,13 @@
 
 For each case, ``--seeds`` synthetic cubes (``tests/root_cause/rchelpers.py``: leaves of
 uneven size, noisy baseline and actual, anomalies injected into one- or two-dimension
-elements) are localised with :func:`promptops.root_cause.localize`. Printed per case:
+elements) are localised with :func:`promptops.detection.root_cause.localize`. Printed per case:
 seconds per cube (median and worst, the cube already in memory, cuboids included) and
 accuracy (the share of cubes whose returned root-cause set is exactly the injected one).
 
 Two cube shapes: 5 dimensions whose full product is the leaf count (10 x 10 x 5 x 8 x 5),
 and 8 dimensions (up to 92 cuboids) with ``--leaves`` leaves sampled from a 172,800-cell
-product. Finally the command ``python -m promptops.root_cause`` runs on a CSV of one
+product. Finally the command ``python -m promptops.detection.root_cause`` runs on a CSV of one
 20,000-leaf cube: wall seconds per run (process start, imports, reading the CSV included).
 """
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests" / "root_cause"))
 
 from rchelpers import as_set, element_label, synthetic_cube  # noqa: E402
 
-from promptops.root_cause import localize  # noqa: E402
+from promptops.detection.root_cause import localize  # noqa: E402
 
 FULL = {"model": 10, "app": 10, "region": 5, "team": 8, "template": 5}
 WIDE = {"model": 8, "app": 6, "region": 5, "team": 5, "template": 4, "provider": 4,
@@ -93,7 +93,7 @@ def run_command(leaves: int, repeat: int = 5) -> tuple[float, float, str]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cube.csv"
         cube.to_csv(path, index=False)
-        cmd = [sys.executable, "-m", "promptops.root_cause", str(path), "--dims",
+        cmd = [sys.executable, "-m", "promptops.detection.root_cause", str(path), "--dims",
                ",".join(cards), "--actual-den", "actual_den", "--expected-den", "expected_den"]
         walls, out = [], ""
         for _ in range(repeat):

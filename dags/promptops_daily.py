@@ -7,7 +7,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from promptops.failure_notifier import (
+from promptops.airflow_adapters.failure_notifier import (
     PERMANENT_ERRORS_FAIL,
     RunFailureNotifier,
     record_task_failure,
@@ -65,8 +65,8 @@ def promptops_daily():
 
     @task(task_display_name="Check completeness")
     def check_completeness(**context) -> dict:
-        from promptops.daily import day_completeness
-        from promptops.lake import Lake
+        from promptops.lake.store import Lake
+        from promptops.pipelines.daily import day_completeness
 
         result = day_completeness(Lake(), context["data_interval_start"])
         print(result.describe())
@@ -74,16 +74,16 @@ def promptops_daily():
 
     @task(task_display_name="Refit baselines")
     def refit_baselines(completeness: dict, **context) -> dict:
-        from promptops.baselines import refit_baselines as refit
-        from promptops.lake import Lake
+        from promptops.detection.baselines import refit_baselines as refit
+        from promptops.lake.store import Lake
 
         # Bands are fitted on history up to the end of this day, for the next day.
         return refit(Lake(), context["data_interval_end"])
 
     @task(task_display_name="Retrain root-cause model")
     def retrain_root_cause_model(completeness: dict, **context) -> dict:
-        from promptops.anomaly_model import NotEnoughData, train
-        from promptops.lake import Lake
+        from promptops.detection.anomaly_model import NotEnoughData, train
+        from promptops.lake.store import Lake
 
         try:
             info = train(Lake(), context["data_interval_start"])
@@ -96,13 +96,13 @@ def promptops_daily():
     def cost_report(completeness: dict, **context) -> dict:
         from airflow.configuration import conf
 
-        from promptops.daily_report import (
+        from promptops.lake.store import Lake
+        from promptops.reports.cost_report import (
             build_report,
             report_url,
             send_slack_summary,
             slack_summary,
         )
-        from promptops.lake import Lake
 
         day = context["data_interval_start"]
         run_url = context["ti"].log_url.split("/tasks/")[0]
@@ -118,8 +118,8 @@ def promptops_daily():
     def apply_retention(**context) -> dict:
         """After the analysis, so nothing it reads is deleted under it; whatever its outcome,
         so a failed report does not skip retention."""
-        from promptops.daily import apply_retention as retain
-        from promptops.lake import Lake
+        from promptops.lake.store import Lake
+        from promptops.pipelines.daily import apply_retention as retain
 
         return retain(Lake(), context["data_interval_start"])
 
@@ -127,7 +127,7 @@ def promptops_daily():
     def flag_failed_steps(**context) -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from promptops.daily import failed_steps
+        from promptops.pipelines.daily import failed_steps
 
         ti = context["ti"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id])[ti.run_id]

@@ -8,13 +8,13 @@ import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, PokeReturnValue, dag, task
 
-from promptops.failure_notifier import (
+from promptops.airflow_adapters.failure_notifier import (
     PERMANENT_ERRORS_FAIL,
     RunFailureNotifier,
     record_task_failure,
 )
-from promptops.heal import ACTIONS, policy_timing
-from promptops.heal_approval import HealApprovalNotifier, HealApprovalOperator
+from promptops.airflow_adapters.heal_approval import HealApprovalNotifier, HealApprovalOperator
+from promptops.heal.policy import ACTIONS, policy_timing
 
 TIMING = policy_timing()
 VERIFY = TIMING.verification
@@ -105,14 +105,14 @@ def promptops_heal():
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from promptops.heal import HealConfError
-        from promptops.heal_flow import (
+        from promptops.heal.flow import (
             invalid_audit,
             plan_heal,
             report_message,
             send_heal_message,
         )
-        from promptops.lake import Lake
+        from promptops.heal.policy import HealConfError
+        from promptops.lake.store import Lake
 
         conf = dict(context["params"])
         conf["requested_by"] = _requester(conf.pop("requested_by", None), context["dag_run"])
@@ -137,9 +137,9 @@ def promptops_heal():
     def policy_gate(plan: dict, **context) -> str:
         from datetime import UTC, datetime
 
-        from promptops.heal import load_policy
-        from promptops.heal_flow import gate, history_for
-        from promptops.lake import Lake
+        from promptops.heal.flow import gate, history_for
+        from promptops.heal.policy import load_policy
+        from promptops.lake.store import Lake
 
         policy, now = load_policy(), datetime.now(UTC)
         result = gate(plan, history_for(Lake(), now, policy, exclude_run=context["run_id"]),
@@ -178,9 +178,9 @@ def promptops_heal():
     def apply_actions(plan: dict, **context) -> PokeReturnValue:
         from datetime import UTC, datetime
 
-        from promptops.client import PlatformClient
-        from promptops.heal_flow import apply_poke
-        from promptops.lake import Lake
+        from promptops.heal.flow import apply_poke
+        from promptops.lake.store import Lake
+        from promptops.platform.client import PlatformClient
 
         answer = context["ti"].xcom_pull(task_ids="approve", key="answer")
         if answer and (answer.get("chosen_options") or [None])[0] == "Approve":
@@ -203,8 +203,8 @@ def promptops_heal():
                  + timedelta(minutes=15)).total_seconds(),
     )
     def verify_heal(plan: dict, applied: dict) -> PokeReturnValue:
-        from promptops.client import PlatformClient
-        from promptops.heal_flow import platform_now, remeasure, verification_window
+        from promptops.heal.flow import platform_now, remeasure, verification_window
+        from promptops.platform.client import PlatformClient
 
         window = verification_window(plan, applied)
         if isinstance(window, str):
@@ -227,13 +227,13 @@ def promptops_heal():
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from promptops.heal_flow import (
+        from promptops.heal.flow import (
             finish_audit,
             outcome_of,
             report_message,
             send_heal_message,
         )
-        from promptops.lake import Lake
+        from promptops.lake.store import Lake
 
         ti = context["ti"]
         plan = ti.xcom_pull(task_ids="plan_heal")

@@ -8,12 +8,12 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from promptops.failure_notifier import (
+from promptops.airflow_adapters.failure_notifier import (
     PERMANENT_ERRORS_FAIL,
     RunFailureNotifier,
     record_task_failure,
 )
-from promptops.responses import respond
+from promptops.airflow_adapters.responses import respond
 
 #: Celery queue of the workers that live on GPU nodes (any worker under the local executor).
 GPU_QUEUE = os.environ.get("PROMPTOPS_GPU_QUEUE", "gpu")
@@ -60,9 +60,9 @@ def promptops_health():
 
     @task(task_display_name="Read GPUs", queue=GPU_QUEUE)
     def gpu_metrics(**context) -> dict:
-        from promptops.client import PlatformClient
         from promptops.errors import PlatformNotConfigured
-        from promptops.health_check import gpu_rows_at
+        from promptops.pipelines.health import gpu_rows_at
+        from promptops.platform.client import PlatformClient
 
         try:
             client = PlatformClient.from_airflow()
@@ -79,8 +79,8 @@ def promptops_health():
 
     @task(task_display_name="Check API and callers")
     def api_metrics(**context) -> dict:
-        from promptops.client import PlatformClient
-        from promptops.health_check import api_rows_at
+        from promptops.pipelines.health import api_rows_at
+        from promptops.platform.client import PlatformClient
 
         with PlatformClient.from_airflow() as client:
             result = api_rows_at(_evaluated_at(context), client)
@@ -90,8 +90,8 @@ def promptops_health():
 
     @task(task_display_name="Evaluate and alert")
     def evaluate(gpu: dict, api: dict, **context) -> dict:
-        from promptops.health_check import evaluate_health
-        from promptops.lake import Lake
+        from promptops.lake.store import Lake
+        from promptops.pipelines.health import evaluate_health
 
         run_url = context["ti"].log_url.split("/tasks/")[0]
         outcome = evaluate_health(Lake(), _evaluated_at(context),

@@ -7,13 +7,13 @@ from datetime import datetime, timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
-from promptops.assets import CALLS_ASSET
-from promptops.failure_notifier import (
+from promptops.airflow_adapters.assets import CALLS_ASSET
+from promptops.airflow_adapters.failure_notifier import (
     PERMANENT_ERRORS_FAIL,
     RunFailureNotifier,
     record_task_failure,
 )
-from promptops.responses import respond
+from promptops.airflow_adapters.responses import respond
 from promptops.settings import get_settings
 
 SETTINGS = get_settings()
@@ -92,14 +92,14 @@ def promptops_hourly():
     def wait_for_platform(**context) -> PokeReturnValue:
         """Done when `/health` answers `ok`; a degraded answer keeps waiting. Timing out
         names what the last look saw."""
-        from promptops.health_check import poke_platform
+        from promptops.pipelines.health import poke_platform
 
         return poke_platform(context)
 
     @task(task_display_name="Plan pull windows")
     def plan_pull(**context) -> list[dict]:
         """The interval (and its late-record hours) cut into pull windows."""
-        from promptops.ingest_windows import plan_windows
+        from promptops.ingest.windows import plan_windows
 
         settings = get_settings()
         return plan_windows(context["data_interval_start"], context["data_interval_end"],
@@ -113,10 +113,10 @@ def promptops_hourly():
         """Pull, validate and dedupe one window (a whole hour goes straight to its partition)."""
         from airflow.sdk import get_current_context
 
-        from promptops.client import PlatformClient
-        from promptops.ingest import replace_requested
-        from promptops.ingest_windows import pull_window
-        from promptops.lake import Lake
+        from promptops.ingest.pull import replace_requested
+        from promptops.ingest.windows import pull_window
+        from promptops.lake.store import Lake
+        from promptops.platform.client import PlatformClient
 
         # Named by its window in the UI's list of mapped tasks (map_index_template).
         get_current_context()["window_label"] = \
@@ -129,9 +129,9 @@ def promptops_hourly():
     @task(task_display_name="Merge windows", outlets=[CALLS_ASSET])
     def merge_windows(pulled: list[dict], **context) -> dict:
         """Write split hours from their windows, check the reject share; returns a summary."""
-        from promptops.ingest import replace_requested
-        from promptops.ingest_windows import merge_windows
-        from promptops.lake import Lake
+        from promptops.ingest.pull import replace_requested
+        from promptops.ingest.windows import merge_windows
+        from promptops.lake.store import Lake
 
         summary = merge_windows(Lake(), list(pulled), run_id=context["run_id"],
                                 max_reject_share=get_settings().max_reject_share,
@@ -147,9 +147,9 @@ def promptops_hourly():
     @task(task_display_name="Compute hourly metrics")
     def hourly_metrics(ingested: dict) -> list[dict]:
         """Metrics for every hour the ingest wrote (late records change earlier hours too)."""
-        from promptops.hourly_analysis import analyse_hour
-        from promptops.lake import Lake
-        from promptops.pricing import load_price_table
+        from promptops.lake.store import Lake
+        from promptops.metrics.pricing import load_price_table
+        from promptops.pipelines.hourly import analyse_hour
 
         lake, prices = Lake(), load_price_table()
         return [analyse_hour(lake, datetime.fromisoformat(h["hour"]), prices=prices)
@@ -158,8 +158,8 @@ def promptops_hourly():
     @task(task_display_name="Evaluate rules and alert")
     def evaluate_alerts(metrics: list[dict], **context) -> dict:
         """Rules on the run's hour, then the alert engine (state, claims, Slack, alert log)."""
-        from promptops.hourly_analysis import alert_on_findings, findings_for_hour
-        from promptops.lake import Lake
+        from promptops.lake.store import Lake
+        from promptops.pipelines.hourly import alert_on_findings, findings_for_hour
 
         lake = Lake()
         start, end = context["data_interval_start"], context["data_interval_end"]

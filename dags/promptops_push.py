@@ -7,8 +7,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
-from promptops.assets import CALLS_ASSET, LANDING_ASSET
-from promptops.failure_notifier import (
+from promptops.airflow_adapters.assets import CALLS_ASSET, LANDING_ASSET
+from promptops.airflow_adapters.failure_notifier import (
     PERMANENT_ERRORS_FAIL,
     RunFailureNotifier,
     record_task_failure,
@@ -68,7 +68,7 @@ def promptops_push():
         from airflow.sdk.exceptions import AirflowFailException
 
         from promptops.errors import RejectShareExceeded
-        from promptops.push import PushError, collect_events, ingest_events, is_retryable
+        from promptops.ingest.push import PushError, collect_events, ingest_events, is_retryable
         from promptops.settings import get_settings
 
         def plain(event) -> dict:

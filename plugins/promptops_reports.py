@@ -13,7 +13,7 @@ opens inside the UI, in an iframe). This one serves:
 CSVs resolve. Every route needs a signed-in Airflow user (the UI's session cookie or a
 bearer token) whom the auth manager lets see the custom view ``promptops-reports``.
 
-Reports are read through :class:`promptops.lake.Lake` (``PROMPTOPS_LAKE_URI``). This module is
+Reports are read through :class:`promptops.lake.store.Lake` (``PROMPTOPS_LAKE_URI``). This module is
 imported by every Airflow component that loads plugins, so it stays cheap: the lake, the
 report module and Airflow's security helpers are imported inside the handlers.
 """
@@ -42,7 +42,7 @@ _MEDIA_TYPES = {"html": "text/html; charset=utf-8", "png": "image/png",
 
 def create_app(lake_factory: Callable[[], Any] | None = None, *,
                require_auth: bool = True) -> "FastAPI":
-    """The reports app. ``lake_factory``: returns the :class:`~promptops.lake.Lake` to read
+    """The reports app. ``lake_factory``: returns the :class:`~promptops.lake.store.Lake` to read
     (default: the configured lake, built per request so a changed setting applies)."""
 
     from fastapi import Depends, FastAPI, HTTPException, Request
@@ -51,7 +51,7 @@ def create_app(lake_factory: Callable[[], Any] | None = None, *,
     def lake() -> Any:
         if lake_factory is not None:
             return lake_factory()
-        from promptops.lake import Lake
+        from promptops.lake.store import Lake
 
         return Lake()
 
@@ -85,7 +85,7 @@ def create_app(lake_factory: Callable[[], Any] | None = None, *,
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
-        from promptops.daily_report import list_report_dates
+        from promptops.reports.cost_report import list_report_dates
 
         days = list_report_dates(lake())
         items = "\n".join(
@@ -94,12 +94,12 @@ def create_app(lake_factory: Callable[[], Any] | None = None, *,
             f'{" · latest" if i == 0 else ""}</li>' for i, d in enumerate(days))
         body = f"<ul>{items}</ul>" if days else (
             "<p>No report yet. The daily DAG writes one per day; a report can also be built "
-            "with <code>promptops.daily_report.build_report</code>.</p>")
+            "with <code>promptops.reports.cost_report.build_report</code>.</p>")
         return HTMLResponse(_page("promptops daily cost reports", body))
 
     @app.get("/latest")
     def latest() -> RedirectResponse:
-        from promptops.daily_report import list_report_dates
+        from promptops.reports.cost_report import list_report_dates
 
         days = list_report_dates(lake())
         if not days:
@@ -121,7 +121,7 @@ def create_app(lake_factory: Callable[[], Any] | None = None, *,
         return _file(day, name)
 
     def _file(day: str, name: str) -> Response:
-        from promptops.daily_report import REPORT_FILE_RE, read_report_file
+        from promptops.reports.cost_report import REPORT_FILE_RE, read_report_file
 
         parsed = parse_day(day)
         if not REPORT_FILE_RE.match(name):

@@ -168,6 +168,6 @@ class PlatformNotConfigured(PromptOpsError):
 
 #: Failures that another try of the same task cannot fix: a person has to change the key,
 #: the service account's permissions, the request or the platform connection first. Tasks
-#: fail at once on these, without Airflow's retries (see promptops.failure_notifier).
+#: fail at once on these, without Airflow's retries (see promptops.airflow_adapters.failure_notifier).
 PERMANENT_ERRORS: tuple[type[PromptOpsError], ...] = (
     AuthenticationFailed, PermissionDenied, InvalidRequest, PlatformNotConfigured)

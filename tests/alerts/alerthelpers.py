@@ -9,13 +9,13 @@ from typing import Any
 
 import requests
 
-from promptops.alert_engine import AlertEngine
-from promptops.alert_store import AlertStore
-from promptops.alerting import AlertingConfig, parse_alerting_config
-from promptops.findings import Finding
-from promptops.lake import Lake
-from promptops.silences import Silence
-from promptops.slack_notify import SlackNotifier
+from promptops.alerts.config import AlertingConfig, parse_alerting_config
+from promptops.alerts.engine import AlertEngine
+from promptops.alerts.silences import Silence
+from promptops.alerts.slack import SlackNotifier
+from promptops.alerts.store import AlertStore
+from promptops.contracts.findings import Finding
+from promptops.lake.store import Lake
 
 T0 = datetime(2026, 11, 20, 13, tzinfo=UTC)
 SECRET_PATH = "/services/T0SECRET/B0SECRET/canaryWebhookToken42"

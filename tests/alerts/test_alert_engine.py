@@ -16,7 +16,7 @@ from alerthelpers import (
     sink_messages,
 )
 
-from promptops.silences import Silence
+from promptops.alerts.silences import Silence
 
 
 def test_pending_then_firing_then_resolved(sink, lake):
@@ -243,8 +243,8 @@ def test_heal_requests_and_json_outcome(sink, lake):
 
 
 def test_alert_log_one_partition_per_hour_and_reruns_replace(sink, lake):
-    from promptops.alert_store import AlertStore
-    from promptops.lake import Lake
+    from promptops.alerts.store import AlertStore
+    from promptops.lake.store import Lake
 
     clock = Clock(step=timedelta(minutes=30))  # two evaluations per hour
     f = finding()
@@ -288,7 +288,7 @@ def test_a_resolved_message_that_failed_is_sent_at_the_next_evaluation(sink, lak
 
 
 def test_shipped_config_raises_an_unpriced_model_once(sink, lake):
-    from promptops.alerting import load_alerting_config
+    from promptops.alerts.config import load_alerting_config
 
     cfg = load_alerting_config()
     cfg = cfg.model_copy(update={"silences_file": None, "silences_variable": ""})
@@ -306,7 +306,7 @@ def test_shipped_config_raises_an_unpriced_model_once(sink, lake):
 
 
 def _shipped_config():
-    from promptops.alerting import load_alerting_config
+    from promptops.alerts.config import load_alerting_config
 
     return load_alerting_config().model_copy(update={"silences_file": None,
                                                      "silences_variable": ""})

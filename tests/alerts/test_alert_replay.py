@@ -14,8 +14,8 @@ from datetime import timedelta
 
 from alerthelpers import T0, config, engine, finding, header, sink_messages
 
-from promptops.alert_store import AlertStore
-from promptops.lake import Lake
+from promptops.alerts.store import AlertStore
+from promptops.lake.store import Lake
 
 H = timedelta(hours=1)
 
@@ -160,7 +160,7 @@ def test_two_runs_filling_the_same_gap_post_once(sink, lake):
 def test_a_state_from_before_the_history_only_fills_gaps_after_it(sink, lake):
     """A state written before evaluations were remembered knows nothing of the times before
     its last evaluation: replays of those change nothing; later gaps are filled."""
-    from promptops.alert_engine import plan_evaluation
+    from promptops.alerts.engine import plan_evaluation
 
     store = AlertStore(Lake(lake), "hourly")
     f = finding()
@@ -182,7 +182,7 @@ def test_a_state_from_before_the_history_only_fills_gaps_after_it(sink, lake):
 def test_the_daily_report_lists_a_past_incident_as_over_not_firing(sink, lake):
     """A gap fill logs an incident that was over before the latest hour; the daily report's
     incident table must not show it as still firing."""
-    from promptops.daily_report import incidents_table
+    from promptops.reports.cost_report import incidents_table
 
     burst = finding("error_rate")
     engine(lake).evaluate([], T0 + 6 * H, run_id="scheduled")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from alerthelpers import T0, engine, finding, sink_messages
 
-from promptops.alert_store import AlertStore, FsspecBlobStore, StateConflict, StoreUnavailable
-from promptops.lake import Lake
+from promptops.alerts.store import AlertStore, FsspecBlobStore, StateConflict, StoreUnavailable
+from promptops.lake.store import Lake
 
 
 def _memory_blobs(name: str) -> FsspecBlobStore:

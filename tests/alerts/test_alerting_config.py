@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from promptops.alerting import (
+from promptops.alerts.config import (
     DEFAULT_CONFIG_PATH,
     AlertingConfigError,
     Matcher,

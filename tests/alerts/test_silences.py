@@ -7,8 +7,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from promptops.alerting import DEFAULT_CONFIG_PATH, load_alerting_config
-from promptops.silences import SilenceError, SilenceSource, load_silences_file, parse_silences
+from promptops.alerts.config import DEFAULT_CONFIG_PATH, load_alerting_config
+from promptops.alerts.silences import (
+    SilenceError,
+    SilenceSource,
+    load_silences_file,
+    parse_silences,
+)
 
 NOW = datetime(2026, 11, 20, 14, tzinfo=UTC)
 FILE_SILENCES = """

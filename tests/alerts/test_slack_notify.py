@@ -22,8 +22,8 @@ from alerthelpers import (
 )
 from slack_sdk.models.blocks import Block
 
-from promptops.alert_engine import Notification
-from promptops.slack_notify import SlackNotifier, format_value, render_message
+from promptops.alerts.engine import Notification
+from promptops.alerts.slack import SlackNotifier, format_value, render_message
 
 TOKEN = SECRET_PATH.rsplit("/", 1)[1]
 

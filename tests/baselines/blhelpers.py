@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from promptops.metric_table import METRICS_SCHEMA
+from promptops.contracts.metric_table import METRICS_SCHEMA
 
 #: The day the bands are for; history runs up to its midnight.
 DAY = datetime(2026, 11, 20, tzinfo=UTC)

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 from blhelpers import DAY, hour_rows, metric_table, seasonal
 
-from promptops.baselines import (
+from promptops.contracts.metric_table import METRICS
+from promptops.detection.baselines import (
     BANDS_SCHEMA,
     BaselineConfig,
     band_findings,
@@ -20,8 +21,7 @@ from promptops.baselines import (
     read_bands,
     write_bands,
 )
-from promptops.lake import Lake
-from promptops.metric_table import METRICS
+from promptops.lake.store import Lake
 
 HOUR = DAY + timedelta(hours=13)
 FITTED = DAY - timedelta(minutes=30)

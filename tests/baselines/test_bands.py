@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 from blhelpers import DAY, metric_table, seasonal
 
-from promptops.baselines import (
+from promptops.contracts.metric_table import METRICS
+from promptops.detection.baselines import (
     BANDS,
     BANDS_SCHEMA,
     BaselineConfig,
@@ -21,8 +22,7 @@ from promptops.baselines import (
     refit_baselines,
     write_bands,
 )
-from promptops.lake import Lake
-from promptops.metric_table import METRICS
+from promptops.lake.store import Lake
 
 N = 14 * 24
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from promptops.baselines import BaselineConfig, BaselineConfigError, load_baseline_config
+from promptops.detection.baselines import BaselineConfig, BaselineConfigError, load_baseline_config
 
 
 def test_defaults():
@@ -51,7 +51,7 @@ def test_errors_name_the_variable(monkeypatch, env, value, words):
 
 
 def test_package_exports_resolve():
-    import promptops.baselines as pkg
+    import promptops.detection.baselines as pkg
 
     assert sorted(pkg.__all__) == sorted(pkg._EXPORTS)
     for name in pkg.__all__:

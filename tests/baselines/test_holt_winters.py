@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from blhelpers import DAY, seasonal
 
-from promptops.baselines import HOLT_WINTERS, MEDIAN_MAD, BaselineConfig, fit_series
+from promptops.detection.baselines import HOLT_WINTERS, MEDIAN_MAD, BaselineConfig, fit_series
 
 LAST = DAY - timedelta(hours=1)
 CFG = BaselineConfig()

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from blhelpers import seasonal
 
-from promptops.baselines import BaselineConfig, CsvError, score_series
-from promptops.baselines.__main__ import main
-from promptops.baselines.scoring import read_series_csv, season_for_interval
+from promptops.detection.baselines import BaselineConfig, CsvError, score_series
+from promptops.detection.baselines.__main__ import main
+from promptops.detection.baselines.scoring import read_series_csv, season_for_interval
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = BaselineConfig()
@@ -110,7 +110,7 @@ def test_cli_writes_scores_in_a_real_process(tmp_path):
     src = write_csv(tmp_path / "in.csv", [t.strftime("%Y-%m-%d %H:%M:%S") for t in
                                           hourly(len(values))], np.round(values, 3))
     out = tmp_path / "out.csv"
-    proc = subprocess.run([sys.executable, "-m", "promptops.baselines", "score", str(src),
+    proc = subprocess.run([sys.executable, "-m", "promptops.detection.baselines", "score", str(src),
                            "-o", str(out)], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr

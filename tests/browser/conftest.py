@@ -103,7 +103,7 @@ def _stage_report(staging: Path) -> Path:
     lake of its own; the test copies it into the stack's lake when it wants one to exist."""
     from reporthelpers import DAY, NOW, build_fixture_lake
 
-    from promptops.daily_report import build_report
+    from promptops.reports.cost_report import build_report
 
     lake = build_fixture_lake(f"file://{staging}")
     build_report(lake, DAY, budget_tokens=100_000, budget_cost_usd=1000, now=NOW)

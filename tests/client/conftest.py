@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from clienthelpers import CANARY_KEY, NOW, RO_KEY, FakeClock, settled_log
 
-from promptops.client import PlatformClient
+from promptops.platform.client import PlatformClient
 from promptops.simulator.process import SimulatorProcess
 
 

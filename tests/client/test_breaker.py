@@ -17,7 +17,8 @@ import pytest
 from breakerhelpers import REDIS_URL, redis_namespace
 from clienthelpers import FakeClock
 
-from promptops.breaker import (
+from promptops.errors import CircuitOpenError
+from promptops.platform.breaker import (
     CLOSED,
     HALF_OPEN,
     OPEN,
@@ -27,8 +28,7 @@ from promptops.breaker import (
     FileBreakerStore,
     main,
 )
-from promptops.breaker_redis import RedisBreakerStore
-from promptops.errors import CircuitOpenError
+from promptops.platform.breaker_redis import RedisBreakerStore
 
 MakeStore = Callable[[], BreakerStore]
 
@@ -96,7 +96,7 @@ def test_open_circuit_fails_fast_with_an_actionable_message(make_store, clock):
     assert "3 consecutive failures" in msg
     assert "platform error 4003" in msg and "(code 5000)" in msg
     assert "next probe is allowed at 2027-01-15T08:01:00Z (in 50 s)" in msg
-    assert f"python -m promptops.breaker reset platform-a {b.store.cli_options}" in msg
+    assert f"python -m promptops.platform.breaker reset platform-a {b.store.cli_options}" in msg
     assert info.value.failures == 3
     assert info.value.retry_at == clock.now + 50
 
@@ -215,7 +215,7 @@ def test_stays_open_across_a_new_process(tmp_path):
     b.record_failure("platform error 5000 (HTTP 500) on GET /v1/gpu_metrics", code=5000)
     script = textwrap.dedent("""
         import sys
-        from promptops.breaker import CircuitBreaker, FileBreakerStore
+        from promptops.platform.breaker import CircuitBreaker, FileBreakerStore
         from promptops.errors import CircuitOpenError
         b = CircuitBreaker("platform-a", FileBreakerStore(sys.argv[1]), failure_threshold=1,
                            cooldown_s=3600)
@@ -244,7 +244,7 @@ class RaceLosingStore(FileBreakerStore):
 def test_only_the_committed_run_of_an_update_is_logged(tmp_path, clock, caplog):
     b = CircuitBreaker("platform-a", RaceLosingStore(tmp_path), failure_threshold=1,
                        cooldown_s=60, clock=clock)
-    with caplog.at_level(logging.WARNING, logger="promptops.breaker"):
+    with caplog.at_level(logging.WARNING, logger="promptops.platform.breaker"):
         fail(b)
         clock.advance(60)
         probe = b.before_call()
@@ -291,7 +291,7 @@ def test_cli_status_and_reset(tmp_path, clock, capsys):
 def test_cli_as_a_module(tmp_path):
     fail(breaker(tmp_path, FakeClock()), 3)
     env = dict(os.environ)
-    run = [sys.executable, "-m", "promptops.breaker"]
+    run = [sys.executable, "-m", "promptops.platform.breaker"]
     out = subprocess.run([*run, "status", "platform-a", "--state-dir", str(tmp_path)],
                          capture_output=True, text=True, check=True, env=env, timeout=60).stdout
     assert "platform-a: open" in out

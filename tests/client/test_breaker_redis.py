@@ -22,7 +22,8 @@ import redis
 from breakerhelpers import REDIS_URL, closed_port, redis_namespace
 from clienthelpers import FakeClock, settled_log
 
-from promptops.breaker import (
+from promptops.errors import CircuitOpenError
+from promptops.platform.breaker import (
     CLOSED,
     HALF_OPEN,
     OPEN,
@@ -31,8 +32,7 @@ from promptops.breaker import (
     main,
     store_from_settings,
 )
-from promptops.breaker_redis import BreakerStoreUnavailable, RedisBreakerStore, redact_url
-from promptops.errors import CircuitOpenError
+from promptops.platform.breaker_redis import BreakerStoreUnavailable, RedisBreakerStore, redact_url
 from promptops.settings import Settings
 
 GPU = "/v1/gpu_metrics"
@@ -74,7 +74,7 @@ def test_an_unreadable_value_is_treated_as_closed(namespace, clock, caplog):
 # -- two worker processes on different hosts --------------------------------------------------
 WORKER = textwrap.dedent("""
     import sys
-    from promptops.client import PlatformClient
+    from promptops.platform.client import PlatformClient
     from promptops.errors import CircuitOpenError, PlatformError
     with PlatformClient.from_airflow() as client:
         for _ in range(int(sys.argv[1])):
@@ -124,8 +124,8 @@ def test_failures_in_one_worker_process_open_the_breaker_for_another(clean_sim, 
 
 PROBER = textwrap.dedent("""
     import sys
-    from promptops.breaker import CircuitBreaker
-    from promptops.breaker_redis import RedisBreakerStore
+    from promptops.platform.breaker import CircuitBreaker
+    from promptops.platform.breaker_redis import RedisBreakerStore
     from promptops.errors import CircuitOpenError
     store = RedisBreakerStore(sys.argv[1], prefix=sys.argv[2])
     b = CircuitBreaker("prompt_platform", store, failure_threshold=1, cooldown_s=0,
@@ -310,7 +310,7 @@ def test_the_client_uses_the_store_the_settings_choose(monkeypatch, tmp_path):
     monkeypatch.delenv("AIRFLOW_CONN_PROMPT_PLATFORM", raising=False)
     monkeypatch.setenv("PROMPTOPS_PLATFORM_URL", "http://platform.internal:8700")
     monkeypatch.setenv("PROMPT_API_KEY", "sk-canary-REDIS-1")
-    from promptops.client import PlatformClient
+    from promptops.platform.client import PlatformClient
 
     settings = Settings(state_dir=tmp_path, breaker_redis_url=REDIS_URL)
     with PlatformClient.from_airflow(settings=settings) as client:
@@ -348,9 +348,9 @@ def test_the_reset_command_in_the_message_works_where_the_workers_run(namespace,
     with pytest.raises(CircuitOpenError) as info:
         b.before_call()
     command = str(info.value).split("reset it with `", 1)[1].split("`", 1)[0]
-    assert command == "python -m promptops.breaker reset prompt_platform"
+    assert command == "python -m promptops.platform.breaker reset prompt_platform"
     run = [sys.executable, *shlex.split(command)[1:]]
-    status = [sys.executable, "-m", "promptops.breaker", "status"]
+    status = [sys.executable, "-m", "promptops.platform.breaker", "status"]
     out = subprocess.run(status, capture_output=True, text=True, timeout=60, check=True).stdout
     assert "prompt_platform: open" in out
     subprocess.run(run, capture_output=True, timeout=60, check=True)

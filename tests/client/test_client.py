@@ -10,7 +10,6 @@ from datetime import datetime
 import pytest
 from clienthelpers import CANARY_KEY, RO_KEY, WINDOW, settled_log
 
-from promptops.client import PlatformClient, rfc3339
 from promptops.errors import (
     AuthenticationFailed,
     DataFormatError,
@@ -24,6 +23,7 @@ from promptops.errors import (
     RateLimited,
     UpstreamTimeout,
 )
+from promptops.platform.client import PlatformClient, rfc3339
 
 GPU = "/v1/gpu_metrics"
 

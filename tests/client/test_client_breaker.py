@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from clienthelpers import WINDOW, FakeClock, settled_log
 
-from promptops.breaker import CLOSED, OPEN, CircuitBreaker, FileBreakerStore
 from promptops.errors import AuthenticationFailed, CircuitOpenError, PlatformInternalError
+from promptops.platform.breaker import CLOSED, OPEN, CircuitBreaker, FileBreakerStore
 
 GPU = "/v1/gpu_metrics"
 
 OTHER_PROCESS = textwrap.dedent("""
     import os, sys
-    from promptops.breaker import CircuitBreaker, FileBreakerStore
-    from promptops.client import PlatformClient
+    from promptops.platform.breaker import CircuitBreaker, FileBreakerStore
+    from promptops.platform.client import PlatformClient
     from promptops.errors import CircuitOpenError
     breaker = CircuitBreaker("prompt_platform", FileBreakerStore(sys.argv[2]),
                              failure_threshold=2, cooldown_s=3600)
@@ -59,7 +59,7 @@ def test_breaker_opens_fails_fast_survives_a_process_and_recovers(make_client, c
         client.gpu_metrics()
     msg = str(info.value)
     assert "'prompt_platform' is open" in msg and "2 consecutive failures" in msg
-    assert "(code 5000)" in msg and "python -m promptops.breaker reset prompt_platform" in msg
+    assert "(code 5000)" in msg and "python -m promptops.platform.breaker reset prompt_platform" in msg
     assert v1_count(clean_sim) == 0  # failed fast: nothing reached the platform
 
     # A new task is a new process: it must see the open circuit too.

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from promptops.client import PlatformClient, base_url_from_connection
 from promptops.errors import PlatformNotConfigured
+from promptops.platform.client import PlatformClient, base_url_from_connection
 from promptops.settings import Settings
 
 

@@ -16,9 +16,9 @@ import orjson
 import pytest
 from clienthelpers import WINDOW, settled_log
 
-from promptops.client import PlatformClient
+from promptops.contracts.records import RAW_RECORD_TYPE
 from promptops.errors import DataFormatError, PlatformInternalError
-from promptops.records import RAW_RECORD_TYPE
+from promptops.platform.client import PlatformClient
 
 CALL_RECORDS = "/v1/call_records"
 

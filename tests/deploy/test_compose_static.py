@@ -518,7 +518,7 @@ def test_promptops_env_names_are_read_by_the_code():
 
 def test_promptops_values_pass_the_code_s_own_validation(monkeypatch):
     """Every settings class and the thresholds loader accept what the workers see."""
-    from promptops.thresholds import load_thresholds
+    from promptops.detection.thresholds import load_thresholds
 
     env = container_env("airflow-worker-gpu")
     for name in list(os.environ):
@@ -538,7 +538,7 @@ def test_promptops_values_pass_the_code_s_own_validation(monkeypatch):
 
 
 def test_threshold_overrides_name_real_rules():
-    from promptops.thresholds import ThresholdsConfigError, load_thresholds
+    from promptops.detection.thresholds import ThresholdsConfigError, load_thresholds
 
     env = container_env("airflow-worker")
     overrides = {k: v for k, v in env.items() if k.startswith("PROMPTOPS_THRESHOLD__")}

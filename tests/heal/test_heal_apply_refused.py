@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from promptops.client import PlatformClient
 from promptops.errors import PERMANENT_ERRORS, PermissionDenied
-from promptops.heal import load_policy
-from promptops.heal_audit import read_audit
-from promptops.heal_flow import apply_poke, plan_heal
-from promptops.lake import Lake
+from promptops.heal.audit import read_audit
+from promptops.heal.flow import apply_poke, plan_heal
+from promptops.heal.policy import load_policy
+from promptops.lake.store import Lake
+from promptops.platform.client import PlatformClient
 from promptops.simulator import SimulatorProcess
 
 RO_KEY = "sk-canary-readonly-3141"

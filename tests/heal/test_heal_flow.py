@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from promptops.heal import HealConfError, idempotency_key, load_policy
-from promptops.heal_audit import AuditRecord
-from promptops.heal_flow import (
+from promptops.heal.audit import AuditRecord
+from promptops.heal.flow import (
     gate,
     heal_triggers,
     outcome_of,
@@ -17,6 +16,7 @@ from promptops.heal_flow import (
     report_message,
     verification_window,
 )
+from promptops.heal.policy import HealConfError, idempotency_key, load_policy
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]

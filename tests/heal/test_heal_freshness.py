@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from promptops.heal import HealConfError, load_policy
-from promptops.heal_audit import read_audit
-from promptops.heal_flow import heal_triggers, platform_clock
-from promptops.lake import Lake
+from promptops.heal.audit import read_audit
+from promptops.heal.flow import heal_triggers, platform_clock
+from promptops.heal.policy import HealConfError, load_policy
+from promptops.lake.store import Lake
 from promptops.simulator import SimulatorProcess
 
 #: The health run for [10:05, 10:10) evaluates at 10:10; the hourly run for [10:00, 11:00)
@@ -138,7 +138,7 @@ def test_an_unknown_scope_is_refused(policy):
 def test_bad_freshness_settings_name_the_key(tmp_path, value, needle):
     import yaml
 
-    from promptops.heal import POLICY_PATH
+    from promptops.heal.policy import POLICY_PATH
 
     path = tmp_path / "heal_policy.yaml"
     path.write_text(yaml.safe_dump({**yaml.safe_load(POLICY_PATH.read_text()),

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from promptops.heal import (
+from promptops.heal.audit import AuditRecord
+from promptops.heal.policy import (
     HealConfError,
     check_policy,
     expand_playbook,
@@ -15,7 +16,6 @@ from promptops.heal import (
     load_policy,
     parse_request,
 )
-from promptops.heal_audit import AuditRecord
 
 NOW = datetime(2025, 3, 4, 12, 0, tzinfo=UTC)
 

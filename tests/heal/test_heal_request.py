@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from promptops.heal import HealConfError, load_policy, parse_request
+from promptops.heal.policy import HealConfError, load_policy, parse_request
 
 
 @pytest.fixture(scope="module")

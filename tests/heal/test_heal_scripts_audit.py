@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from promptops.heal import HealConfError, run_script
-from promptops.heal_audit import AUDIT_DATASET, AuditRecord, read_audit, write_audit
-from promptops.lake import Lake
+from promptops.heal.audit import AUDIT_DATASET, AuditRecord, read_audit, write_audit
+from promptops.heal.policy import HealConfError, run_script
+from promptops.lake.store import Lake
 
 
 def _script(folder, name, body):

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from promptops.client import PlatformClient
-from promptops.heal import HealConfError, load_policy, parse_request
-from promptops.heal_flow import apply_poke, plan_heal
-from promptops.lake import Lake
+from promptops.heal.flow import apply_poke, plan_heal
+from promptops.heal.policy import HealConfError, load_policy, parse_request
+from promptops.lake.store import Lake
+from promptops.platform.client import PlatformClient
 from promptops.simulator import SimulatorProcess
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from healthhelpers import NOW
 
-from promptops import gpu
-from promptops.client import PlatformClient
+from promptops.metrics import gpu
+from promptops.platform.client import PlatformClient
 from promptops.simulator import SimulatorProcess
 
 SCENARIO = """

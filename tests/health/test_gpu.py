@@ -13,8 +13,8 @@ import pynvml
 import pytest
 from fakenvml import FakeNvml
 
-from promptops import gpu
-from promptops import metric_table as mt
+from promptops.contracts import metric_table as mt
+from promptops.metrics import gpu
 
 AT = datetime(2026, 11, 20, 16, 30, tzinfo=UTC)
 
@@ -132,7 +132,7 @@ def no_pynvml(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_missing_module_falls_back_to_the_platform_and_says_so_once(
         no_pynvml: None, client, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="promptops.gpu")
+    caplog.set_level(logging.WARNING, logger="promptops.metrics.gpu")
     first = gpu.collect_gpu_metrics(AT, client=client)
     second = gpu.collect_gpu_metrics(AT, client=client)
     assert first.source == second.source == gpu.SOURCE_PLATFORM

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 from healthhelpers import FLOODER, NOW
 
-from promptops import health
-from promptops import metric_table as mt
-from promptops.client import PlatformClient
-from promptops.lake import Lake
-from promptops.records import validate_page
+from promptops.contracts import metric_table as mt
+from promptops.contracts.records import validate_page
+from promptops.lake.store import Lake
+from promptops.metrics import health
+from promptops.platform.client import PlatformClient
 
 END = datetime(2026, 11, 20, 16, 35, tzinfo=UTC)
 

@@ -11,9 +11,9 @@ from functools import partial
 
 import pytest
 
-from promptops.client import PlatformClient
 from promptops.errors import AuthenticationFailed
-from promptops.health_check import api_rows_at, look_at_platform
+from promptops.pipelines.health import api_rows_at, look_at_platform
+from promptops.platform.client import PlatformClient
 
 
 def test_a_healthy_platform_is_ready(health_sim):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptops.lake import Lake
+from promptops.lake.store import Lake
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +90,7 @@ def test_model_error_burst_pages_once_and_resolves_once(airflow_db, tmp_path, mo
     rate = next(r["value"] for r in metrics if r["metric"] == "success_rate"
                 and r["dimension"] == "model" and r["slice"] == MODEL)
     assert 0.4 < rate < 0.6
-    from promptops.alert_store import AlertStore
+    from promptops.alerts.store import AlertStore
 
     log = AlertStore(lake, scope="hourly").read_alert_log(FIRST_HOUR, FIRST_HOUR + timedelta(
         hours=HOURS + 1))

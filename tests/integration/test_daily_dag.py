@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from promptops.hourly_analysis import analyse_hour
-from promptops.lake import Lake
-from promptops.records import validate_page
+from promptops.contracts.records import validate_page
+from promptops.lake.store import Lake
+from promptops.pipelines.hourly import analyse_hour
 from promptops.simulator import Platform, SimConfig, SlackSinkProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,8 +85,8 @@ def test_daily_dag_under_dag_test(airflow_db, tmp_path, monkeypatch):
     assert [h[11:16] for h in summary["missing_hours"]] == ["05:00"]
 
     # Bands for the next day exist, and a root-cause model was trained on the window.
-    from promptops.anomaly_model import list_versions
-    from promptops.baselines import read_bands
+    from promptops.detection.anomaly_model import list_versions
+    from promptops.detection.baselines import read_bands
 
     bands = read_bands(lake, REPORT_DAY + timedelta(days=1, hours=3))
     assert bands is not None and bands.num_rows > 0

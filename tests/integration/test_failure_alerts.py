@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from promptops.heal_audit import read_audit
-from promptops.lake import Lake
+from promptops.heal.audit import read_audit
+from promptops.lake.store import Lake
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
 
 ROOT = Path(__file__).resolve().parents[2]

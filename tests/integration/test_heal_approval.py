@@ -19,8 +19,8 @@ import pytest
 from stackhelpers import LocalStack
 from test_heal_dag import SIM_NOW, short_policy
 
-from promptops.heal_audit import read_audit
-from promptops.lake import Lake
+from promptops.heal.audit import read_audit
+from promptops.lake.store import Lake
 
 HEAL = "promptops_heal"
 SCENARIO = """

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from promptops.client import PlatformClient
-from promptops.heal_audit import read_audit
-from promptops.health import fetch_recent_calls
-from promptops.lake import Lake
+from promptops.heal.audit import read_audit
+from promptops.lake.store import Lake
+from promptops.metrics.health import fetch_recent_calls
+from promptops.platform.client import PlatformClient
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,7 +223,7 @@ def test_a_bad_conf_fails_before_anything_is_posted(stack):
     [rec] = audit(lake)
     assert rec.decision == "invalid" and "shell metacharacter" in rec.decision_reason
     assert rec.target == "api_gateway; rm -rf /"
-    # The heal report, and the failed run's own alert (promptops.failure_notifier).
+    # The heal report, and the failed run's own alert (promptops.airflow_adapters.failure_notifier).
     [message, alert] = sink.messages()
     assert alert["body"]["text"].startswith("promptops run failed: promptops_heal · plan_heal")
     assert "invalid" in message["body"]["text"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptops.lake import Lake
+from promptops.lake.store import Lake
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,13 +56,13 @@ def test_health_dag_catches_a_flooding_caller(airflow_db, tmp_path, monkeypatch)
     assert "user-042" in json.dumps(messages[0]["body"])
 
     lake = Lake(lake_uri)
-    from promptops.health import read_health_metrics
+    from promptops.metrics.health import read_health_metrics
 
     at = run.data_interval_end
     rows = read_health_metrics(lake, at, at + timedelta(hours=1)).to_pylist()
     metrics = {r["metric"] for r in rows}
     assert {"api_up", "success_rate", "peak_calls_per_minute", "gpu_utilization_pct"} <= metrics
-    from promptops.hourly_analysis import read_heal_requests
+    from promptops.pipelines.hourly import read_heal_requests
 
     # Filed in the hour the alert fired: this evaluation's.
     heal = read_heal_requests(lake, run.data_interval_start,

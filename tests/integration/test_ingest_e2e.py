@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from promptops.client import PlatformClient
 from promptops.errors import RejectShareExceeded
-from promptops.ingest import ingest_hour, ingest_interval
-from promptops.lake import Lake
+from promptops.ingest.pull import ingest_hour, ingest_interval
+from promptops.lake.store import Lake
+from promptops.platform.client import PlatformClient
 from promptops.simulator import Platform, SimConfig, SimulatorProcess
 
 SEED = 21

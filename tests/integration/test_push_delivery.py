@@ -14,7 +14,7 @@ import orjson
 import pytest
 from stackhelpers import AirflowRest, LocalStack
 
-from promptops.lake import Lake
+from promptops.lake.store import Lake
 
 PUSH = "promptops_push"
 TASK = "ingest_pushed_batches"

@@ -19,7 +19,7 @@ import psutil
 import pytest
 from stackhelpers import AirflowRest, free_port, processes_using
 
-from promptops.lake import Lake
+from promptops.lake.store import Lake
 
 ROOT = Path(__file__).resolve().parents[2]
 HOURLY = "promptops_hourly"

@@ -13,7 +13,7 @@ import pytest
 import requests
 from judgehelpers import CANARY_KEY, NOW, hour_of_calls, judge_requests
 
-from promptops.judge import JudgeConfig, RelevanceJudge
+from promptops.metrics.judge import JudgeConfig, RelevanceJudge
 from promptops.simulator import SimulatorProcess
 
 

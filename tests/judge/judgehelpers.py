@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from promptops.records import CALLS_SCHEMA, validate_page
+from promptops.contracts.records import CALLS_SCHEMA, validate_page
 from promptops.simulator import Platform, SimClock, SimConfig, SimulatorProcess
 
 #: A distinctive key: the tests grep every output for it.

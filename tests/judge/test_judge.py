@@ -12,7 +12,8 @@ import pytest
 from judgehelpers import CANARY_KEY, HOUR, JUDGE_PATH, judge_requests
 from pydantic import ValidationError
 
-from promptops.judge import (
+from promptops.contracts.metric_table import METRICS_SCHEMA
+from promptops.metrics.judge import (
     JUDGE_COST_USD,
     JUDGE_FAILURES,
     JUDGE_TOKENS,
@@ -25,7 +26,6 @@ from promptops.judge import (
     judge_messages,
     select_sample,
 )
-from promptops.metric_table import METRICS_SCHEMA
 from promptops.simulator.judge import answer_content, count_tokens, judge_score
 
 PROMPT, RESPONSE = "Why was I charged twice this month?", "I checked your account. (billing)"
@@ -230,7 +230,7 @@ def test_from_the_airflow_connection(monkeypatch, clean_sim, config, calls) -> N
 
 
 def test_base_url_from_the_connection_extra(monkeypatch, clean_sim, config) -> None:
-    from promptops.judge import RelevanceJudge
+    from promptops.metrics.judge import RelevanceJudge
 
     monkeypatch.setenv("AIRFLOW_CONN_RELEVANCE_JUDGE", json.dumps(
         {"conn_type": "openai", "password": CANARY_KEY,
@@ -242,7 +242,7 @@ def test_base_url_from_the_connection_extra(monkeypatch, clean_sim, config) -> N
 
 def test_enabled_without_a_connection_says_what_to_set(clean_sim, config, calls,
                                                       caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="promptops.judge")
+    caplog.set_level(logging.WARNING, logger="promptops.metrics.judge")
     result = judge_hour(calls, HOUR, config)
     assert result.failed == result.sampled == 8 and result.ok == 0
     assert any("'relevance_judge'" in n and "PROMPTOPS_JUDGE_ENABLED=false" in n

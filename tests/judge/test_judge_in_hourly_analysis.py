@@ -7,10 +7,10 @@ import json
 
 from judgehelpers import HOUR, hour_of_calls, judge_requests
 
-from promptops.hourly_analysis import analyse_hour
-from promptops.judge import JUDGE_COST_USD, RELEVANCE_JUDGE_MEAN, JudgeConfig
-from promptops.lake import Lake
-from promptops.pricing import load_price_table
+from promptops.lake.store import Lake
+from promptops.metrics.judge import JUDGE_COST_USD, RELEVANCE_JUDGE_MEAN, JudgeConfig
+from promptops.metrics.pricing import load_price_table
+from promptops.pipelines.hourly import analyse_hour
 
 
 def _lake_with_hour(tmp_path) -> Lake:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from promptops.judge import (
+from promptops.metrics.judge import (
     JudgeNotConfigured,
     _base_url_from_connection,
     chat_completions_url,

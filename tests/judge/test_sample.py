@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 import pytest
 from judgehelpers import call_row, calls_table
 
-from promptops.judge import eligible_mask, select_sample
+from promptops.metrics.judge import eligible_mask, select_sample
 
 
 def test_only_unscored_successful_records_with_both_real_texts() -> None:

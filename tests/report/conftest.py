@@ -9,8 +9,8 @@ import pytest
 import requests
 from reporthelpers import DAY, NOW, build_fixture_lake
 
-from promptops.daily_report import ReportResult, build_report
-from promptops.lake import Lake
+from promptops.lake.store import Lake
+from promptops.reports.cost_report import ReportResult, build_report
 from promptops.simulator.slack_sink import SlackSinkServer
 
 

@@ -18,9 +18,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 
-from promptops import metric_table as mt
-from promptops.alert_store import AlertStore
-from promptops.lake import Lake
+from promptops.alerts.store import AlertStore
+from promptops.contracts import metric_table as mt
+from promptops.lake.store import Lake
 
 DAY = date(2026, 11, 9)
 DAY_START = datetime(2026, 11, 9, tzinfo=UTC)

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pytest
 from reporthelpers import NOW
 
-from promptops import metric_table as mt
-from promptops.daily_report import build_report, slack_summary
-from promptops.lake import Lake
+from promptops.contracts import metric_table as mt
+from promptops.lake.store import Lake
+from promptops.reports.cost_report import build_report, slack_summary
 
 DAY = date(2026, 11, 9)  # a Monday; the same weekday last week is 2 November
 DAY_START = datetime(2026, 11, 9, tzinfo=UTC)

@@ -28,8 +28,12 @@ from reporthelpers import (
     hour_table,
 )
 
-from promptops import metric_table as mt
-from promptops.daily_report import (
+from promptops.contracts import metric_table as mt
+from promptops.contracts.records import validate_page
+from promptops.lake.store import Lake
+from promptops.metrics.hourly import compute_hourly_metrics
+from promptops.metrics.pricing import load_price_table
+from promptops.reports.cost_report import (
     CHARTS,
     TABLES,
     ReportError,
@@ -38,10 +42,6 @@ from promptops.daily_report import (
     list_report_dates,
     read_report_file,
 )
-from promptops.hourly_metrics import compute_hourly_metrics
-from promptops.lake import Lake
-from promptops.pricing import load_price_table
-from promptops.records import validate_page
 from promptops.simulator import Platform, SimConfig
 
 SECTIONS = ("headline", "completeness", "cost-by-hour", "cost-by-team", "cost-by-app",

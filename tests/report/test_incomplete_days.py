@@ -12,20 +12,20 @@ from pathlib import Path
 import pytest
 from reporthelpers import DAY, DAY_START, NOW
 
-from promptops import metric_table as mt
-from promptops.daily_report import (
+from promptops.alerts.slack import validate_message
+from promptops.contracts import metric_table as mt
+from promptops.contracts.records import validate_page
+from promptops.lake.store import Lake
+from promptops.metrics.hourly import compute_hourly_metrics
+from promptops.metrics.pricing import PriceTable
+from promptops.reports.cost_report import (
     CHARTS,
     TABLES,
     backfill_command,
     build_report,
     slack_summary,
 )
-from promptops.hourly_metrics import compute_hourly_metrics
-from promptops.lake import Lake
-from promptops.pricing import PriceTable
-from promptops.records import validate_page
 from promptops.simulator import Platform, SimConfig
-from promptops.slack_notify import validate_message
 
 BUDGETS = {"budget_tokens": 100_000, "budget_cost_usd": 1000}
 

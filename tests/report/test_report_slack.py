@@ -11,7 +11,7 @@ import requests
 from reporthelpers import DAY, NOW
 from slack_sdk.models.blocks import Block
 
-from promptops.daily_report import (
+from promptops.reports.cost_report import (
     ReportError,
     build_report,
     report_url,

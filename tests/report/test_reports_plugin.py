@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from reporthelpers import DAY
 
-from promptops.daily_report import read_report_file, report_url, slack_summary
+from promptops.reports.cost_report import read_report_file, report_url, slack_summary
 
 # Airflow puts the plugins folder on sys.path when it loads plugins; a plain import needs it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))

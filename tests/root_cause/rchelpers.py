@@ -80,7 +80,7 @@ def as_set(label: str) -> set[str]:
 
 
 def element_label(element: dict[str, str], dims: list[str]) -> str:
-    """An element as :func:`promptops.root_cause.localize` labels it (dimension order)."""
+    """An element as :func:`promptops.detection.root_cause.localize` labels it (dimension order)."""
     return "&".join(f"{d}={element[d]}" for d in dims if d in element)
 
 
@@ -91,7 +91,7 @@ def call_records(hour, rows: list[dict]) -> pa.Table:
     in the lake schema, through the real record validation."""
     from datetime import timedelta
 
-    from promptops.records import validate_page
+    from promptops.contracts.records import validate_page
 
     records = []
     for i, row in enumerate(rows):
@@ -110,7 +110,7 @@ def metric_rows(hour, rows: list[tuple]) -> pa.Table:
     """``(metric, dimension, slice, value, samples)`` rows -> a table in METRICS_SCHEMA."""
     import pyarrow as pa
 
-    from promptops.metric_table import METRICS_SCHEMA
+    from promptops.contracts.metric_table import METRICS_SCHEMA
 
     return pa.table({
         "hour": pa.array([hour] * len(rows), METRICS_SCHEMA.field("hour").type),

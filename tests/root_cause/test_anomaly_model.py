@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from rchelpers import metric_rows
 
-from promptops import metric_table as mt
-from promptops.anomaly_model import (
+from promptops.contracts import metric_table as mt
+from promptops.detection.anomaly_model import (
     FEATURES,
     MODEL_DIR,
     NotEnoughData,
@@ -26,7 +26,7 @@ from promptops.anomaly_model import (
     score_hour,
     train,
 )
-from promptops.lake import Lake
+from promptops.lake.store import Lake
 
 START = datetime(2026, 11, 17, tzinfo=UTC)
 LAST_DAY = datetime(2026, 11, 19, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The command ``python -m promptops.root_cause``, run as a real process on CSV files."""
+"""The command ``python -m promptops.detection.root_cause``, run as a real process on CSV files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ CARDS = {"model": 6, "app": 5, "region": 4}
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "promptops.root_cause", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "promptops.detection.root_cause", *map(str, args)],
                           capture_output=True, text=True, timeout=60)
 
 

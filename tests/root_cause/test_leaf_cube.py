@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from rchelpers import call_records
 
-from promptops.lake import Lake
-from promptops.pricing import ModelPrice, PriceTable
-from promptops.root_cause import baseline_hours, explain_hour, leaf_cube
+from promptops.detection.root_cause import baseline_hours, explain_hour, leaf_cube
+from promptops.lake.store import Lake
+from promptops.metrics.pricing import ModelPrice, PriceTable
 
 HOUR = datetime(2026, 11, 20, 13, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from rchelpers import as_set, element_label, synthetic_cube
 
-from promptops.root_cause import MEASURES, localize
+from promptops.detection.root_cause import MEASURES, localize
 
 CARDS = {"model": 8, "app": 6, "region": 4, "team": 5}
 DIMS = list(CARDS)

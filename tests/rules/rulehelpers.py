@@ -8,8 +8,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from promptops.metric_table import METRICS_SCHEMA
-from promptops.thresholds import ThresholdsConfig
+from promptops.contracts.metric_table import METRICS_SCHEMA
+from promptops.detection.thresholds import ThresholdsConfig
 
 HOUR = datetime(2026, 11, 20, 13, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from rulehelpers import HOUR, config, metrics
 
-from promptops.rules import MetricHistory, evaluate
+from promptops.detection.rules import MetricHistory, evaluate
 
 
 def rule(against: str, **extra) -> dict:

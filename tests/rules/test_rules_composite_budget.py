@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from rulehelpers import HOUR, config, metrics
 
-from promptops.metric_table import OVERALL
-from promptops.rules import MetricHistory, evaluate
+from promptops.contracts.metric_table import OVERALL
+from promptops.detection.rules import MetricHistory, evaluate
 
 LATENCY = {"kind": "threshold", "metric": "latency_mean_ms", "direction": "above",
            "unit": "ms", "warning": 2000, "critical": 5000, "min_samples": 10,

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 from rulehelpers import HOUR, metrics
 
-from promptops.lake import Lake
-from promptops.metric_table import METRICS, OVERALL
-from promptops.rules import MetricHistory, evaluate, needed_history
-from promptops.thresholds import load_thresholds
+from promptops.contracts.metric_table import METRICS, OVERALL
+from promptops.detection.rules import MetricHistory, evaluate, needed_history
+from promptops.detection.thresholds import load_thresholds
+from promptops.lake.store import Lake
 
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet", "llama-3-70b")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from rulehelpers import HOUR, config, metrics
 
-from promptops.metric_table import OVERALL
-from promptops.rules import GPU_UTILIZATION_PCT, MetricHistory, evaluate
+from promptops.contracts.metric_table import OVERALL
+from promptops.detection.rules import GPU_UTILIZATION_PCT, MetricHistory, evaluate
 
 NO_HISTORY = MetricHistory()
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from promptops.thresholds import (
+from promptops.detection.thresholds import (
     DEFAULT_PATH,
     BudgetRule,
     ComparisonRule,

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
-from promptops.daily import RetentionConfig, apply_retention, day_completeness
-from promptops.lake import Lake
+from promptops.lake.store import Lake
+from promptops.pipelines.daily import RetentionConfig, apply_retention, day_completeness
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
 TINY = pa.table({"x": [1]})

@@ -11,6 +11,13 @@ import socket
 import pytest
 import requests
 
+from promptops.alerts.failure import (
+    MAX_CAUSE,
+    NO_RECORDED_CAUSE,
+    TaskFailure,
+    describe_error,
+    failure_message,
+)
 from promptops.errors import (
     AuthenticationFailed,
     DataFormatError,
@@ -20,13 +27,6 @@ from promptops.errors import (
     PlatformNotConfigured,
     PlatformUnreachable,
     RateLimited,
-)
-from promptops.failure_alert import (
-    MAX_CAUSE,
-    NO_RECORDED_CAUSE,
-    TaskFailure,
-    describe_error,
-    failure_message,
 )
 
 CANARY_KEY = "sk-canary-FAIL-7781"
@@ -108,7 +108,7 @@ def test_task_failure_records_round_trip_through_xcom_form():
     (ValueError("our bug"), "default"),
 ])
 def test_the_retry_policy_fails_permanent_errors_at_once(exc, action):
-    from promptops.failure_notifier import PERMANENT_ERRORS_FAIL
+    from promptops.airflow_adapters.failure_notifier import PERMANENT_ERRORS_FAIL
 
     decision = PERMANENT_ERRORS_FAIL.evaluate(exc, try_number=1, max_tries=3)
     assert decision.action.value == action
@@ -142,7 +142,7 @@ def a_dag(dag_id: str = "promptops_failure_unit"):
 
 
 def test_the_secrets_are_read_from_the_connections(slack):
-    from promptops.failure_notifier import known_secrets
+    from promptops.airflow_adapters.failure_notifier import known_secrets
 
     secrets = known_secrets()
     assert CANARY_KEY in secrets
@@ -150,7 +150,7 @@ def test_the_secrets_are_read_from_the_connections(slack):
 
 
 def test_the_notifier_posts_one_message_to_the_alert_route(slack, airflow_db):
-    from promptops.failure_notifier import RunFailureNotifier
+    from promptops.airflow_adapters.failure_notifier import RunFailureNotifier
 
     RunFailureNotifier()({"dag": a_dag(), "run_id": "scheduled__2026-11-20T13:00:00+00:00",
                           "reason": "timed_out"})
@@ -164,7 +164,7 @@ def test_the_notifier_posts_one_message_to_the_alert_route(slack, airflow_db):
 
 def test_the_notifier_never_raises_and_never_logs_the_webhook(slack, airflow_db, monkeypatch,
                                                               caplog):
-    from promptops.failure_notifier import RunFailureNotifier
+    from promptops.airflow_adapters.failure_notifier import RunFailureNotifier
 
     caplog.set_level(logging.DEBUG)
     context = {"dag": a_dag(), "run_id": "r-down", "reason": "task_failure"}
@@ -179,7 +179,7 @@ def test_the_notifier_never_raises_and_never_logs_the_webhook(slack, airflow_db,
     RunFailureNotifier()({"dag": a_dag(), "run_id": "r-bad", "reason": None,
                           "ti": object()})  # a context it cannot read
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
-                and r.name == "promptops.failure_notifier"]
+                and r.name == "promptops.airflow_adapters.failure_notifier"]
     assert len(warnings) == 3, warnings
     assert "slack_alerts" in warnings[0] and "no Slack connection" in warnings[1]
     assert "canaryFailureToken99" not in caplog.text and CANARY_KEY not in caplog.text
@@ -201,8 +201,8 @@ def test_the_same_failure_again_is_posted_once_per_repeat_interval(slack, airflo
                                                                    monkeypatch):
     """A wrong key fails the 5-minute health DAG every run: one message, not twelve an
     hour. Another cause is news and is posted."""
-    from promptops import failure_notifier
-    from promptops.failure_notifier import RunFailureNotifier
+    from promptops.airflow_adapters import failure_notifier
+    from promptops.airflow_adapters.failure_notifier import RunFailureNotifier
 
     causes = {}
     monkeypatch.setattr(failure_notifier, "recorded_failures", lambda dag, run_id: [
@@ -223,8 +223,8 @@ def test_the_same_failure_again_is_posted_once_per_repeat_interval(slack, airflo
 
 def test_a_failure_alert_that_could_not_be_sent_is_tried_again(slack, airflow_db,
                                                                monkeypatch):
-    from promptops import failure_notifier
-    from promptops.failure_notifier import RunFailureNotifier
+    from promptops.airflow_adapters import failure_notifier
+    from promptops.airflow_adapters.failure_notifier import RunFailureNotifier
 
     monkeypatch.setattr(failure_notifier, "recorded_failures", lambda dag, run_id: [
         TaskFailure(task_id="pull_window", cause="AuthenticationFailed: check the key")])
@@ -239,8 +239,8 @@ def test_a_failure_alert_that_could_not_be_sent_is_tried_again(slack, airflow_db
 def test_the_repeat_window_reopens(tmp_path):
     from datetime import UTC, datetime, timedelta
 
-    from promptops.alert_store import LocalBlobStore
-    from promptops.failure_notifier import RepeatLedger
+    from promptops.airflow_adapters.failure_notifier import RepeatLedger
+    from promptops.alerts.store import LocalBlobStore
 
     ledger = RepeatLedger(LocalBlobStore(str(tmp_path)))
     t0, repeat = datetime(2026, 11, 20, 8, 0, tzinfo=UTC), timedelta(hours=4)
@@ -251,7 +251,7 @@ def test_the_repeat_window_reopens(tmp_path):
 
 
 def test_failures_alike_but_for_digits_share_a_signature():
-    from promptops.failure_alert import failure_signature
+    from promptops.alerts.failure import failure_signature
 
     def sig(*causes, dag="promptops_hourly"):
         return failure_signature(dag, [TaskFailure(task_id="pull_window", cause=c,

@@ -10,16 +10,16 @@ from datetime import UTC, datetime, timedelta
 import pendulum
 import pytest
 
-from promptops.hourly_analysis import (
+from promptops.contracts.records import validate_page
+from promptops.lake.store import Lake
+from promptops.metrics.hourly import MissingCallsPartition
+from promptops.pipelines.hourly import (
     analyse_hour,
     findings_for_hour,
     read_heal_requests,
     response_for,
     write_heal_requests,
 )
-from promptops.hourly_metrics import MissingCallsPartition
-from promptops.lake import Lake
-from promptops.records import validate_page
 from promptops.simulator import Platform, SimConfig
 
 HOUR = datetime(2026, 11, 20, 14, tzinfo=UTC)
@@ -198,7 +198,7 @@ def test_response_for_outcomes():
 
 
 def test_an_unpriced_model_is_reported_not_free(lake, monkeypatch):
-    from promptops.pricing import load_price_table
+    from promptops.metrics.pricing import load_price_table
 
     monkeypatch.setenv("PROMPTOPS_THRESHOLD__daily_tokens__budget", "500000000")
     prices = load_price_table().without("mistral-7b-instruct")
@@ -216,7 +216,7 @@ def test_an_unpriced_model_is_reported_not_free(lake, monkeypatch):
 def test_root_cause_prefers_the_coarsest_sufficient_layer():
     from types import SimpleNamespace as NS
 
-    from promptops.hourly_analysis import _coarsest_explanation
+    from promptops.pipelines.hourly import _coarsest_explanation
 
     def answers(shares: dict[int, float | None]):
         asked = []

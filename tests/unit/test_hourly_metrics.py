@@ -17,8 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from promptops import metric_table as mt
-from promptops.hourly_metrics import (
+from promptops.contracts import metric_table as mt
+from promptops.contracts.records import CALLS_SCHEMA, validate_page
+from promptops.lake.store import Lake
+from promptops.metrics.hourly import (
     INPUT_COLUMNS,
     MissingCallsPartition,
     compute_hourly_metrics,
@@ -26,9 +28,7 @@ from promptops.hourly_metrics import (
     metrics_summary,
     write_hourly_metrics,
 )
-from promptops.lake import Lake
-from promptops.pricing import load_price_table
-from promptops.records import CALLS_SCHEMA, validate_page
+from promptops.metrics.pricing import load_price_table
 
 HOUR = datetime(2026, 11, 20, 13, tzinfo=UTC)
 END = HOUR + timedelta(hours=1)

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from promptops.client import PlatformClient
-from promptops.ingest import CALLS, QUARANTINE, ingest_hour, ingest_interval, replace_requested
-from promptops.ingest_windows import STAGING_CALLS, merge_windows, plan_windows, pull_window
-from promptops.lake import Lake
-from promptops.records import CALLS_SCHEMA
+from promptops.contracts.records import CALLS_SCHEMA
+from promptops.ingest.pull import CALLS, QUARANTINE, ingest_hour, ingest_interval, replace_requested
+from promptops.ingest.windows import STAGING_CALLS, merge_windows, plan_windows, pull_window
+from promptops.lake.store import Lake
+from promptops.platform.client import PlatformClient
 from promptops.settings import get_settings
 from promptops.simulator import SimulatorProcess
 
@@ -71,7 +71,7 @@ def test_an_empty_reread_keeps_the_partition_and_its_quarantine(sim, clock, tmp_
     before = full_hour(sim, lake)
 
     clock(GONE)
-    with caplog.at_level(logging.WARNING, logger="promptops.ingest"), \
+    with caplog.at_level(logging.WARNING, logger="promptops.ingest.pull"), \
             PlatformClient(sim.url, sim.api_key) as client:
         again = ingest_hour(client, lake, HOUR, run_id="reread")
 

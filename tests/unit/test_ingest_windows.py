@@ -7,15 +7,15 @@ from datetime import UTC, datetime
 import pyarrow.compute as pc
 import pytest
 
-from promptops.client import PlatformClient
-from promptops.ingest import QUARANTINE, ingest_interval
-from promptops.ingest_windows import (
+from promptops.ingest.pull import QUARANTINE, ingest_interval
+from promptops.ingest.windows import (
     STAGING_CALLS,
     merge_windows,
     plan_windows,
     pull_window,
 )
-from promptops.lake import Lake
+from promptops.lake.store import Lake
+from promptops.platform.client import PlatformClient
 from promptops.simulator import SimulatorProcess
 
 HOUR = datetime(2026, 11, 20, 10, tzinfo=UTC)

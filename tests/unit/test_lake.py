@@ -19,7 +19,7 @@ import pytest
 # moto's S3 API with the bucket push-landing (a fixture shared with the push tests)
 from test_push import s3_landing  # noqa: F401
 
-from promptops.lake import PART_NAME, Lake, hours_between
+from promptops.lake.store import PART_NAME, Lake, hours_between
 
 HOUR = datetime(2026, 11, 20, 13, tzinfo=UTC)
 
@@ -79,7 +79,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     from datetime import UTC, datetime
     import pyarrow as pa
-    from promptops.lake import Lake
+    from promptops.lake.store import Lake
     lake = Lake(sys.argv[1])
     hour = datetime(2026, 11, 20, 13, tzinfo=UTC)
     batch = pa.table({"call_id": [f"n{i}" for i in range(50_000)], "value": list(range(50_000))})
@@ -194,7 +194,7 @@ STEPPED_WRITER = textwrap.dedent("""
     import sys
     from datetime import UTC, datetime
     import pyarrow as pa
-    from promptops.lake import Lake
+    from promptops.lake.store import Lake
     lake = Lake(sys.argv[1])
     hour = datetime(2026, 11, 20, 13, tzinfo=UTC)
     batch = pa.table({"call_id": [f"w{i}" for i in range(1000)], "value": list(range(1000))})

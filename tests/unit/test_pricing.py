@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from promptops.pricing import (
+from promptops.metrics.pricing import (
     DEFAULT_PRICE_FILE,
     OVERRIDES_ENV,
     PriceTableError,

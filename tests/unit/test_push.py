@@ -12,11 +12,10 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from promptops.client import PlatformClient
+from promptops.contracts.records import CALLS_SCHEMA, QUARANTINE_SCHEMA
 from promptops.errors import RejectShareExceeded
-from promptops.ingest import QUARANTINE, ingest_hour
-from promptops.lake import Lake
-from promptops.push import (
+from promptops.ingest.pull import QUARANTINE, ingest_hour
+from promptops.ingest.push import (
     BATCHES,
     INVALID_JSON,
     PushBatchMissing,
@@ -28,7 +27,8 @@ from promptops.push import (
     is_retryable,
     resolve_batch_path,
 )
-from promptops.records import CALLS_SCHEMA, QUARANTINE_SCHEMA
+from promptops.lake.store import Lake
+from promptops.platform.client import PlatformClient
 from promptops.simulator import SimulatorProcess
 
 H10 = datetime(2026, 11, 20, 10, tzinfo=UTC)

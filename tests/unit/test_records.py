@@ -9,15 +9,15 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from promptops.client import CallRecordPage, read_page_columns
-from promptops.ingest import validate_call_page
-from promptops.records import (
+from promptops.contracts.records import (
     CALLS_SCHEMA,
     FIELD_RULES,
     ValidatedPage,
     validate_columns,
     validate_page,
 )
+from promptops.ingest.pull import validate_call_page
+from promptops.platform.client import CallRecordPage, read_page_columns
 from promptops.simulator import Platform, SimConfig
 
 START = datetime(2026, 11, 20, 13, tzinfo=UTC)
@@ -103,7 +103,7 @@ def test_empty_and_tiny_pages(n):
 
 
 # -- the Arrow fast path gives exactly what the dict path gives --------------------------------
-# Pages read straight into Arrow (promptops.client.read_page_columns) are validated by
+# Pages read straight into Arrow (promptops.platform.client.read_page_columns) are validated by
 # validate_columns; anything that reader cannot take is validated on dicts. Either way the
 # good rows and the rejects (reason, field, call_id, raw JSON) must be the same.
 

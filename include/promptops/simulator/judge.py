@@ -1,6 +1,6 @@
 """An OpenAI-compatible ``POST /v1/chat/completions`` endpoint: a stand-in LLM relevance judge.
 
-promptops' optional judge (``promptops.judge``) asks a chat-completions endpoint for a 1-5
+promptops' optional judge (``promptops.metrics.judge``) asks a chat-completions endpoint for a 1-5
 relevance score. This module lets the simulator play that endpoint, so the judge is tested
 against a real HTTP server: the request is validated strictly (as the platform API is), the
 score is deterministic (a hash of the last user message, so a test can predict it), and the

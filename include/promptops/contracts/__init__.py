@@ -1,0 +1,4 @@
+"""The schemas every layer shares: the platform's call records and their validation
+(:mod:`.records`), the long metrics table (:mod:`.metric_table`) and the findings rules
+and models hand to alerting and healing (:mod:`.findings`). Nothing here does I/O.
+"""

@@ -1,0 +1,3 @@
+"""The Parquet lake: hourly partitions of named datasets under one base URI, written
+atomically (:mod:`.store`).
+"""

@@ -1,0 +1,301 @@
+"""The analysis half of the hourly run, as library calls the DAG tasks stay thin around.
+
+- :func:`analyse_hour`: the hour's calls partition -> tidy metrics (plus, when enabled, the
+  relevance judge's rows) -> the hour's ``metrics`` partition (replaced, so reruns never
+  duplicate).
+- :func:`findings_for_hour`: the hour's metrics and the history the rules need -> findings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from promptops.contracts.findings import Finding
+from promptops.contracts.metric_table import METRICS
+from promptops.detection.rules import MetricHistory, evaluate
+from promptops.detection.thresholds import ThresholdsConfig, load_thresholds
+from promptops.lake.store import Lake, as_utc, hour_floor
+from promptops.metrics.hourly import (
+    CALLS,
+    INPUT_COLUMNS,
+    MissingCallsPartition,
+    compute_hourly_metrics,
+    metrics_summary,
+    write_hourly_metrics,
+)
+from promptops.metrics.judge import JudgeConfig, judge_hour
+from promptops.metrics.pricing import PriceTable, load_price_table
+
+log = logging.getLogger(__name__)
+
+_JUDGE_COLUMNS = ("call_id", "status", "relevance_score", "prompt_text", "response_text")
+
+
+def judge_price_lookup(prices: PriceTable):
+    """The judge's (input, output) USD per token from the project's price table."""
+    def lookup(model: str) -> tuple[float, float] | None:
+        price = prices.get(model)
+        if price is None:
+            return None
+        return price.input_cost_per_token, price.output_cost_per_token
+    return lookup
+
+
+def analyse_hour(lake: Lake, hour: datetime, *, prices: PriceTable | None = None,
+                 top_n_users: int = 20, judge: JudgeConfig | None = None) -> dict:
+    """Compute and write the hour's metrics partition; return a small summary for XCom."""
+    hour = hour_floor(hour)
+    prices = prices if prices is not None else load_price_table()
+    judge = judge if judge is not None else JudgeConfig()
+    columns = list(dict.fromkeys(INPUT_COLUMNS + (_JUDGE_COLUMNS if judge.enabled else ())))
+    calls = lake.read_partition(CALLS, hour, columns=columns)
+    if calls is None:
+        raise MissingCallsPartition(
+            f"no calls partition for {hour.isoformat()} in {lake.partition_dir(CALLS, hour)}; "
+            f"run the ingest for [{hour.isoformat()}, {(hour + timedelta(hours=1)).isoformat()}) "
+            f"first (clear the ingest task of that run in the UI, or backfill the hour)")
+    table = compute_hourly_metrics(calls, hour, prices, top_n_users)
+    summary = metrics_summary(table)
+    if judge.enabled:
+        verdicts = judge_hour(calls, hour, judge, price_lookup=judge_price_lookup(prices))
+        table = pa.concat_tables([table, verdicts.metrics().cast(table.schema)])
+        summary["judge"] = verdicts.summary()
+    info = write_hourly_metrics(lake, hour, table)
+    summary.update(uri=info.uri, rows=table.num_rows)
+    return summary
+
+
+def findings_for_hour(lake: Lake, hour: datetime,
+                      config: ThresholdsConfig | None = None, *,
+                      baselines: bool = True, root_cause: bool = True,
+                      prices: PriceTable | None = None) -> list[Finding]:
+    """Evaluate the hour: the rules of ``thresholds.yaml``, the Holt-Winters bands fitted by
+    the daily run (none until it has run), then the likely root cause of each finding."""
+    hour = hour_floor(hour)
+    config = config if config is not None else load_thresholds()
+    current = lake.read_partition(METRICS, hour)
+    if current is None:
+        raise LookupError(f"no metrics partition for {hour.isoformat()} in "
+                          f"{lake.partition_dir(METRICS, hour)}; run the metrics task first")
+    history = MetricHistory.from_lake(lake, hour, config)
+    findings = evaluate(config, current, history, hour)
+    if baselines:
+        from promptops.detection.baselines import band_findings, read_bands
+
+        findings += band_findings(current, read_bands(lake, hour), hour)
+    if root_cause and findings:
+        findings = with_root_cause(lake, hour, findings, prices=prices)
+    return findings
+
+
+#: The root-cause measure that explains a finding's metric.
+ROOT_CAUSE_MEASURES = {
+    "success_rate": "error_rate", "error_rate": "error_rate", "errors": "errors",
+    "requests": "calls", "total_tokens": "tokens", "prompt_tokens": "tokens",
+    "completion_tokens": "tokens", "cost_usd": "cost_usd", "latency_mean_ms": "latency_mean_ms",
+    "latency_p95_ms": "latency_mean_ms", "latency_p99_ms": "latency_mean_ms",
+}
+
+
+def _measure_for(metric: str) -> str | None:
+    # A composite's metric label joins its conditions' metrics with "+".
+    return next((ROOT_CAUSE_MEASURES[m] for m in metric.split("+") if m in ROOT_CAUSE_MEASURES),
+                None)
+
+
+def with_root_cause(lake: Lake, hour: datetime, findings: list[Finding], *,
+                    prices: PriceTable | None = None) -> list[Finding]:
+    """Annotate findings with the localised root cause of their measure (one localisation per
+    measure and hour, over the hour's leaf cube against the same hour of the last 7 days) and
+    with what the IsolationForest saw move on their slice. Never fails the evaluation."""
+    from promptops.detection.root_cause import DEFAULT_DIMS, explain_hour
+
+    hour = hour_floor(hour)
+    explained: dict[str, Any] = {}
+    for measure in sorted({m for f in findings if (m := _measure_for(f.labels.get("metric", "")))}):
+        try:
+            # Volume surges are often one caller: look at users too (a few thousand leaves).
+            dims = DEFAULT_DIMS + ("user",) if measure in ("calls", "tokens") else DEFAULT_DIMS
+            loc = _coarsest_explanation(lambda layers, m=measure, d=dims: explain_hour(
+                lake, hour, m, dims=d, prices=prices, max_layer=layers))
+        except Exception as exc:  # a root cause is context; the alert goes out without it
+            log.warning("root cause for %s at %s skipped: %s", measure, hour.isoformat(), exc)
+            continue
+        if loc.causes:
+            explained[measure] = loc
+    moved = _isolation_forest_view(lake, hour)
+    out = []
+    for f in findings:
+        notes = dict(f.annotations)
+        loc = explained.get(_measure_for(f.labels.get("metric", "")) or "")
+        if loc is not None:
+            notes["root_cause"] = loc.sentence
+            notes["root_cause_set"] = loc.label
+            notes["root_cause_table"] = loc.table(max_rows=5)
+        view = moved.get((f.labels.get("dimension"), f.labels.get("slice")))
+        if view:
+            notes["moved"] = view
+        out.append(replace(f, annotations=notes))
+    return out
+
+
+#: A cause set that explains at least this share of the change ends the search.
+SUFFICIENT_SHARE = 0.5
+
+
+def _coarsest_explanation(localise):
+    """Single dimension values first, then pairs, then triples: the first layer whose top
+    cause explains most of the change wins. An operator acts on "region=eu-west-1"; a
+    three-way combination that happens to hold the heaviest calls of that region is a
+    worse answer even when its score is higher (means of heavy-tailed measures such as
+    latency favour such cells)."""
+    loc = None
+    for layers in (1, 2, 3):
+        loc = localise(layers)
+        if loc.causes and loc.causes[0].share >= SUFFICIENT_SHARE:
+            return loc
+    return loc
+
+
+def _isolation_forest_view(lake: Lake, hour: datetime) -> dict[tuple[str, str], str]:
+    """(dimension, slice) -> "anomaly score 0.71; moved: error_rate +9.1σ (...)" for the
+    slices the newest model trained before the hour calls anomalous."""
+    from promptops.detection.anomaly_model import load_latest, score_hour
+
+    try:
+        model = load_latest(lake, as_of=hour)
+        if model is None:
+            return {}
+        scored = score_hour(lake, hour, model)
+    except Exception as exc:
+        log.warning("isolation forest scoring at %s skipped: %s", hour.isoformat(), exc)
+        return {}
+    rows = scored[scored["is_anomaly"]]
+    return {(r.dimension, r.slice): f"anomaly score {r.score:.2f}; moved: {r.moved}"
+            for r in rows.itertuples()}
+
+
+#: Lake dataset of heal requests raised by alerts: one record file per request, in the
+#: folder of the hour its alert fired (see :func:`write_heal_requests`).
+HEAL_REQUESTS = "heal_requests"
+
+HEAL_REQUESTS_SCHEMA = pa.schema([
+    pa.field("requested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("fingerprint", pa.string(), nullable=False),
+    pa.field("rule", pa.string(), nullable=False),
+    pa.field("severity", pa.string(), nullable=False),
+    pa.field("playbook", pa.string(), nullable=False),
+    pa.field("labels", pa.string(), nullable=False),
+    pa.field("summary", pa.string()),
+    pa.field("newly_fired", pa.bool_()),
+    pa.field("run_id", pa.string()),
+    #: The evaluating DAG: scheduled run ids repeat across DAGs, so they name no run alone.
+    pa.field("dag_id", pa.string()),
+    pa.field("fired_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def alert_on_findings(lake: Lake, findings: list[Finding], now: datetime, *, run_id: str,
+                      run_url: str | None = None, scope: str = "hourly") -> dict:
+    """Run the alert engine on one evaluation; returns its outcome as a JSON-safe dict."""
+    # Imported here: slack_sdk and the engine are only needed by the evaluating task.
+    from promptops.alerts.config import load_alerting_config
+    from promptops.alerts.engine import AlertEngine
+    from promptops.alerts.slack import SlackNotifier
+    from promptops.alerts.store import AlertStore
+
+    config = load_alerting_config()
+    engine = AlertEngine(config, AlertStore(lake, scope=scope), SlackNotifier.from_config(config))
+    outcome = engine.evaluate(findings, now, run_id=run_id, run_url=run_url)
+    for warning in outcome.warnings:
+        log.warning("alert engine: %s", warning)
+    return outcome.as_dict()
+
+
+def write_heal_requests(lake: Lake, requested_at: datetime | str, requests: list[dict], *,
+                        dag_id: str, run_id: str) -> list[str]:
+    """Keep an evaluation's heal requests in the lake, each once.
+
+    A request is identified by its natural key: the evaluating DAG, the alert's fingerprint
+    and the time the alert fired. Its record file is named by a hash of that key, in the
+    folder of the fire hour, and created only if it does not exist yet (exclusive create,
+    as the alert store's claims). So reruns of an interval under any run id, concurrent
+    runs, and later evaluations of the same firing alert find it there and add nothing,
+    while two DAGs that share a run id keep their own requests. Nothing is ever rewritten.
+
+    ``requested_at`` is the evaluation time (the engine's ``evaluated_at``). Returns the URIs
+    of the records this call created (empty when every request was already kept)."""
+    import hashlib
+    import json
+
+    from promptops.alerts.store import blob_store, io_retry
+
+    if not dag_id:
+        raise ValueError("write_heal_requests needs the evaluating DAG's dag_id (scheduled run "
+                         "ids repeat across DAGs); pass context['dag_run'].dag_id")
+    requested_at = _utc(requested_at)
+    records = []
+    for i, r in enumerate(requests):
+        missing = [k for k in ("fingerprint", "rule", "severity", "playbook") if not r.get(k)]
+        if missing:
+            raise ValueError(f"heal request #{i} ({r.get('rule') or 'unknown rule'}) lacks "
+                             f"{', '.join(missing)}; pass the alert engine's heal_requests "
+                             f"unchanged (nothing was written)")
+        # A request without a fire time was raised by this evaluation.
+        fired_at = _utc(r["fired_at"]) if r.get("fired_at") else requested_at
+        key = json.dumps([dag_id, r["fingerprint"], fired_at.isoformat()])
+        row = {"requested_at": requested_at, "fingerprint": r["fingerprint"], "rule": r["rule"],
+               "severity": r["severity"], "playbook": r["playbook"],
+               "labels": json.dumps(r.get("labels", {}), sort_keys=True),
+               "summary": r.get("summary"), "newly_fired": bool(r.get("newly_fired")),
+               "run_id": run_id, "dag_id": dag_id, "fired_at": fired_at}
+        records.append((fired_at, hashlib.sha256(key.encode()).hexdigest()[:32], row))
+
+    created, kept = [], 0
+    for fired_at, name, row in records:
+        folder = lake.partition_dir(HEAL_REQUESTS, fired_at)
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist([row], schema=HEAL_REQUESTS_SCHEMA), sink)
+        if io_retry(blob_store(folder, local=lake.is_local).create)(
+                f"{name}.parquet", sink.getvalue().to_pybytes()):
+            created.append(str(folder / f"{name}.parquet"))
+        else:
+            kept += 1
+    if requests:
+        log.info("heal requests of %s run %s: %d recorded, %d already recorded (a rerun, "
+                 "another run of the interval, or the same alert still firing)",
+                 dag_id, run_id, len(created), kept)
+    return created
+
+
+def read_heal_requests(lake: Lake, start: datetime, end: datetime) -> pa.Table | None:
+    """The heal requests whose alerts fired in ``[start, end)``, as one table (oldest first);
+    None when there are none."""
+    table = lake.read_records(HEAL_REQUESTS, start, end)
+    if table is None:
+        return None
+    # Files written before dag_id existed lack it (read as null; absent if all are old).
+    return table.sort_by([(c, "ascending") for c in ("requested_at", "dag_id", "fingerprint")
+                          if c in table.column_names])
+
+
+def _utc(ts: datetime | str) -> datetime:
+    return as_utc(datetime.fromisoformat(ts) if isinstance(ts, str) else ts)
+
+
+def response_for(outcome: dict) -> str:
+    """What the hourly run does next: ``request_heal``, ``alerts_sent`` or ``all_clear``."""
+    if outcome.get("heal_requests"):
+        return "request_heal"
+    # A backfill filling a gap in the history posts only what still fires now (its
+    # notifications); the rest it saw firing is over, logged for the report.
+    live_firing = outcome.get("firing") and outcome.get("replay") != "gap"
+    if outcome.get("notifications") or live_firing:
+        return "alerts_sent"
+    return "all_clear"
