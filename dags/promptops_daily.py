@@ -66,7 +66,7 @@ def promptops_daily():
     @task(task_display_name="Check completeness")
     def check_completeness(**context) -> dict:
         from promptops.lake.store import Lake
-        from promptops.pipelines.daily import day_completeness
+        from promptops.reports.completeness import day_completeness
 
         result = day_completeness(Lake(), context["data_interval_start"])
         print(result.describe())

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 
 from promptops.lake.store import Lake
-from promptops.pipelines.daily import RetentionConfig, apply_retention, day_completeness
+from promptops.pipelines.daily import RetentionConfig, apply_retention
+from promptops.reports.completeness import day_completeness
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
 TINY = pa.table({"x": [1]})

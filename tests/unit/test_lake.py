@@ -19,7 +19,8 @@ import pytest
 # moto's S3 API with the bucket push-landing (a fixture shared with the push tests)
 from test_push import s3_landing  # noqa: F401
 
-from promptops.lake.store import PART_NAME, Lake, hours_between
+from promptops.lake.store import PART_NAME, Lake
+from promptops.timeutil import hours_between
 
 HOUR = datetime(2026, 11, 20, 13, tzinfo=UTC)
 

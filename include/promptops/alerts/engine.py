@@ -63,7 +63,7 @@ from promptops.alerts.config import AlertingConfig, Route, matches_all
 from promptops.alerts.silences import Silence, SilenceSource
 from promptops.alerts.store import AlertStore, StateConflict, StoreUnavailable
 from promptops.contracts.findings import SEVERITY_ORDER, Finding
-from promptops.lake.store import as_utc
+from promptops.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 

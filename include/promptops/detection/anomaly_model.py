@@ -52,7 +52,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptops.contracts import metric_table as mt
-from promptops.lake.store import Lake, as_utc, hour_floor
+from promptops.lake.store import Lake
+from promptops.timeutil import as_utc, hour_floor
 
 log = logging.getLogger(__name__)
 

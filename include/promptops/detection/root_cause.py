@@ -743,8 +743,8 @@ def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
     """
     import pandas as pd
 
-    from promptops.lake.store import hour_floor
     from promptops.metrics.hourly import CALLS
+    from promptops.timeutil import hour_floor
 
     spec = MEASURES[measure] if isinstance(measure, str) and measure in MEASURES else measure
     if not isinstance(spec, Measure):

@@ -62,7 +62,7 @@ from promptops.detection.thresholds import (
     ThresholdsConfig,
     format_window,
 )
-from promptops.lake.store import as_utc
+from promptops.timeutil import as_utc
 
 if TYPE_CHECKING:
     from promptops.lake.store import Lake

@@ -15,7 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from promptops.lake.store import Lake, as_utc
+from promptops.lake.store import Lake
+from promptops.timeutil import as_utc
 
 AUDIT_DATASET = "heal_audit"
 

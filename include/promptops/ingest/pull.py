@@ -33,8 +33,9 @@ from promptops.contracts.records import (
     validate_page,
 )
 from promptops.errors import RejectShareExceeded
-from promptops.lake.store import Lake, hour_floor, hours_between
+from promptops.lake.store import Lake
 from promptops.settings import get_settings
+from promptops.timeutil import hour_floor, hours_between
 
 if TYPE_CHECKING:
     from promptops.platform.client import CallRecordPage

@@ -46,8 +46,9 @@ from airflow.sdk import ObjectStoragePath
 from promptops.contracts.records import CALLS_SCHEMA, QUARANTINE_SCHEMA, validate_page
 from promptops.errors import PromptOpsError, RejectShareExceeded
 from promptops.ingest.pull import CALLS, QUARANTINE
-from promptops.lake.store import Lake, as_utc, hour_floor
+from promptops.lake.store import Lake
 from promptops.settings import get_settings
+from promptops.timeutil import as_utc, hour_floor
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ from promptops.ingest.pull import (
     keep_existing_partition,
     validate_call_page,
 )
-from promptops.lake.store import Lake, as_utc, hour_floor, hours_between
+from promptops.lake.store import Lake
+from promptops.timeutil import as_utc, hour_floor, hours_between
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from airflow.sdk import ObjectStoragePath
 
 from promptops.settings import get_settings
+from promptops.timeutil import hour_floor, hours_between
 
 PART_NAME = "part-00000.parquet"
 _TMP_SUFFIX = ".tmp"
@@ -38,28 +39,6 @@ _HOST = socket.gethostname()
 #: The lake's own temp files: ``.<file>.parquet.<host>.<pid>.<uuid hex>.tmp`` (host and PID
 #: say who wrote one; only its lock says whether that writer still runs).
 _TEMP_NAME = re.compile(r"\..+\.parquet\..+\.\d+\.[0-9a-f]{32}\.tmp")
-
-
-def as_utc(ts: datetime) -> datetime:
-    """A plain ``datetime`` in UTC (naive means UTC). Airflow hands tasks pendulum
-    DateTimes, whose arithmetic after ``astimezone(datetime.UTC)`` can drop the zone."""
-    ts = ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
-    return datetime(ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond,
-                    tzinfo=UTC)
-
-
-def hour_floor(ts: datetime) -> datetime:
-    return as_utc(ts).replace(minute=0, second=0, microsecond=0)
-
-
-def hours_between(start: datetime, end: datetime) -> list[datetime]:
-    """Every hour start in ``[start, end)`` (both floored to the hour)."""
-    hour, stop = hour_floor(start), end
-    out = []
-    while hour < stop:
-        out.append(hour)
-        hour += timedelta(hours=1)
-    return out
 
 
 @dataclass(frozen=True)

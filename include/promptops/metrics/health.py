@@ -27,9 +27,10 @@ import pyarrow.compute as pc
 from promptops.contracts import metric_table as mt
 from promptops.contracts.records import empty_calls_table, validate_page
 from promptops.errors import PromptOpsError
-from promptops.lake.store import Lake, PartitionInfo, as_utc
+from promptops.lake.store import Lake, PartitionInfo
 from promptops.metrics.gpu import metric_rows
 from promptops.metrics.hourly import ACCURACY_ALPHA, SUCCESS_STATUS
+from promptops.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 

@@ -46,8 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptops.contracts import metric_table as mt
-from promptops.lake.store import Lake, PartitionInfo, hour_floor
+from promptops.lake.store import Lake, PartitionInfo
 from promptops.metrics.pricing import PriceTable
+from promptops.timeutil import hour_floor
 
 log = logging.getLogger(__name__)
 

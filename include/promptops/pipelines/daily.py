@@ -1,8 +1,7 @@
-"""The daily run's housekeeping: is the day complete, and what is old enough to go.
+"""The daily run's housekeeping: what is old enough to go, and which steps failed.
 
-- :func:`day_completeness`: which of the day's 24 hourly partitions exist, per dataset.
-  Missing hours are named with the command that fills them; they are never counted as
-  zero traffic by anything downstream (reports and baselines read them as gaps).
+Whether the day is complete is :mod:`promptops.reports.completeness`.
+
 - :func:`apply_retention`: delete hourly partitions older than each dataset's age.
 - :func:`failed_steps`: which steps of a run failed (the run's last step fails it on them).
 """
@@ -11,17 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from promptops.lake.store import Lake, as_utc
+from promptops.lake.store import Lake
+from promptops.reports.completeness import day_start
 
 log = logging.getLogger(__name__)
-
-HOURLY_DAG_ID = "promptops_hourly"
 
 
 class RetentionConfig(BaseSettings):
@@ -38,67 +35,6 @@ class RetentionConfig(BaseSettings):
 
     def ages(self) -> dict[str, int]:
         return {name.removesuffix("_days"): days for name, days in self.model_dump().items()}
-
-
-def day_start(day: datetime) -> datetime:
-    return as_utc(day).replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def backfill_command(first: datetime, last: datetime, dag_id: str = HOURLY_DAG_ID) -> str:
-    """The CLI command that re-runs the hourly DAG for logical dates ``first..last`` (both
-    inclusive; a scheduled run's logical date is its hour's start). ``completed`` also
-    re-runs hours whose run exists (failed, or succeeded before its partition was lost); a
-    rerun replaces its partitions, so nothing is double counted."""
-    return (f"airflow backfill create --dag-id {dag_id} "
-            f"--from-date {as_utc(first).isoformat()} --to-date {as_utc(last).isoformat()} "
-            f"--reprocess-behavior completed")
-
-
-@dataclass
-class Completeness:
-    day: str
-    #: Dataset -> missing hours (ISO) of the day.
-    missing: dict[str, list[str]] = field(default_factory=dict)
-    #: One backfill command per run of consecutive missing hours (any dataset).
-    backfill_commands: list[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not any(self.missing.values())
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "complete": self.complete}
-
-    def describe(self) -> str:
-        if self.complete:
-            return f"{self.day}: all 24 hours present"
-        parts = [f"{ds}: {len(hours)} missing ({', '.join(h[11:16] for h in hours)})"
-                 for ds, hours in self.missing.items() if hours]
-        return (f"{self.day}: incomplete; " + "; ".join(parts) + ". Fill with: "
-                + " && ".join(self.backfill_commands))
-
-
-def day_completeness(lake: Lake, day: datetime,
-                     datasets: tuple[str, ...] = ("calls", "metrics")) -> Completeness:
-    start = day_start(day)
-    hours = [start + timedelta(hours=i) for i in range(24)]
-    result = Completeness(day=f"{start:%Y-%m-%d}")
-    gaps: set[datetime] = set()
-    for dataset in datasets:
-        present = {h for h in lake.list_partitions(dataset) if start <= h < start + timedelta(days=1)}
-        missing = [h for h in hours if h not in present]
-        result.missing[dataset] = [h.isoformat() for h in missing]
-        gaps.update(missing)
-    # Consecutive missing hours -> one backfill range each.
-    run: list[datetime] = []
-    for h in sorted(gaps) + [None]:  # type: ignore[list-item]
-        if h is not None and run and h == run[-1] + timedelta(hours=1):
-            run.append(h)
-            continue
-        if run:
-            result.backfill_commands.append(backfill_command(run[0], run[-1]))
-        run = [h] if h is not None else []
-    return result
 
 
 def apply_retention(lake: Lake, today: datetime, config: RetentionConfig | None = None,

@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow as pa
 
 from promptops.contracts.metric_table import METRICS_SCHEMA
-from promptops.lake.store import Lake, as_utc
+from promptops.lake.store import Lake
+from promptops.timeutil import as_utc
 
 
 @dataclass(frozen=True)

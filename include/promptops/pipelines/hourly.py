@@ -20,7 +20,7 @@ from promptops.contracts.findings import Finding
 from promptops.contracts.metric_table import METRICS
 from promptops.detection.rules import MetricHistory, evaluate
 from promptops.detection.thresholds import ThresholdsConfig, load_thresholds
-from promptops.lake.store import Lake, as_utc, hour_floor
+from promptops.lake.store import Lake
 from promptops.metrics.hourly import (
     CALLS,
     INPUT_COLUMNS,
@@ -31,6 +31,7 @@ from promptops.metrics.hourly import (
 )
 from promptops.metrics.judge import JudgeConfig, judge_hour
 from promptops.metrics.pricing import PriceTable, load_price_table
+from promptops.timeutil import as_utc, hour_floor
 
 log = logging.getLogger(__name__)
 

@@ -50,9 +50,10 @@ import pyarrow.compute as pc
 
 from promptops.contracts import metric_table as mt
 from promptops.errors import PromptOpsError
-from promptops.lake.store import Lake, as_utc
-from promptops.pipelines.daily import backfill_command
+from promptops.lake.store import Lake
 from promptops.reports import cost_movers
+from promptops.reports.completeness import backfill_command
+from promptops.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 

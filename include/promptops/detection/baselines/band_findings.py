@@ -37,7 +37,7 @@ from promptops.detection.baselines.bands import read_bands, refit_baselines
 from promptops.detection.baselines.config import METRIC_UNITS, BaselineConfig, metric_bounds
 from promptops.detection.baselines.holt_winters import HOLT_WINTERS
 from promptops.detection.rules import SAMPLE_NOUNS, format_value, metric_label
-from promptops.lake.store import as_utc, hour_floor
+from promptops.timeutil import as_utc, hour_floor
 
 if TYPE_CHECKING:
     from promptops.lake.store import Lake

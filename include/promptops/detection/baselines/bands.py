@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from promptops.contracts import metric_table as mt
 from promptops.detection.baselines.config import VOLUME_METRICS, BaselineConfig
 from promptops.detection.baselines.holt_winters import BaselineFit, fit_series
-from promptops.lake.store import as_utc, hour_floor
+from promptops.timeutil import as_utc, hour_floor
 
 if TYPE_CHECKING:
     from promptops.lake.store import Lake
