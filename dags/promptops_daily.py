@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from promptops.airflow_adapters.failure_notifier import (
-    PERMANENT_ERRORS_FAIL,
-    RunFailureNotifier,
-    record_task_failure,
-)
+from promptops.airflow_adapters.context import run_url
+from promptops.airflow_adapters.dag_defaults import dag_defaults
 
 
 @dag(
@@ -19,25 +15,15 @@ from promptops.airflow_adapters.failure_notifier import (
     dag_display_name="promptops · daily analysis and cost report",
     # A real [start, end) day per run; 00:30 leaves the hourly run of 23:00 time to finish.
     schedule=CronDataIntervalTimetable("30 0 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=3),
     tags=["promptops", "analysis", "report", "daily"],
-    # One Slack message per failed run, naming the failed tasks and their causes.
-    on_failure_callback=RunFailureNotifier(),
-    default_args={
-        "owner": "promptops",
-        # Errors a retry cannot fix (wrong key, no permission) fail at once; every task
-        # failure keeps its cause for that message.
-        "retry_policy": PERMANENT_ERRORS_FAIL,
-        "on_failure_callback": record_task_failure,
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=30),
-        "execution_timeout": timedelta(hours=1),
-    },
+    **dag_defaults(
+        retries=2,
+        retry_delay=timedelta(minutes=5),
+        max_retry_delay=timedelta(minutes=30),
+        execution_timeout=timedelta(hours=1),
+    ),
 )
 def promptops_daily():
     """
@@ -105,8 +91,7 @@ def promptops_daily():
         )
 
         day = context["data_interval_start"]
-        run_url = context["ti"].log_url.split("/tasks/")[0]
-        result = build_report(Lake(), day, run_url=run_url)
+        result = build_report(Lake(), day, run_url=run_url(context))
         # The report's date, not the run's timestamp: that is the plugin's route.
         url = report_url(conf.get("api", "base_url", fallback="http://localhost:8080"),
                          result.day)

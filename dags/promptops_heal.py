@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, PokeReturnValue, dag, task
 
-from promptops.airflow_adapters.failure_notifier import (
-    PERMANENT_ERRORS_FAIL,
-    RunFailureNotifier,
-    record_task_failure,
-)
+from promptops.airflow_adapters.context import run_url
+from promptops.airflow_adapters.dag_defaults import dag_defaults
 from promptops.airflow_adapters.heal_approval import HealApprovalNotifier, HealApprovalOperator
+from promptops.heal.approval import REJECT
 from promptops.heal.policy import ACTIONS, policy_timing
 
 TIMING = policy_timing()
@@ -25,24 +22,14 @@ _PLAN = "ti.xcom_pull(task_ids='plan_heal')"
     dag_id="promptops_heal",
     dag_display_name="promptops · heal",
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     tags=["promptops", "heal", "ops"],
-    # One Slack message per failed run, naming the failed tasks and their causes.
-    on_failure_callback=RunFailureNotifier(),
-    default_args={
-        "owner": "promptops",
-        # Errors a retry cannot fix (wrong key, no permission) fail at once; every task
-        # failure keeps its cause for that message.
-        "retry_policy": PERMANENT_ERRORS_FAIL,
-        "on_failure_callback": record_task_failure,
+    **dag_defaults(
         # A rejected request fails without retrying (AirflowFailException); a retried
         # apply re-posts with the same Idempotency-Key, so it cannot act twice.
-        "retries": 1,
-        "retry_delay": timedelta(seconds=20),
-        "retry_exponential_backoff": 2.0,
-        "execution_timeout": timedelta(minutes=5),
-    },
+        retries=1,
+        retry_delay=timedelta(seconds=20),
+        execution_timeout=timedelta(minutes=5),
+    ),
     params={
         "action": Param("rate_limit", type="string", enum=list(ACTIONS), title="Action",
                         description="What to do. restart_service and switch_model need "
@@ -125,7 +112,7 @@ def promptops_heal():
             invalid_audit(Lake(), conf, run_id, now, str(exc))
             problem = send_heal_message(report_message(
                 None, {"status": "invalid"}, error=str(exc),
-                run_url=context["ti"].log_url.split("/tasks/")[0]))
+                run_url=run_url(context)))
             if problem:
                 print(f"Slack: {problem}")
             raise AirflowFailException(f"heal request rejected, nothing was posted: {exc}"
@@ -137,6 +124,7 @@ def promptops_heal():
     def policy_gate(plan: dict, **context) -> str:
         from datetime import UTC, datetime
 
+        from promptops.heal.approval import approval_body
         from promptops.heal.flow import gate, history_for
         from promptops.heal.policy import load_policy
         from promptops.lake.store import Lake
@@ -144,11 +132,7 @@ def promptops_heal():
         policy, now = load_policy(), datetime.now(UTC)
         result = gate(plan, history_for(Lake(), now, policy, exclude_run=context["run_id"]),
                       now, policy)
-        result["body"] = "\n".join(
-            [f"**{plan['summary']}**", "", f"Requested by: {plan['requested_by']}", "",
-             f"Reason: {plan['reason'] or '(none given)'}", ""]
-            + [f"- {r}" for r in result["reasons"]]
-            + ["", f"No answer within {TIMING.approval_timeout} counts as a rejection."])
+        result["body"] = approval_body(plan, result, TIMING.approval_timeout)
         context["ti"].xcom_push(key="gate", value=result)
         for reason in result["reasons"]:
             print(reason)
@@ -162,7 +146,7 @@ def promptops_heal():
         body="{{ ti.xcom_pull(task_ids='policy_gate', key='gate')['body'] }}",
         response_timeout=TIMING.approval_timeout,
         # No answer in time: the scheduler applies the default, a rejection.
-        defaults="Reject",
+        defaults=REJECT,
         notifiers=[HealApprovalNotifier()],
     )
 
@@ -178,16 +162,13 @@ def promptops_heal():
     def apply_actions(plan: dict, **context) -> PokeReturnValue:
         from datetime import UTC, datetime
 
+        from promptops.heal.approval import applying_decision
         from promptops.heal.flow import apply_poke
         from promptops.lake.store import Lake
         from promptops.platform.client import PlatformClient
 
-        answer = context["ti"].xcom_pull(task_ids="approve", key="answer")
-        if answer and (answer.get("chosen_options") or [None])[0] == "Approve":
-            user = answer.get("responded_by_user") or {}
-            decision, decided_by = "approved", user.get("name") or user.get("id")
-        else:
-            decision, decided_by = "auto_approved", "policy"
+        decision, decided_by = applying_decision(
+            context["ti"].xcom_pull(task_ids="approve", key="answer"))
         with PlatformClient.from_airflow() as client:
             result = apply_poke(client, Lake(), plan, datetime.now(UTC), decision=decision,
                                 decided_by=decided_by)
@@ -249,7 +230,7 @@ def promptops_heal():
             outcome["verify_skipped"] = verified["skipped"]
         written = finish_audit(Lake(), plan, outcome, datetime.now(UTC), gate_result)
         message = report_message(plan, outcome, gate_result=gate_result,
-                                 run_url=ti.log_url.split("/tasks/")[0])
+                                 run_url=run_url(context))
         problem = send_heal_message(message)
         print(f"heal {outcome['status']}: {written} audit record(s)"
               + (f"; Slack: {problem}" if problem else "; reported to Slack"))

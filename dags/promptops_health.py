@@ -2,45 +2,30 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from promptops.airflow_adapters.failure_notifier import (
-    PERMANENT_ERRORS_FAIL,
-    RunFailureNotifier,
-    record_task_failure,
-)
+from promptops.airflow_adapters.context import run_url
+from promptops.airflow_adapters.dag_defaults import dag_defaults
 from promptops.airflow_adapters.responses import respond
+from promptops.settings import get_settings
 
-#: Celery queue of the workers that live on GPU nodes (any worker under the local executor).
-GPU_QUEUE = os.environ.get("PROMPTOPS_GPU_QUEUE", "gpu")
+GPU_QUEUE = get_settings().gpu_queue
 
 
 @dag(
     dag_id="promptops_health",
     dag_display_name="promptops · health sensor (5 min)",
     schedule=CronDataIntervalTimetable("*/5 * * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=4, seconds=30),
     tags=["promptops", "health", "gpu", "alerts"],
-    # One Slack message per failed run, naming the failed tasks and their causes.
-    on_failure_callback=RunFailureNotifier(),
-    default_args={
-        "owner": "promptops",
-        # Errors a retry cannot fix (wrong key, no permission) fail at once; every task
-        # failure keeps its cause for that message.
-        "retry_policy": PERMANENT_ERRORS_FAIL,
-        "on_failure_callback": record_task_failure,
-        "retries": 1,
-        "retry_delay": timedelta(seconds=20),
-        "retry_exponential_backoff": 2.0,
-        "execution_timeout": timedelta(minutes=2),
-    },
+    **dag_defaults(
+        retries=1,
+        retry_delay=timedelta(seconds=20),
+        execution_timeout=timedelta(minutes=2),
+    ),
 )
 def promptops_health():
     """
@@ -93,10 +78,9 @@ def promptops_health():
         from promptops.lake.store import Lake
         from promptops.pipelines.health import evaluate_health
 
-        run_url = context["ti"].log_url.split("/tasks/")[0]
         outcome = evaluate_health(Lake(), _evaluated_at(context),
                                   gpu["rows"] + api["rows"], run_id=context["run_id"],
-                                  run_url=run_url)
+                                  run_url=run_url(context))
         print(f"health: {outcome['findings']} findings, {len(outcome['firing'])} firing, "
               f"{len(outcome['notifications'])} notifications")
         return outcome

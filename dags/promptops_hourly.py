@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import pendulum
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
 from promptops.airflow_adapters.assets import CALLS_ASSET
-from promptops.airflow_adapters.failure_notifier import (
-    PERMANENT_ERRORS_FAIL,
-    RunFailureNotifier,
-    record_task_failure,
-)
+from promptops.airflow_adapters.context import run_url
+from promptops.airflow_adapters.dag_defaults import dag_defaults
 from promptops.airflow_adapters.responses import respond
 from promptops.settings import get_settings
 
@@ -24,25 +20,15 @@ SETTINGS = get_settings()
     dag_display_name="promptops · hourly ingest and analysis",
     # A real [start, end) interval per run (plain "@hourly" in Airflow 3 gives a point).
     schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     max_active_runs=3,
     dagrun_timeout=timedelta(minutes=55),
     tags=["promptops", "ingest", "analysis", "alerts", "hourly"],
-    # One Slack message per failed run, naming the failed tasks and their causes.
-    on_failure_callback=RunFailureNotifier(),
-    default_args={
-        "owner": "promptops",
-        # Errors a retry cannot fix (wrong key, no permission) fail at once; every task
-        # failure keeps its cause for that message.
-        "retry_policy": PERMANENT_ERRORS_FAIL,
-        "on_failure_callback": record_task_failure,
-        "retries": 3,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=15),
-        "execution_timeout": timedelta(minutes=30),
-    },
+    **dag_defaults(
+        retries=3,
+        retry_delay=timedelta(minutes=1),
+        max_retry_delay=timedelta(minutes=15),
+        execution_timeout=timedelta(minutes=30),
+    ),
 )
 def promptops_hourly():
     """
@@ -165,9 +151,8 @@ def promptops_hourly():
         start, end = context["data_interval_start"], context["data_interval_end"]
         findings = findings_for_hour(lake, start)
         print(f"{len(findings)} rule findings for [{start}, {end})")
-        run_url = context["ti"].log_url.split("/tasks/")[0]
         outcome = alert_on_findings(lake, findings, end, run_id=context["run_id"],
-                                    run_url=run_url)
+                                    run_url=run_url(context))
         print(f"alerts: {len(outcome['firing'])} firing, {len(outcome['pending'])} pending, "
               f"{len(outcome['resolved'])} resolved, "
               f"{len(outcome['notifications'])} notifications"

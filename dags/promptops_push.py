@@ -4,42 +4,27 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import dag, task
 
 from promptops.airflow_adapters.assets import CALLS_ASSET, LANDING_ASSET
-from promptops.airflow_adapters.failure_notifier import (
-    PERMANENT_ERRORS_FAIL,
-    RunFailureNotifier,
-    record_task_failure,
-)
+from promptops.airflow_adapters.dag_defaults import dag_defaults
 
 
 @dag(
     dag_id="promptops_push",
     dag_display_name="promptops · pushed batches",
     schedule=[LANDING_ASSET],
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     # One run at a time: each batch is merged into its hours' partitions (read, merge,
     # replace), so two runs on the same hour must not interleave.
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=55),
     tags=["promptops", "ingest", "push"],
-    # One Slack message per failed run, naming the failed tasks and their causes.
-    on_failure_callback=RunFailureNotifier(),
-    default_args={
-        "owner": "promptops",
-        # Errors a retry cannot fix (wrong key, no permission) fail at once; every task
-        # failure keeps its cause for that message.
-        "retry_policy": PERMANENT_ERRORS_FAIL,
-        "on_failure_callback": record_task_failure,
-        "retries": 3,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=15),
-        "execution_timeout": timedelta(minutes=30),
-    },
+    **dag_defaults(
+        retries=3,
+        retry_delay=timedelta(minutes=1),
+        max_retry_delay=timedelta(minutes=15),
+        execution_timeout=timedelta(minutes=30),
+    ),
 )
 def promptops_push():
     """

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     #: How long the hourly DAG waits for ``/health`` before giving up.
     health_wait_s: int = Field(default=300, ge=0)
 
+    # Health
+    #: Celery queue of the workers that live on GPU nodes, where the health DAG reads the
+    #: GPUs (any worker takes it under the local executor).
+    gpu_queue: str = "gpu"
+
     # API client
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)

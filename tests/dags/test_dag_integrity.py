@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,53 @@ def test_parsing_loads_no_heavy_module_transitively(path):
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("LOADED:"))
     loaded = set(line[len("LOADED:"):].split(","))
     assert not (loaded & HEAVY), f"parsing {path.name} imports {sorted(loaded & HEAVY)}"
+
+
+def test_every_dag_shares_the_promptops_defaults(dagbag):
+    """Owner, retry policy, failure callbacks: one set for every DAG (dag_defaults)."""
+    from promptops.airflow_adapters.failure_notifier import (
+        PERMANENT_ERRORS_FAIL,
+        RunFailureNotifier,
+        record_task_failure,
+    )
+
+    for dag_id, dag in dagbag.dags.items():
+        assert isinstance(dag.on_failure_callback, RunFailureNotifier), dag_id
+        assert not dag.catchup, dag_id
+        for task in dag.tasks:
+            where = f"{dag_id}.{task.task_id}"
+            assert task.owner == "promptops", where
+            assert task.retry_policy is PERMANENT_ERRORS_FAIL, where
+            callbacks = task.on_failure_callback
+            assert record_task_failure in (callbacks if isinstance(callbacks, list)
+                                           else [callbacks]), where
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_files_take_shared_defaults_and_run_links_from_the_adapters(path):
+    """Static: no DAG file spells out the shared defaults or cuts a run link from a log
+    URL itself (promptops.airflow_adapters.dag_defaults and .context do)."""
+    text = path.read_text()
+    for spelled_out in ("retry_policy", "record_task_failure", "RunFailureNotifier",
+                        "log_url"):
+        assert spelled_out not in text, f"{path.name} spells out {spelled_out}"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_files_read_settings_not_the_environment(path):
+    """Static: PROMPTOPS_* variables reach DAG files through promptops.settings only."""
+    text = path.read_text()
+    assert "os.environ" not in text and "getenv" not in text, path.name
+
+
+def test_the_gpu_task_runs_on_the_configured_queue():
+    path = ROOT / "dags" / "promptops_health.py"
+    code = ("import importlib.util\n"
+            f"spec = importlib.util.spec_from_file_location('h', {str(path)!r})\n"
+            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+            "dag = mod.promptops_health()\n"
+            "print('QUEUE:' + dag.get_task('gpu_metrics').queue)\n")
+    env = {**os.environ, "PROMPTOPS_GPU_QUEUE": "gpu-nodes"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert "QUEUE:gpu-nodes" in out.stdout.splitlines()

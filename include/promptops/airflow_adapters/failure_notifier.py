@@ -32,6 +32,7 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier, ExceptionRetryPolicy, RetryAction, RetryRule
 
+from promptops.airflow_adapters.context import run_url
 from promptops.alerts.failure import (
     FAILURE_XCOM_KEY,
     NO_RECORDED_CAUSE,
@@ -110,7 +111,7 @@ class RunFailureNotifier(BaseNotifier):
             return RepeatedFailure(f"the same failure was posted within the last "
                                    f"{_span(repeat)} (alerting.yaml repeat_interval)")
         message = failure_message(dag_id=dag.dag_id, run_id=run_id, failures=failures,
-                                  run_url=_run_url(dag.dag_id, run_id, ti),
+                                  run_url=run_url(context),
                                   reason=context.get("reason"), secrets=secrets,
                                   repeat_note=f"The same failure again is posted at most once "
                                               f"every {_span(repeat)}.")
@@ -192,17 +193,6 @@ def _failure_xcoms_from_db(dag_id: str, run_id: str) -> list[Any]:
         rows = session.scalars(XComModel.get_many(run_id=run_id, key=FAILURE_XCOM_KEY,
                                                   dag_ids=dag_id)).all()
         return [XComModel.deserialize_value(row) for row in rows]
-
-
-def _run_url(dag_id: str, run_id: str, ti: Any) -> str:
-    if ti is not None:
-        return ti.log_url.split("/tasks/")[0]
-    from urllib.parse import quote
-
-    from airflow.sdk.configuration import conf
-
-    base = conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
-    return f"{base}/dags/{dag_id}/runs/{quote(run_id)}"
 
 
 def alert_route() -> list[str]:

@@ -1,5 +1,6 @@
 """The heal DAG's approval step: Airflow's ApprovalOperator, announced in Slack, with the
-answer kept for the report and the audit.
+answer kept for the report and the audit. What the request says and what an answer
+decides are :mod:`promptops.heal.approval`'s.
 
 Cheap to import (the heal DAG file creates both at parse time); the work happens when the
 task runs.
@@ -11,6 +12,9 @@ import logging
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseNotifier
+
+from promptops.airflow_adapters.context import run_url
+from promptops.heal.approval import answer_from_event
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +36,8 @@ class HealApprovalNotifier(BaseNotifier):
             ti = context["ti"]
             plan = ti.xcom_pull(task_ids=self.plan_task_id)
             gate_result = ti.xcom_pull(task_ids=self.gate_task_id, key="gate")
-            run_url = ti.log_url.split("/tasks/")[0]
-            message = report_message(plan, {"status": "approval_needed"}, run_url=run_url,
-                                     gate_result=gate_result)
+            message = report_message(plan, {"status": "approval_needed"},
+                                     run_url=run_url(context), gate_result=gate_result)
             problem = send_heal_message(message)
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             problem = f"{type(exc).__name__}: {exc}"
@@ -53,13 +56,5 @@ class HealApprovalOperator(ApprovalOperator):
 
     def execute_complete(self, context, event):
         if "error" not in event:
-            user = event.get("responded_by_user")
-            responded = event.get("responded_at")
-            context["ti"].xcom_push(key="answer", value={
-                "chosen_options": list(event.get("chosen_options") or []),
-                "responded_by_user": dict(user) if user else None,
-                "responded_at": responded.isoformat() if responded else None,
-                # The scheduler's timeout sweep answers with the defaults and no user.
-                "timed_out": bool(event.get("timedout")) or not user,
-            })
+            context["ti"].xcom_push(key="answer", value=answer_from_event(event))
         return super().execute_complete(context, event)

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from promptops.errors import PERMANENT_ERRORS
+from promptops.heal.approval import answer_decision
 from promptops.heal.policy import (
     Action,
     HealConfError,
@@ -444,20 +445,7 @@ def outcome_of(plan: Mapping[str, Any] | None, gate_result: Mapping[str, Any] | 
     if verdict == "denied":
         decision, decided_by = "denied", "policy"
     elif verdict == "approval":
-        if approval is None:
-            decision, decided_by = "no_answer", None
-        else:
-            chosen = (approval.get("chosen_options") or [None])[0]
-            user = approval.get("responded_by_user") or {}
-            decided_by = user.get("name") or user.get("id") if user else None
-            if approval.get("timed_out"):
-                decision, decided_by = "timed_out", None
-            elif chosen == "Approve":
-                decision = "approved"
-            elif decided_by is None:
-                decision = "timed_out"
-            else:
-                decision = "rejected"
+        decision, decided_by = answer_decision(approval)
     steps = (applied or {}).get("steps") or []
     if decision in ("rejected", "timed_out", "denied", "no_answer"):
         status = decision
