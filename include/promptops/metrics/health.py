@@ -30,6 +30,7 @@ from promptops.errors import PromptOpsError
 from promptops.lake.store import Lake, PartitionInfo
 from promptops.metrics.gpu import metric_rows
 from promptops.metrics.hourly import ACCURACY_ALPHA, SUCCESS_STATUS
+from promptops.stats import wilson_interval
 from promptops.timeutil import as_utc
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,6 @@ def api_health_rows(client: Any, now: datetime) -> pa.Table:
                     status.http_status)
     return metric_rows([(API_UP, mt.OVERALL, mt.ALL, 1.0 if status.ok else 0.0, 1),
                         (API_HEALTH_LATENCY_MS, mt.OVERALL, mt.ALL, status.latency_ms, 1)], now)
-
-
-def _wilson(successes: int, n: int) -> tuple[float, float]:
-    from statsmodels.stats.proportion import proportion_confint
-
-    lo, hi = proportion_confint(successes, n, alpha=ACCURACY_ALPHA, method="wilson")
-    p = successes / n
-    # Rounding can put a bound a hair on the wrong side of p at 0% or 100%.
-    return min(float(lo), p), max(float(hi), p)
 
 
 def _window(calls: pa.Table, start: datetime, end: datetime) -> pa.Table:
@@ -106,7 +98,7 @@ def recent_call_rows(calls_table: pa.Table, window_end: datetime, minutes: int =
     rows += [(mt.ERRORS, mt.OVERALL, mt.ALL, float(n - ok), n),
              (mt.SUCCESS_RATE, mt.OVERALL, mt.ALL, ok / n, n),
              (mt.ERROR_RATE, mt.OVERALL, mt.ALL, (n - ok) / n, n)]
-    lo, hi = _wilson(ok, n)
+    lo, hi = wilson_interval(ok, n, ACCURACY_ALPHA)
     bounds += [(None, None), (lo, hi), (1 - hi, 1 - lo)]
     if len(latency):
         rows += [(mt.LATENCY_MEAN_MS, mt.OVERALL, mt.ALL, float(latency.mean()), len(latency)),

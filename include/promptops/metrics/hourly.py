@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 from promptops.contracts import metric_table as mt
 from promptops.lake.store import Lake, PartitionInfo
 from promptops.metrics.pricing import PriceTable
+from promptops.stats import wilson_interval
 from promptops.timeutil import hour_floor
 
 log = logging.getLogger(__name__)
@@ -277,16 +278,6 @@ def _quantiles(dim: _Dim, x: _Inputs, requests: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _wilson(successes: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from statsmodels.stats.proportion import proportion_confint
-
-    lower, upper = proportion_confint(successes, n, alpha=ACCURACY_ALPHA, method="wilson")
-    # Rounding can put a bound a hair on the wrong side of p at 0% or 100%.
-    p = np.asarray(successes, dtype=np.float64) / np.asarray(n, dtype=np.float64)
-    return (np.minimum(np.asarray(lower, dtype=np.float64), p),
-            np.maximum(np.asarray(upper, dtype=np.float64), p))
-
-
 def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
     """Every per-slice metric of one dimension; returns the slices' request counts."""
     g, c, name, labels = len(dim.labels), dim.codes, dim.name, dim.labels
@@ -306,7 +297,7 @@ def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
     some = req > 0
     lo, hi = np.full(g, np.nan), np.full(g, np.nan)
     if some.any():
-        lo[some], hi[some] = _wilson(ok[some], req[some])
+        lo[some], hi[some] = wilson_interval(ok[some], req[some], ACCURACY_ALPHA)
     rows.add(mt.SUCCESS_RATE, name, labels, ok / req, req, lo, hi)
     rows.add(mt.ERROR_RATE, name, labels, errors / req, req, 1.0 - hi, 1.0 - lo)
     rows.add(mt.LATENCY_MEAN_MS, name, labels, total(x.latency) / req, req)
@@ -334,8 +325,8 @@ def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
     if has_labels.any():
         correct = subset(x.labelled, x.correct)
         lower, upper = np.full(g, np.nan), np.full(g, np.nan)
-        lower[has_labels], upper[has_labels] = _wilson(correct[has_labels],
-                                                       labelled[has_labels])
+        lower[has_labels], upper[has_labels] = wilson_interval(
+            correct[has_labels], labelled[has_labels], ACCURACY_ALPHA)
         with np.errstate(invalid="ignore", divide="ignore"):
             accuracy = correct / labelled
         rows.add(mt.INTENT_ACCURACY, name, labels, accuracy, labelled, lower, upper,

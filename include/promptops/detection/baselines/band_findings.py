@@ -37,6 +37,7 @@ from promptops.detection.baselines.bands import read_bands, refit_baselines
 from promptops.detection.baselines.config import METRIC_UNITS, BaselineConfig, metric_bounds
 from promptops.detection.baselines.holt_winters import HOLT_WINTERS
 from promptops.detection.rules import SAMPLE_NOUNS, format_value, metric_label
+from promptops.stats import wilson_interval
 from promptops.timeutil import as_utc, hour_floor
 
 if TYPE_CHECKING:
@@ -85,7 +86,9 @@ def band_findings(current: pa.Table | None, bands: pa.Table | None, hour: dateti
     # the Wilson interval of the expected rate at this hour's n (a quiet slice whose usual
     # error rate is 0 has 2 errors in 69 calls by chance, not an incident).
     rate = np.array([metric_bounds(m) == (0.0, 1.0) for m in metrics])
-    w_lo, w_hi = _wilson(np.clip(expected, 0, 1), samples, config.z)
+    # At the band's own coverage (z); n <= 0 gives [0, 1].
+    w_lo, w_hi = wilson_interval(np.clip(expected, 0, 1) * samples, samples,
+                                 alpha=1 - config.coverage)
     widened = rate & ((w_lo < lower) | (w_hi > upper))
     lower = np.where(rate, np.fmin(lower, w_lo), lower)
     upper = np.where(rate, np.fmax(upper, w_hi), upper)
@@ -160,17 +163,6 @@ def baseline_findings_for_hour(lake: Lake, hour: datetime, config: BaselineConfi
     elif bands is None:
         log.info("no baselines for %s: baseline check skipped", f"{hour:%Y-%m-%d}")
     return band_findings(current, bands, hour, config)
-
-
-def _wilson(p: np.ndarray, n: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a rate ``p`` observed on ``n`` trials (n <= 0: [0, 1])."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z2n = z * z / n
-        center = (p + z2n / 2) / (1 + z2n)
-        half = z * np.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
-    lo = np.where(n > 0, np.clip(center - half, 0, 1), 0.0)
-    hi = np.where(n > 0, np.clip(center + half, 0, 1), 1.0)
-    return lo, hi
 
 
 def _rows_of_hour(table: pa.Table, hour: datetime, columns: list[str]) -> pd.DataFrame:
