@@ -182,13 +182,13 @@ class MetricHistory:
         if isinstance(tables, Mapping):
             for hour, table in tables.items():
                 if table is not None:
-                    frames[_utc(hour)] = MetricFrame(table, _what(hour))
+                    frames[as_utc(hour)] = MetricFrame(table, _what(hour))
             return cls(frames)
         for table in tables:
             hours = table.column("hour")
             for hour in pc.unique(hours).to_pylist():
                 part = table.filter(pc.equal(hours, pa.scalar(hour, hours.type)))
-                frames[_utc(hour)] = MetricFrame(part, _what(hour))
+                frames[as_utc(hour)] = MetricFrame(part, _what(hour))
         return cls(frames)
 
     @classmethod
@@ -210,13 +210,13 @@ class MetricHistory:
         return cls(frames)
 
     def frame(self, hour: datetime) -> MetricFrame | None:
-        return self.frames.get(_utc(hour))
+        return self.frames.get(as_utc(hour))
 
 
 def needed_history(config: ThresholdsConfig | None, hour: datetime,
                    source: Source | None = "hourly") -> tuple[set[datetime], set[str] | None]:
     """Which earlier hours and which metrics an evaluation of ``hour`` reads."""
-    hour = _utc(hour)
+    hour = as_utc(hour)
     day_hours = {_day_start(hour) + timedelta(hours=i) for i in range(hour.hour)}
     if config is None:
         return {hour - off for off in BASELINE_OFFSETS.values()} | day_hours, None
@@ -243,7 +243,7 @@ def evaluate(config: ThresholdsConfig, current: pa.Table, history: MetricHistory
     comparisons and budgets. ``hour``: the evaluated hour (the data interval's start).
     ``source``: which rules run (``hourly``, ``health``, or ``None`` for all).
     """
-    hour = _utc(hour)
+    hour = as_utc(hour)
     frame = MetricFrame(current, _what(hour))
     findings: list[Finding] = []
     for name, rule in config.rules_for(source).items():
@@ -480,12 +480,8 @@ def _samples(metric: str, n: Any) -> str:
 
 
 def _what(hour: datetime) -> str:
-    return f"metrics of {_utc(hour):%Y-%m-%d %H:%M} UTC"
-
-
-def _utc(ts: datetime) -> datetime:
-    return as_utc(ts)
+    return f"metrics of {as_utc(hour):%Y-%m-%d %H:%M} UTC"
 
 
 def _day_start(hour: datetime) -> datetime:
-    return _utc(hour).replace(hour=0, minute=0, second=0, microsecond=0)
+    return as_utc(hour).replace(hour=0, minute=0, second=0, microsecond=0)

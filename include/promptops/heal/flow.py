@@ -33,7 +33,6 @@ from promptops.heal.policy import (
     HealPolicy,
     HealRequest,
     Playbooks,
-    as_utc,
     check_policy,
     expand_playbook,
     idempotency_key,
@@ -42,6 +41,7 @@ from promptops.heal.policy import (
     parse_request,
     run_script,
 )
+from promptops.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 

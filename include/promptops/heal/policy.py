@@ -31,7 +31,7 @@ import string
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +49,7 @@ from pydantic import (
 
 from promptops.errors import PromptOpsError
 from promptops.settings import PROJECT_ROOT
+from promptops.timeutil import as_utc
 
 if TYPE_CHECKING:  # the audit and price table pull in pyarrow; DAG files import this module
     from promptops.heal.audit import AuditRecord
@@ -235,11 +236,6 @@ class HealPolicy(BaseModel):
 
     def user_ok(self, user_id: str) -> bool:
         return re.fullmatch(self.user_id_pattern, user_id) is not None
-
-
-def as_utc(ts: datetime) -> datetime:
-    """An aware datetime in UTC (naive ones are taken as UTC)."""
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 @dataclass(frozen=True)
