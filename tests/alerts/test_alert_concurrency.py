@@ -43,7 +43,7 @@ def test_a_claim_whose_sender_died_is_retaken_after_the_claim_timeout(sink, lake
     of that evaluation sends it once the claim is older than claim_timeout."""
     store = AlertStore(Lake(lake), "hourly")
     eng = engine(lake, config(claim_timeout="0s"))
-    from promptops.alerts.engine import plan_evaluation
+    from promptops.alerts.stages import plan_evaluation
 
     f = finding()
     plan = plan_evaluation(None, {f.fingerprint: f}, T0, eng.config, [], scope="hourly",
@@ -67,7 +67,7 @@ def test_a_claim_whose_sender_died_is_retaken_after_the_claim_timeout(sink, lake
 def test_a_fresh_claim_held_by_another_run_is_left_alone(sink, lake):
     store = AlertStore(Lake(lake), "hourly")
     eng = engine(lake)  # claim_timeout 10 minutes
-    from promptops.alerts.engine import plan_evaluation
+    from promptops.alerts.stages import plan_evaluation
 
     f = finding()
     plan = plan_evaluation(None, {f.fingerprint: f}, T0, eng.config, [], scope="hourly",

@@ -160,7 +160,7 @@ def test_two_runs_filling_the_same_gap_post_once(sink, lake):
 def test_a_state_from_before_the_history_only_fills_gaps_after_it(sink, lake):
     """A state written before evaluations were remembered knows nothing of the times before
     its last evaluation: replays of those change nothing; later gaps are filled."""
-    from promptops.alerts.engine import plan_evaluation
+    from promptops.alerts.stages import plan_evaluation
 
     store = AlertStore(Lake(lake), "hourly")
     f = finding()

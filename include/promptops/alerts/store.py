@@ -46,6 +46,7 @@ import orjson
 import pyarrow as pa
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from promptops.alerts.state import AlertState
 from promptops.errors import PromptOpsError
 from promptops.lake.store import Lake, PartitionInfo
 
@@ -100,6 +101,11 @@ class StateSnapshot:
     #: 0 when there is no state yet.
     seq: int
     doc: dict[str, Any] | None
+
+    @property
+    def state(self) -> AlertState | None:
+        """The document as the engine's typed state; None when there is none."""
+        return AlertState.from_dict(self.doc) if self.doc else None
 
 
 class BlobStore(Protocol):
@@ -285,6 +291,10 @@ class AlertStore:
             raise StateConflict(f"state version {seq} was committed by another run")
         if seq > keep:
             self._prune(seq - keep + 1)
+
+    def commit_state(self, seq: int, state: AlertState, *, keep: int = 20) -> None:
+        """:meth:`commit` of the engine's typed state, as its JSON document."""
+        self.commit(seq, state.to_dict(), keep=keep)
 
     def _prune(self, below: int) -> None:
         try:
