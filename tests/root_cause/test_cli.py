@@ -116,3 +116,14 @@ def test_half_a_ratio_is_refused(two_causes_csv):
     proc = run(two_causes_csv, "--dims", "model", "--actual-den", "now")
     assert proc.returncode == 2
     assert "both --actual-den and --expected-den" in proc.stderr
+
+
+def test_the_command_is_a_module_of_its_own_that_starts_light():
+    """The algorithm, the lake's cube and the command are separate modules; the command loads
+    neither pandas, pyarrow nor the lake (a hand-made CSV must not pay for them)."""
+    code = ("import sys, promptops.detection.root_cause.cli; print(sorted(m for m in "
+            "('pandas', 'pyarrow', 'promptops.lake.store') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[]\n"

@@ -44,37 +44,19 @@ dimensions), in the line of HotSpot (Sun et al., 2018), Squeeze (Li et al., 2019
 Everything is numpy on integer codes: one ``bincount`` per cuboid and step, no Python loop
 over leaves; a 20,000-leaf cube takes milliseconds (``bench/root_cause.py``).
 
-The command ``python -m promptops.detection.root_cause CSV --dims model,app,region --actual actual
---expected expected [--top 3]`` prints the ranked set as ``dim=value&dim=value;dim=value``
-(``*`` when the whole cube moved, nothing when no cause is significant). With
-``--actual-den`` and ``--expected-den`` the measure is the ratio ``actual / actual-den``.
-
-For the hourly run, :func:`leaf_cube` builds the cube of one measure from the lake's ``calls``
-partitions (actual hour against a baseline of earlier same hours) and :func:`explain_hour`
-returns the :class:`Localization` with its one-sentence summary and Markdown table.
+Building the cube from the lake is :mod:`.cube`; the command line is :mod:`.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import itertools
 import math
-import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:  # pandas and the lake (Airflow) load slowly; the command starts without
-    import pandas as pd
-
-    from promptops.lake.store import Lake
-    from promptops.metrics.pricing import PriceTable
 
 #: A leaf cube: a pandas DataFrame, a pyarrow Table or a dict of columns (name -> values).
 Cube = Any
@@ -441,6 +423,31 @@ def localize(cube: Cube, dims: Sequence[str], *, actual: str = "actual",
     position).
     """
     dims = tuple(dims)
+    _check_arguments(cube, dims, actual, expected, actual_den, expected_den, max_layer,
+                     max_causes, min_share, alpha)
+    spec = _measure_spec(measure, actual_den)
+    if bounded is None and spec.is_ratio and spec.bounded:
+        bounded = True
+
+    if row_name is None:
+        index = getattr(cube, "index", None)
+        row_name = (lambda i: index[i]) if index is not None else (lambda i: i)
+    leaves = _leaves(cube, dims, actual, expected, actual_den, expected_den, bounded, row_name)
+    agg_actual, agg_expected = _value(leaves, np.ones(len(leaves.excess), dtype=bool))
+    result = Localization(spec, dims, agg_actual, agg_expected, [], len(leaves.excess))
+    total = float(leaves.excess.sum())
+    if len(leaves.excess) == 0 or total == 0 or not math.isfinite(total):
+        return result
+
+    causes = _search(leaves, spec, dims, total, max_layer=max_layer, max_causes=max_causes,
+                     min_share=min_share, alpha=alpha)
+    return Localization(spec, dims, agg_actual, agg_expected, causes, len(leaves.excess))
+
+
+def _check_arguments(cube: Cube, dims: tuple[str, ...], actual: str, expected: str,
+                     actual_den: str | None, expected_den: str | None, max_layer: int,
+                     max_causes: int, min_share: float, alpha: float) -> None:
+    """Raise ``ValueError`` for arguments :func:`localize` cannot work with."""
     if not dims:
         raise ValueError("localize needs at least one dimension")
     if len(set(dims)) != len(dims):
@@ -458,6 +465,10 @@ def localize(cube: Cube, dims: Sequence[str], *, actual: str = "actual",
     if actual_den is not None:
         needed |= {actual_den: "actual_den", expected_den: "expected_den"}
     check_columns(cube, needed)
+
+
+def _measure_spec(measure: Measure | str | None, actual_den: str | None) -> Measure:
+    """The measure that words the texts; a ratio when the cube has denominators."""
     if isinstance(measure, str):
         spec = MEASURES.get(measure) or Measure(measure, measure)
     else:
@@ -465,19 +476,14 @@ def localize(cube: Cube, dims: Sequence[str], *, actual: str = "actual",
     if actual_den is not None and not spec.is_ratio:
         spec = Measure(spec.name, spec.label, spec.numerator, actual_den, spec.unit, spec.noun,
                        spec.bounded, den_label=actual_den)
-    if bounded is None and spec.is_ratio and spec.bounded:
-        bounded = True
+    return spec
 
-    if row_name is None:
-        index = getattr(cube, "index", None)
-        row_name = (lambda i: index[i]) if index is not None else (lambda i: i)
-    leaves = _leaves(cube, dims, actual, expected, actual_den, expected_den, bounded, row_name)
-    agg_actual, agg_expected = _value(leaves, np.ones(len(leaves.excess), dtype=bool))
-    result = Localization(spec, dims, agg_actual, agg_expected, [], len(leaves.excess))
-    total = float(leaves.excess.sum())
-    if len(leaves.excess) == 0 or total == 0 or not math.isfinite(total):
-        return result
 
+def _search(leaves: _Leaves, spec: Measure, dims: tuple[str, ...], total: float, *,
+            max_layer: int, max_causes: int, min_share: float, alpha: float
+            ) -> list[RootCause]:
+    """The greedy layer-by-layer search over every cuboid of up to ``max_layer`` dimensions
+    (steps 2 and 3 of the module's description); ``total`` is the aggregate excess."""
     layers = min(max_layer, len(dims))
     cuboids = [_cuboid(leaves, combo) for k in range(1, layers + 1)
                for combo in itertools.combinations(range(len(dims)), k)]
@@ -513,7 +519,7 @@ def localize(cube: Cube, dims: Sequence[str], *, actual: str = "actual",
         remaining &= ~members
         if cuboid is None or not remaining.any():
             break
-    return Localization(spec, dims, agg_actual, agg_expected, causes, len(leaves.excess))
+    return causes
 
 
 def _best_element(cuboids: list[_Cuboid], e: np.ndarray, w: np.ndarray, sign: float
@@ -630,269 +636,3 @@ def _clause(spec: Measure, dims: Sequence[str], combination: dict[str, str], sha
                     f"{format_value(traffic[1], 'count')}")
         own += ")"
     return f"{_where(dims, combination)}: {share:.0%} of {what}{own}"
-
-
-# -- leaf cubes from the lake ------------------------------------------------------------------
-
-#: Dimensions a leaf cube may cut by, with the call-record column(s) behind each.
-CUBE_DIMENSIONS = {"model": "model", "provider": "provider", "app": "app", "team": "team",
-                   "user": "user_id", "template": "prompt_template", "region": "region",
-                   "gpu_node": "gpu_node"}
-#: The default cut for the hourly root cause (``user`` has too many values to be a default).
-DEFAULT_DIMS = ("model", "provider", "app", "region", "team", "template", "gpu_node")
-
-_BASELINE = re.compile(r"^(previous_hour|previous_day|previous_week|same_hour_avg_(\d+)d)$")
-
-
-def baseline_hours(hour: datetime, baseline: str) -> list[datetime]:
-    """The hours a baseline averages: ``previous_hour``, ``previous_day`` (same hour
-    yesterday), ``previous_week`` (same hour a week ago) or ``same_hour_avg_<k>d`` (the
-    same hour of each of the last k days)."""
-    match = _BASELINE.match(baseline)
-    if not match:
-        raise ValueError(f"unknown baseline {baseline!r}; use previous_hour, previous_day, "
-                         f"previous_week or same_hour_avg_<k>d (e.g. same_hour_avg_7d)")
-    if baseline == "previous_hour":
-        return [hour - timedelta(hours=1)]
-    if baseline == "previous_day":
-        return [hour - timedelta(days=1)]
-    if baseline == "previous_week":
-        return [hour - timedelta(days=7)]
-    days = int(match.group(2))
-    if not 1 <= days <= 60:
-        raise ValueError(f"baseline {baseline!r}: k must be between 1 and 60 days")
-    return [hour - timedelta(days=k) for k in range(1, days + 1)]
-
-
-def _call_quantities(calls, prices: PriceTable | None, wanted: set[str]) -> dict[str, np.ndarray]:
-    """Per-call values of the quantities a measure sums."""
-    import pyarrow.compute as pc
-
-    n = calls.num_rows
-    out: dict[str, np.ndarray] = {"calls": np.ones(n)}
-    if wanted & {"errors", "successes"}:
-        ok = pc.fill_null(pc.equal(calls.column("status").cast("string"), "success"), False)
-        ok = ok.to_numpy(zero_copy_only=False).astype(np.float64)
-        out["successes"], out["errors"] = ok, 1.0 - ok
-    if "tokens" in wanted or "cost_usd" in wanted:
-        prompt = calls.column("prompt_tokens").to_numpy().astype(np.float64)
-        completion = calls.column("completion_tokens").to_numpy().astype(np.float64)
-        out["tokens"] = prompt + completion
-    if "cost_usd" in wanted:
-        from promptops.metrics.pricing import load_price_table
-
-        prices = prices if prices is not None else load_price_table()
-        cached = calls.column("cached_tokens") if "cached_tokens" in calls.column_names else None
-        costs = prices.cost(calls.column("model"), prompt, completion, cached)
-        # The priced part, as in the metric table: an unpriced call adds nothing.
-        out["cost_usd"] = np.where(costs.priced, costs.cost, 0.0)
-    if "latency_ms" in wanted:
-        out["latency_ms"] = calls.column("latency_ms").to_numpy().astype(np.float64)
-    return out
-
-
-def _dimension_column(calls, dim: str):
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if dim == "template":
-        template = calls.column("prompt_template").cast(pa.string())
-        version = pc.fill_null(calls.column("prompt_version").cast(pa.string()), NONE_VALUE)
-        joined = pc.binary_join_element_wise(template, version, "@")
-        return pc.fill_null(joined, NONE_VALUE)  # no template: (none) whatever the version
-    return pc.fill_null(calls.column(CUBE_DIMENSIONS[dim]).cast(pa.string()), NONE_VALUE)
-
-
-def _hour_cube(calls, dims: Sequence[str], quantities: Sequence[str],
-               prices: PriceTable | None) -> pd.DataFrame:
-    import pandas as pd
-
-    values = _call_quantities(calls, prices, set(quantities))
-    frame = pd.DataFrame({d: _dimension_column(calls, d).to_numpy(zero_copy_only=False)
-                          for d in dims})
-    for q in quantities:
-        frame[q] = values[q]
-    return frame.groupby(list(dims), sort=False).sum()
-
-
-def _columns_for(dims: Sequence[str], quantities: Sequence[str]) -> list[str]:
-    cols = {"status"} if {"errors", "successes"} & set(quantities) else set()
-    if {"tokens", "cost_usd"} & set(quantities):
-        cols |= {"prompt_tokens", "completion_tokens", "cached_tokens", "model"}
-    if "latency_ms" in quantities:
-        cols.add("latency_ms")
-    for d in dims:
-        cols |= {"prompt_template", "prompt_version"} if d == "template" else {CUBE_DIMENSIONS[d]}
-    return sorted(cols)
-
-
-def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
-              dims: Sequence[str] = DEFAULT_DIMS, baseline: str = "same_hour_avg_7d",
-              prices: PriceTable | None = None) -> pd.DataFrame:
-    """The leaf cube of one hour and one measure, from the lake's ``calls`` partitions.
-
-    One row per combination of ``dims`` values seen in the hour or its baseline (a missing
-    value is ``(none)``; ``template`` is ``"<template>@<version>"`` as in the metric table),
-    with ``actual`` and ``expected`` (the measure's numerator summed over the leaf's calls)
-    and, for a ratio measure, ``actual_den`` and ``expected_den``. ``expected`` is the mean
-    over the baseline hours (:func:`baseline_hours`) that have a partition; a leaf absent in
-    one of them counts 0 there. Cost is the priced part (``prices``: the project's table by
-    default).
-
-    Raises ``LookupError`` when the hour or every baseline hour has no ``calls`` partition.
-    """
-    import pandas as pd
-
-    from promptops.metrics.hourly import CALLS
-    from promptops.timeutil import hour_floor
-
-    spec = MEASURES[measure] if isinstance(measure, str) and measure in MEASURES else measure
-    if not isinstance(spec, Measure):
-        raise ValueError(f"unknown measure {measure!r}; known: {', '.join(MEASURES)}")
-    unknown = [d for d in dims if d not in CUBE_DIMENSIONS]
-    if unknown:
-        raise ValueError(f"unknown dimension(s) {', '.join(unknown)}; a leaf cube cuts by "
-                         f"{', '.join(CUBE_DIMENSIONS)}")
-    hour = hour_floor(hour)
-    quantities = [q for q in (spec.numerator, spec.denominator) if q is not None]
-    bad = [q for q in quantities if q not in CALL_QUANTITIES]
-    if bad:
-        raise ValueError(f"measure {spec.name!r} sums {', '.join(bad)}, which calls do not "
-                         f"have; use one of {', '.join(CALL_QUANTITIES)}")
-    columns = _columns_for(dims, quantities)
-
-    calls = lake.read_partition(CALLS, hour, columns=columns)
-    if calls is None:
-        raise LookupError(f"no calls partition for {hour:%Y-%m-%d %H:00} in "
-                          f"{lake.partition_dir(CALLS, hour)}; ingest the hour first")
-    current = _hour_cube(calls, dims, quantities, prices)
-    past = []
-    wanted = baseline_hours(hour, baseline)
-    for h in wanted:
-        table = lake.read_partition(CALLS, h, columns=columns)
-        if table is not None:
-            past.append(_hour_cube(table, dims, quantities, prices))
-    if not past:
-        raise LookupError(
-            f"baseline {baseline!r} of {hour:%Y-%m-%d %H:00} has no calls partition (looked "
-            f"for {', '.join(f'{h:%Y-%m-%d %H:00}' for h in wanted)}); choose a baseline "
-            f"the lake covers, e.g. previous_hour")
-    expected = pd.concat(past).groupby(level=list(range(len(dims))), sort=False).sum() / len(past)
-    cube = pd.concat([current.add_prefix("a_"), expected.add_prefix("e_")], axis=1).fillna(0.0)
-    out = cube.reset_index()
-    out.columns = [*dims, *cube.columns]
-    result = out[list(dims)].copy()
-    result["actual"] = out[f"a_{spec.numerator}"].to_numpy()
-    result["expected"] = out[f"e_{spec.numerator}"].to_numpy()
-    if spec.denominator is not None:
-        result["actual_den"] = out[f"a_{spec.denominator}"].to_numpy()
-        result["expected_den"] = out[f"e_{spec.denominator}"].to_numpy()
-    return result
-
-
-def explain_hour(lake: Lake, hour: datetime, measure: str, dims: Sequence[str] = DEFAULT_DIMS,
-                 baseline: str = "same_hour_avg_7d", prices: PriceTable | None = None,
-                 **options) -> Localization:
-    """Leaf cube plus localisation for one hour: ``result.sentence`` goes into the alert's
-    ``root_cause`` annotation, ``result.table()`` into its details. ``options`` go to
-    :func:`localize` (``max_layer``, ``max_causes``, ``min_share``, ``alpha``)."""
-    spec = MEASURES.get(measure)
-    if spec is None:
-        raise ValueError(f"unknown measure {measure!r}; known: {', '.join(MEASURES)}")
-    cube = leaf_cube(lake, hour, spec, dims, baseline, prices)
-    ratio = {"actual_den": "actual_den", "expected_den": "expected_den"} if spec.is_ratio else {}
-    return localize(cube, dims, measure=spec, **ratio, **options)
-
-
-# -- the command -------------------------------------------------------------------------------
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m promptops.detection.root_cause",
-        description="Localise the root cause of one anomalous moment. The CSV has one row "
-                    "per leaf slice: a column per dimension plus the actual and expected "
-                    "value of the measure. Prints the ranked root-cause set as "
-                    "dim=value&dim=value;dim=value ('*' when everything moved alike, an "
-                    "empty line when nothing explains the change significantly).")
-    p.add_argument("csv", help="the leaf slices (CSV with a header row)")
-    p.add_argument("--dims", required=True, help="dimension columns, comma separated")
-    p.add_argument("--actual", default="actual", help="column of the actual value")
-    p.add_argument("--expected", default="expected", help="column of the expected value")
-    p.add_argument("--actual-den", help="ratio measure: column of the actual denominator "
-                                        "(--actual is then the numerator)")
-    p.add_argument("--expected-den", help="ratio measure: column of the expected denominator")
-    p.add_argument("--top", type=int, default=3, help="at most this many causes (default 3)")
-    p.add_argument("--max-layer", type=int, default=3,
-                   help="at most this many dimensions in one cause (default 3)")
-    p.add_argument("--min-share", type=float, default=0.05,
-                   help="a cause explains at least this share of the change (default 0.05)")
-    p.add_argument("--explain", action="store_true",
-                   help="also print the sentence and the Markdown table (to stderr)")
-    return p
-
-
-def read_cube_csv(path: str) -> dict[str, np.ndarray]:
-    """A CSV with a header row as ``{column: values as text}`` (the standard library's
-    reader: the command must not pay for importing pandas)."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if not header:
-            raise ValueError(f"{path} is empty; expected a header row and one row per leaf")
-        rows = list(reader)
-    if len(set(header)) != len(header):
-        raise ValueError(f"{path}: column names repeat in the header: {', '.join(header)}")
-    widths = {len(r) for r in rows}
-    if widths - {len(header)}:
-        line = next(i + 2 for i, r in enumerate(rows) if len(r) != len(header))
-        raise ValueError(f"{path}: line {line} has a different number of fields than the "
-                         f"header ({len(header)})")
-    if not rows:
-        return {name: np.array([], dtype=object) for name in header}
-    return {name: np.array(col, dtype=object) for name, col in zip(header, zip(*rows,
-                                                                                strict=True),
-                                                                 strict=True)}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    dims = [d.strip() for d in args.dims.split(",") if d.strip()]
-    if not dims:
-        print("error: --dims names no column", file=sys.stderr)
-        return 2
-    if (args.actual_den is None) != (args.expected_den is None):
-        print("error: a ratio measure needs both --actual-den and --expected-den",
-              file=sys.stderr)
-        return 2
-    if args.top < 1 or args.max_layer < 1:
-        print("error: --top and --max-layer must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        cube = read_cube_csv(args.csv)
-    except (OSError, ValueError, csv.Error, UnicodeDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    needed = {d: "--dims" for d in dims}
-    for flag in ("actual", "expected", "actual_den", "expected_den"):
-        column = getattr(args, flag)
-        if column is not None:
-            needed.setdefault(column, f"--{flag.replace('_', '-')}")
-    try:
-        check_columns(cube, needed, what=args.csv)
-        # Rows as the file numbers its lines (the header is line 1).
-        result = localize(cube, dims, actual=args.actual, expected=args.expected,
-                          actual_den=args.actual_den, expected_den=args.expected_den,
-                          max_layer=args.max_layer, max_causes=args.top,
-                          min_share=args.min_share, row_name=lambda i: f"line {i + 2}")
-    except ValueError as exc:
-        print(f"error: {args.csv}: {exc}", file=sys.stderr)
-        return 2
-    print(result.label)
-    if args.explain:
-        print(result.sentence, file=sys.stderr)
-        print(result.table(), file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
