@@ -22,7 +22,8 @@ from datetime import UTC, datetime, timedelta
 
 from promptops.ingest.pull import ingest_hour
 from promptops.lake.store import Lake
-from promptops.platform.client import CallRecordPage, PlatformClient
+from promptops.platform.client import PlatformClient
+from promptops.platform.paging import CallRecordPage
 from promptops.simulator.process import SimulatorProcess
 
 

@@ -17,7 +17,7 @@ from promptops.contracts.records import (
     validate_page,
 )
 from promptops.ingest.pull import validate_call_page
-from promptops.platform.client import CallRecordPage, read_page_columns
+from promptops.platform.paging import CallRecordPage, read_page_columns
 from promptops.simulator import Platform, SimConfig
 
 START = datetime(2026, 11, 20, 13, tzinfo=UTC)
@@ -103,7 +103,7 @@ def test_empty_and_tiny_pages(n):
 
 
 # -- the Arrow fast path gives exactly what the dict path gives --------------------------------
-# Pages read straight into Arrow (promptops.platform.client.read_page_columns) are validated by
+# Pages read straight into Arrow (promptops.platform.paging.read_page_columns) are validated by
 # validate_columns; anything that reader cannot take is validated on dicts. Either way the
 # good rows and the rejects (reason, field, call_id, raw JSON) must be the same.
 

@@ -38,7 +38,7 @@ from promptops.settings import get_settings
 from promptops.timeutil import hour_floor, hours_between
 
 if TYPE_CHECKING:
-    from promptops.platform.client import CallRecordPage
+    from promptops.platform.paging import CallRecordPage
 
 log = logging.getLogger(__name__)
 

@@ -11,18 +11,14 @@ requests; it never appears in an exception, a ``repr`` or a log line.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import queue
-import re
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -57,10 +53,16 @@ from promptops.errors import (
     UpstreamTimeout,
 )
 from promptops.platform.breaker import CircuitBreaker, Ticket, store_from_settings
+from promptops.platform.paging import (
+    CALL_RECORDS,
+    MAX_PAGE_LIMIT,
+    CallRecordPage,
+    body_pages,
+    dict_pages,
+    read_page_columns,
+)
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from promptops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,6 @@ _RETRYABLE_TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout,
                                u3.ReadTimeoutError)
 _TRANSPORT_ERRORS = (requests.RequestException, u3.ProtocolError, u3.ReadTimeoutError)
 
-CALL_RECORDS = "/v1/call_records"
-MAX_PAGE_LIMIT = 10_000
 _BARE_GATEWAY = frozenset({502, 503, 504})
 
 
@@ -115,119 +115,6 @@ class _BearerAuth(AuthBase):
 
     def __repr__(self) -> str:
         return "<bearer auth: ***>"
-
-
-class CallRecordPage:
-    """One page of ``GET /v1/call_records`` as it arrived, with its records decoded once.
-
-    ``body`` is the answer body, verbatim. ``columns`` holds the records read straight into
-    Arrow (:data:`promptops.contracts.records.RAW_RECORD_TYPE`, one struct per record) when the page is
-    plain well-formed JSON of the documented shape, else None; :meth:`records` gives them as
-    Python objects (parsed with orjson on first use, as :meth:`iter_call_record_pages` would).
-    """
-
-    __slots__ = ("body", "columns", "_records")
-
-    def __init__(self, body: bytes, columns: pa.StructArray | None,
-                 records: list | None) -> None:
-        if columns is None and records is None:
-            raise ValueError("a CallRecordPage needs its Arrow columns or its records")
-        self.body = body
-        self.columns = columns
-        self._records = records
-
-    def __len__(self) -> int:
-        return len(self.columns) if self.columns is not None else len(self.records())
-
-    def records(self) -> list:
-        """The page's ``data`` list as Python objects (dicts for well-formed records)."""
-        if self._records is None:
-            try:
-                self._records = orjson.loads(self.body)["data"]
-            except orjson.JSONDecodeError as exc:
-                # Only a body nested deeper than orjson's limit (1024 levels, inside a field
-                # the record schema ignores) gets here: the Arrow reader had no such limit.
-                raise DataFormatError(f"the page body could not be parsed as JSON ({exc})",
-                                      http_status=200, endpoint=f"GET {CALL_RECORDS}") from None
-        return self._records
-
-    def __repr__(self) -> str:
-        how = "arrow" if self.columns is not None else "dicts"
-        return f"<CallRecordPage {len(self)} records, {len(self.body):,} bytes, {how}>"
-
-
-# The end of a page that names the next one; group 1 is the cursor (no escapes in it). A key
-# preceded by a backslash would be an escaped quote inside a string, not a key.
-_CURSOR_TAIL = re.compile(
-    rb'(?<!\\)"next_cursor"[ \t\r\n]*:[ \t\r\n]*"([^"\\\x00-\x1f]+)"[ \t\r\n]*\}[ \t\r\n]*\Z')
-# The end of a page whose next_cursor is null. The Arrow reader cannot tell a null from a
-# missing key, and a missing next_cursor is a broken page (3002), so the null must be seen.
-_NULL_CURSOR_TAIL = re.compile(
-    rb'(?<!\\)"next_cursor"[ \t\r\n]*:[ \t\r\n]*null[ \t\r\n]*\}[ \t\r\n]*\Z')
-# NaN and Infinity in a value position: RapidJSON (the Arrow reader) accepts them, orjson
-# and JSON do not.
-_NON_JSON_NUMBER = re.compile(rb"[:,\[][ \t\r\n]*-?(?:NaN|Inf)")
-_UTF8_BOM = b"\xef\xbb\xbf"
-_arrow_reader: tuple[Any, Any, Any] | None = None
-
-
-def _guess_next_cursor(body: bytes) -> str | None:
-    """The next page's cursor as the end of the body shows it, or None when it shows none.
-    Only a guess, to ask for the next page early: the parsed body has the last word."""
-    m = _CURSOR_TAIL.search(body[-4096:])
-    return m.group(1).decode("utf-8", "replace") if m else None
-
-
-def read_page_columns(body: bytes) -> tuple[pa.StructArray, str | None] | None:
-    """A page body read straight into Arrow: (records as RAW_RECORD_TYPE, next_cursor).
-
-    None whenever the result might differ from orjson's reading of the same body: not one
-    JSON object, ``data`` missing or not a list of objects/nulls, a value of the wrong JSON
-    type for its field (the dict path reports it as wrong_type), a repeated key, NaN or
-    Infinity, invalid UTF-8, a byte order mark, or a null ``next_cursor`` that cannot be seen
-    to be present. The caller then parses the body with orjson, which decides.
-    """
-    pa_, pj, options = _get_arrow_reader()
-    if body.startswith(_UTF8_BOM):  # the Arrow reader skips it, orjson refuses it
-        return None
-    if (b"NaN" in body or b"Inf" in body) and _NON_JSON_NUMBER.search(body):
-        return None
-    if not body.isascii():
-        try:
-            body.decode("utf-8")  # the Arrow reader copies invalid UTF-8 through unchecked
-        except UnicodeDecodeError:
-            return None
-    read_options = pj.ReadOptions(use_threads=False, block_size=max(len(body) + 1, 1 << 16))
-    try:
-        table = pj.read_json(pa_.BufferReader(body), read_options=read_options,
-                             parse_options=options)
-    except pa_.ArrowException:
-        return None
-    if table.num_rows != 1:  # empty, or several concatenated documents
-        return None
-    data = table.column("data").chunk(0) if table.column("data").num_chunks == 1 else None
-    if data is None or data.null_count:
-        return None  # data missing or null: the general path names the problem
-    nxt = table.column("next_cursor")[0].as_py()
-    if nxt is None and not _NULL_CURSOR_TAIL.search(body[-256:]):
-        return None
-    return data.flatten(), nxt
-
-
-def _get_arrow_reader() -> tuple[Any, Any, Any]:
-    """pyarrow and the page schema, imported on first use (the client alone stays light)."""
-    global _arrow_reader
-    if _arrow_reader is None:
-        import pyarrow as pa_
-        import pyarrow.json as pj
-
-        from promptops.contracts.records import RAW_RECORD_TYPE
-
-        schema = pa_.schema([pa_.field("data", pa_.list_(RAW_RECORD_TYPE)),
-                             pa_.field("next_cursor", pa_.string())])
-        options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        _arrow_reader = (pa_, pj, options)
-    return _arrow_reader
 
 
 def rfc3339(dt: datetime) -> str:
@@ -480,7 +367,8 @@ class PlatformClient:
         when the caller asks for that page.
         """
         params = self._call_records_params(start, end, limit)
-        return self._pages(params)  # arguments are checked now, not at the first next()
+        # Arguments are checked now, not at the first next().
+        return dict_pages(partial(self._call_records_page, params))
 
     def iter_call_record_page_bodies(self, start: datetime, end: datetime,
                                      limit: int = MAX_PAGE_LIMIT) -> Iterator[CallRecordPage]:
@@ -498,7 +386,8 @@ class PlatformClient:
         the page it belongs to.
         """
         params = self._call_records_params(start, end, limit)
-        return self._page_bodies(params)
+        return body_pages(partial(self._fetch_call_records, params),
+                          partial(self._decode_retrying, params))
 
     @staticmethod
     def _call_records_params(start: datetime, end: datetime, limit: int) -> dict[str, str]:
@@ -509,90 +398,6 @@ class PlatformClient:
             raise ValueError(f"start {params['start']} must be before end {params['end']}")
         return params
 
-    def _pages(self, params: dict[str, str]) -> Iterator[list[dict]]:
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptops-prefetch")
-        pending: Future[tuple[list[dict], str | None]] | None = None
-        try:
-            pending = pool.submit(self._call_records_page, params, None)
-            while pending is not None:
-                data, cursor = pending.result()
-                pending = (pool.submit(self._call_records_page, params, cursor)
-                           if cursor is not None else None)
-                yield data
-        finally:
-            if pending is not None:
-                pending.cancel()
-            # Do not wait for an in-flight prefetch when the caller stopped early; it ends
-            # on its own within the timeouts and its result is dropped.
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def _page_bodies(self, params: dict[str, str]) -> Iterator[CallRecordPage]:
-        """Three things at once: the platform builds page k+2 (asked for early), a pager
-        thread parses page k+1 (the Arrow reader lets go of the GIL), the caller works on
-        page k. Pages, then the end or an error, come through a queue of one, in order."""
-        out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
-        stop = threading.Event()
-        # Two fetch workers: a dropped early request must not hold up the right one.
-        fetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="promptops-prefetch")
-        # A daemon: a pager whose caller forgot the iterator must not keep the process alive.
-        threading.Thread(target=self._run_pager, args=(params, fetcher, out, stop),
-                         name="promptops-pager", daemon=True).start()
-        try:
-            while True:
-                kind, item = out.get()
-                if kind == "error":
-                    raise item
-                if kind == "end":
-                    return
-                yield item
-        finally:
-            stop.set()
-            with contextlib.suppress(queue.Empty):
-                out.get_nowait()  # frees a pager waiting to hand over a page
-            # Do not wait for in-flight requests when the caller stopped early; they end on
-            # their own within the timeouts and their results are dropped.
-            fetcher.shutdown(wait=False, cancel_futures=True)
-
-    def _run_pager(self, params: dict[str, str], fetcher: ThreadPoolExecutor,
-                   out: queue.Queue[tuple[str, Any]], stop: threading.Event) -> None:
-        """Fetch and parse page after page for :meth:`_page_bodies` until the last page,
-        an error, or the caller stopping."""
-
-        def hand_over(kind: str, item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    out.put((kind, item), timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        pending: Future[_Answer] | None = None
-        cursor: str | None = None
-        try:
-            pending = fetcher.submit(self._fetch_call_records, params, None)
-            while pending is not None:
-                answer = pending.result()
-                guess = _guess_next_cursor(answer.body)
-                early = guess if guess is not None and guess != cursor else None
-                pending = (fetcher.submit(self._fetch_call_records, params, early)
-                           if early is not None else None)
-                page, nxt = self._decode_retrying(answer, params, cursor)
-                if nxt != early:  # the guess was wrong, or there was none
-                    if pending is not None:
-                        pending.cancel()
-                    pending = (fetcher.submit(self._fetch_call_records, params, nxt)
-                               if nxt is not None else None)
-                cursor = nxt
-                if not hand_over("page", page):
-                    return
-            hand_over("end", None)
-        except BaseException as exc:  # the caller gets it at the page it belongs to
-            hand_over("error", exc)
-        finally:
-            if pending is not None:
-                pending.cancel()
-
     def _fetch_call_records(self, params: dict[str, str], cursor: str | None) -> _Answer:
         query = params if cursor is None else {**params, "cursor": cursor}
         return self._request("GET", CALL_RECORDS, params=query)
@@ -602,7 +407,7 @@ class PlatformClient:
         return self._parsed(lambda: self._fetch_call_records(params, cursor),
                             lambda answer: self._page_envelope(answer, cursor))
 
-    def _decode_retrying(self, answer: _Answer, params: dict[str, str],
+    def _decode_retrying(self, params: dict[str, str], answer: _Answer,
                          cursor: str | None) -> tuple[CallRecordPage, str | None]:
         """The pager's page (already fetched), decoded; a malformed one is fetched again
         like any other."""
