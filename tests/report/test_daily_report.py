@@ -40,7 +40,11 @@ from promptops.reports.cost_report import (
     backfill_command,
     build_report,
     list_report_dates,
+    month_section,
+    read_report_day,
     read_report_file,
+    report_sections,
+    totals_section,
 )
 from promptops.simulator import Platform, SimConfig
 
@@ -145,6 +149,22 @@ def test_every_file_is_listed_and_written(report):
     assert {p.name for p in folder.iterdir()} == names  # no temporary files left behind
     assert json.loads((folder / "summary.json").read_text()) == json.loads(
         json.dumps(report.summary, default=str))
+
+
+def test_each_section_stands_alone_and_together_they_are_the_report(report_lake, report):
+    """build_report only assembles and writes: each section returns its own tables, charts
+    and headline numbers from the day's rows."""
+    day = read_report_day(report_lake, DAY, now=NOW)
+    assert totals_section(day, 100_000, 1000).summary["cost_usd"] == EXPECTED_COST
+    assert month_section(day).summary["mtd_cost_usd"] == EXPECTED_MTD
+    sections = report_sections(day, 100_000, 1000).values()
+    assert sorted(t for s in sections for t in s.tables) == sorted(CHARTS + TABLES)
+    assert sorted(c for s in sections for c in s.charts) == sorted(CHARTS)
+    summary = {k: v for s in sections for k, v in s.summary.items()}
+    whole = {k: v for k, v in report.summary.items()
+             if k not in ("day", "generated_at", "run_url")}
+    assert json.dumps(summary, sort_keys=True, default=str) == json.dumps(
+        whole, sort_keys=True, default=str)
 
 
 def test_missing_hours_are_named_marked_and_never_zero(report):

@@ -10,6 +10,11 @@ under ``<lake>/reports/date=YYYY-MM-DD/``:
   was drawn from), a CSV per plain table (unpriced models, incidents, hours);
 - ``summary.json``: the headline numbers, missing hours and backfill commands.
 
+Each part of the report is a section (:func:`report_sections`: completeness, totals, cost by
+hour, by team, app and user, tokens, trend, month, quality, unpriced models, incidents, cost
+movers) that returns its own tables, charts and headline numbers from the day's rows
+(:func:`read_report_day`); :func:`build_report` assembles them and writes the files.
+
 Completeness comes first: an hour without a metrics partition is *missing* (named, marked in
 every chart, and given the exact ``airflow backfill create`` command that fills it), never
 zero traffic. Hours that have not ended yet are *pending*. Comparisons are like for like:
@@ -584,6 +589,248 @@ def report_folder(lake: Lake, day: date):
     return lake.root / REPORTS / f"date={day.isoformat()}"
 
 
+@dataclass(frozen=True)
+class ReportDay:
+    """What the sections read: the UTC day, its hours' statuses and the lake rows behind
+    them."""
+
+    lake: Lake
+    day: date
+    start: datetime
+    end: datetime
+    #: Hours ending after it are *pending*, not missing.
+    now: datetime
+    statuses: list[HourStatus]
+    #: The day's rows of every metric the report shows (every dimension), from the hours
+    #: that have a partition.
+    rows: pd.DataFrame
+    #: Overall cost, tokens and requests per hour, from the month's start or the week before
+    #: the day, whichever is earlier, to the day's end.
+    totals: pd.DataFrame
+
+    @property
+    def present(self) -> list[datetime]:
+        return [s.hour for s in self.statuses if s.status == "ok"]
+
+    @property
+    def missing(self) -> list[datetime]:
+        return [s.hour for s in self.statuses if s.status == "missing"]
+
+    @property
+    def pending(self) -> list[datetime]:
+        return [s.hour for s in self.statuses if s.status == "pending"]
+
+    @property
+    def month_start(self) -> datetime:
+        return datetime(self.day.year, self.day.month, 1, tzinfo=UTC)
+
+
+def read_report_day(lake: Lake, day: date | datetime | str, *,
+                    now: datetime | None = None) -> ReportDay:
+    """Read what the report of ``day`` needs from the lake (``now``: default the clock)."""
+    day, start, end = day_bounds(day)
+    now = as_utc(now) if now is not None else datetime.now(UTC)
+    statuses = hour_statuses(lake, day, now=now)
+    present = [s.hour for s in statuses if s.status == "ok"]
+    rows = _read_hours(lake, present, _DAY_METRICS, None)
+    month_start = datetime(day.year, day.month, 1, tzinfo=UTC)
+    totals = _hourly_totals(lake, min(month_start, start - timedelta(days=7)), end)
+    return ReportDay(lake, day, start, end, now, statuses, rows, totals)
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the report: its tables (a CSV each, and the page's tables), its charts
+    (PNG) and its headline numbers (``summary.json``, the Slack summary)."""
+
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    charts: dict[str, bytes] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def completeness_section(d: ReportDay, cost_by_hour: pd.DataFrame,
+                         tokens: pd.DataFrame) -> Section:
+    """Which hours have data, the commands that fill the missing ones, and the per-hour
+    table (status, calls partition, requests, cost, tokens)."""
+    missing = d.missing
+    return Section(
+        tables={"hours": _hours_table(cost_by_hour, tokens, d.rows, d.statuses)},
+        summary={
+            "hours_present": len(d.present), "hours_missing": len(missing),
+            "hours_pending": len(d.pending), "complete": not missing and not d.pending,
+            "missing_hours": [h.isoformat() for h in missing],
+            "pending_hours": [h.isoformat() for h in d.pending],
+            "backfill_commands": [backfill_command(a, b) for a, b in hour_ranges(missing)],
+        })
+
+
+def totals_section(d: ReportDay, budget_tokens: float, budget_cost_usd: float | None
+                   ) -> Section:
+    """The day's cost, requests and tokens, against the budgets."""
+    overall = d.rows[d.rows["dimension"] == mt.OVERALL]
+    cost = _sum(overall.loc[overall["metric"] == mt.COST_USD, "value"])
+    tokens = _sum(overall.loc[overall["metric"] == mt.TOTAL_TOKENS, "value"])
+    requests = _sum(overall.loc[overall["metric"] == mt.REQUESTS, "value"])
+    present = d.present
+    tokens_projected = tokens / len(present) * 24 if tokens is not None and present \
+        and len(present) < 24 else None
+    return Section(summary={
+        "cost_usd": cost, "requests": requests,
+        "total_tokens": tokens, "budget_tokens": budget_tokens,
+        "tokens_budget_share": tokens / budget_tokens if tokens is not None else None,
+        "tokens_projected_day": tokens_projected,
+        "budget_cost_usd": budget_cost_usd,
+        "cost_budget_share": cost / budget_cost_usd if cost is not None and budget_cost_usd
+        else None,
+    })
+
+
+def cost_by_hour_section(d: ReportDay) -> Section:
+    table = cost_by_hour_table(d.rows, d.statuses)
+    return Section(tables={"cost_by_hour": table},
+                   charts={"cost_by_hour": chart_cost_by_hour(table)})
+
+
+def breakdown_section(d: ReportDay) -> Section:
+    """Cost by team, by app and the top users (everybody else's cost in the summary)."""
+    team = _sum_by_slice(d.rows, "team")
+    app = _sum_by_slice(d.rows, "app")
+    users = _sum_by_slice(d.rows, "user")
+    other_users = users.loc[mt.OTHER_SLICE] if mt.OTHER_SLICE in users.index else None
+    users = users.drop(index=[mt.OTHER_SLICE], errors="ignore").head(TOP_USERS)
+    return Section(
+        tables={"cost_by_team": team, "cost_by_app": app, "top_users": users},
+        charts={
+            "cost_by_team": chart_bars(team, "cost_usd", "Cost by team", "cost (USD)"),
+            "cost_by_app": chart_bars(app, "cost_usd", "Cost by app", "cost (USD)"),
+            "top_users": chart_bars(users, "cost_usd", f"Top {TOP_USERS} users by cost",
+                                    "cost (USD)"),
+        },
+        summary={"other_users_cost_usd": _none(other_users["cost_usd"])
+                 if other_users is not None else None})
+
+
+def tokens_section(d: ReportDay, budget_tokens: float) -> Section:
+    table = tokens_table(d.rows, d.statuses, budget_tokens)
+    return Section(tables={"tokens_vs_budget": table},
+                   charts={"tokens_vs_budget": chart_tokens(table)})
+
+
+def trend_section(d: ReportDay, cost: float | None) -> Section:
+    """The day against the day before and the 7-day average, like for like: on the hours
+    the report day has, over the complete days only."""
+    trend = daily_trend_table(d.totals, d.day, d.present)
+    yesterday = trend.iloc[-2]
+    previous = trend.iloc[:-1]
+    complete_days = previous[previous["complete"]]
+    avg7_same = float(complete_days["cost_usd_same_hours"].mean()) if len(complete_days) \
+        else None
+    avg7_full = float(complete_days["cost_usd"].mean()) if len(complete_days) else None
+    return Section(
+        tables={"daily_trend": trend},
+        charts={"daily_trend": chart_daily_trend(trend, avg7_full)},
+        summary={
+            "previous_day": {
+                "date": trend.index[-2], "cost_usd": _none(yesterday["cost_usd"]),
+                "complete": bool(yesterday["complete"]),
+                "cost_usd_same_hours": _none(yesterday["cost_usd_same_hours"]),
+                "same_hours": int(yesterday["same_hours_present"]),
+            },
+            "day_over_day": _change(cost, _none(yesterday["cost_usd_same_hours"]))
+            if yesterday["same_hours_present"] == len(d.present) else None,
+            "avg7_cost_usd": avg7_full, "avg7_cost_usd_same_hours": avg7_same,
+            "avg7_days_used": len(complete_days),
+            "avg7_days_left_out": previous.index[~previous["complete"]].tolist(),
+            "vs_avg7": _change(cost, avg7_same),
+        })
+
+
+def month_section(d: ReportDay) -> Section:
+    """Month to date and the month-end projection: the observed hourly rate times the hours
+    in the month."""
+    month = month_table(d.totals, d.day)
+    mtd_cost = _sum(month["cost_usd"])
+    mtd_hours = int(month["hours_present"].sum())
+    month_hours = calendar.monthrange(d.day.year, d.day.month)[1] * 24
+    elapsed = min(d.end, max(d.now, d.start)) - d.month_start
+    elapsed_hours = int(elapsed / timedelta(hours=1))
+    projected = mtd_cost / mtd_hours * month_hours if mtd_cost is not None and mtd_hours \
+        else None
+    return Section(
+        tables={"month_to_date": month},
+        charts={"month_to_date": chart_month(month, d.day, projected)},
+        summary={
+            "mtd_cost_usd": mtd_cost, "mtd_hours_present": mtd_hours,
+            "mtd_hours_missing": max(0, elapsed_hours - mtd_hours),
+            "projected_month_end_usd": projected, "month_hours": month_hours,
+        })
+
+
+def quality_section(d: ReportDay) -> Section:
+    """Intent accuracy and relevance by hour, and over the day weighted by their samples."""
+    quality = quality_table(d.rows, d.statuses)
+    summary = {
+        "intent_accuracy": weighted_mean(quality[mt.INTENT_ACCURACY],
+                                         quality[f"{mt.INTENT_ACCURACY}_samples"]),
+        "intent_labelled": int(quality[f"{mt.INTENT_ACCURACY}_samples"].sum()),
+        "relevance_mean": weighted_mean(quality[mt.RELEVANCE_MEAN],
+                                        quality[f"{mt.RELEVANCE_MEAN}_samples"]),
+        "relevance_scored": int(quality[f"{mt.RELEVANCE_MEAN}_samples"].sum()),
+    }
+    if "relevance_judge_mean" in quality:
+        summary["relevance_judge_mean"] = weighted_mean(
+            quality["relevance_judge_mean"], quality["relevance_judge_mean_samples"])
+    return Section(tables={"quality": quality}, charts={"quality": chart_quality(quality)},
+                   summary=summary)
+
+
+def unpriced_section(d: ReportDay) -> Section:
+    """Models without a price: their requests and tokens (their cost is unknown, never 0)."""
+    unpriced = unpriced_table(d.rows)
+    return Section(tables={"unpriced_models": unpriced}, summary={"unpriced_models": [
+        {"model": m, "requests": int(r[mt.UNPRICED_REQUESTS]),
+         "tokens": int(r[mt.UNPRICED_TOKENS])} for m, r in unpriced.iterrows()]})
+
+
+def incidents_section(d: ReportDay) -> Section:
+    incidents = incidents_table(d.lake, d.start, d.end)
+    return Section(tables={"incidents": incidents}, summary={
+        "incidents": len(incidents),
+        "incidents_critical": int((incidents["severity"] == "critical").sum()),
+    })
+
+
+def movers_section(d: ReportDay) -> Section:
+    """The slices whose cost moved most against each comparison day."""
+    config = cost_movers.MoversConfig()
+    movers = compare_cost_movers(d.lake, d.day, d.present, d.rows, config.min_usd)
+    return Section(tables={"cost_movers": cost_movers.to_table(movers)}, summary={
+        "cost_movers": {"min_cost_usd": config.min_usd,
+                        "comparisons": [c.as_dict(config.top) for c in movers]}})
+
+
+def report_sections(d: ReportDay, budget_tokens: float, budget_cost_usd: float | None
+                    ) -> dict[str, Section]:
+    """Every section of the day's report, in the order their files are written."""
+    cost_by_hour = cost_by_hour_section(d)
+    tokens = tokens_section(d, budget_tokens)
+    totals = totals_section(d, budget_tokens, budget_cost_usd)
+    return {
+        "cost_by_hour": cost_by_hour,
+        "breakdown": breakdown_section(d),
+        "tokens": tokens,
+        "totals": totals,
+        "trend": trend_section(d, totals.summary["cost_usd"]),
+        "month": month_section(d),
+        "quality": quality_section(d),
+        "unpriced": unpriced_section(d),
+        "incidents": incidents_section(d),
+        "movers": movers_section(d),
+        "completeness": completeness_section(d, cost_by_hour.tables["cost_by_hour"],
+                                             tokens.tables["tokens_vs_budget"]),
+    }
+
+
 def build_report(lake: Lake, day: date | datetime | str, *, budget_tokens: float | None = None,
                  budget_cost_usd: float | None = None, run_url: str | None = None,
                  now: datetime | None = None) -> ReportResult:
@@ -593,8 +840,7 @@ def build_report(lake: Lake, day: date | datetime | str, *, budget_tokens: float
     ``daily_tokens`` / ``daily_cost`` budgets. ``run_url``: the Airflow run, linked in the
     footer. ``now``: hours ending after it are *pending*, not missing (default: the clock).
     Rebuilding a day replaces its files."""
-    day, start, end = day_bounds(day)
-    now = as_utc(now) if now is not None else datetime.now(UTC)
+    day, _, _ = day_bounds(day)
     if budget_tokens is None or budget_cost_usd is None:
         cfg_tokens, cfg_cost = configured_budgets()
         budget_tokens = cfg_tokens if budget_tokens is None else budget_tokens
@@ -603,125 +849,24 @@ def build_report(lake: Lake, day: date | datetime | str, *, budget_tokens: float
         raise ReportError(f"token budget {budget_tokens!r}: must be positive (thresholds "
                           f"rule daily_tokens.budget)")
 
-    statuses = hour_statuses(lake, day, now=now)
-    present = [s.hour for s in statuses if s.status == "ok"]
-    missing = [s.hour for s in statuses if s.status == "missing"]
-    pending = [s.hour for s in statuses if s.status == "pending"]
-    day_rows = _read_hours(lake, present, _DAY_METRICS, None)
-    month_start = datetime(day.year, day.month, 1, tzinfo=UTC)
-    totals = _hourly_totals(lake, min(month_start, start - timedelta(days=7)), end)
-
-    tables: dict[str, pd.DataFrame] = {
-        "cost_by_hour": cost_by_hour_table(day_rows, statuses),
-        "cost_by_team": _sum_by_slice(day_rows, "team"),
-        "cost_by_app": _sum_by_slice(day_rows, "app"),
-        "top_users": _sum_by_slice(day_rows, "user"),
-        "tokens_vs_budget": tokens_table(day_rows, statuses, budget_tokens),
-        "daily_trend": daily_trend_table(totals, day, present),
-        "month_to_date": month_table(totals, day),
-        "quality": quality_table(day_rows, statuses),
-        "unpriced_models": unpriced_table(day_rows),
-        "incidents": incidents_table(lake, start, end),
-    }
-    movers_config = cost_movers.MoversConfig()
-    movers = compare_cost_movers(lake, day, present, day_rows, movers_config.min_usd)
-    tables["cost_movers"] = cost_movers.to_table(movers)
-    users = tables["top_users"]
-    other_users = users.loc[mt.OTHER_SLICE] if mt.OTHER_SLICE in users.index else None
-    tables["top_users"] = users.drop(index=[mt.OTHER_SLICE], errors="ignore").head(TOP_USERS)
-
-    # -- headline numbers
-    overall = day_rows[day_rows["dimension"] == mt.OVERALL]
-    cost = _sum(overall.loc[overall["metric"] == mt.COST_USD, "value"])
-    tokens = _sum(overall.loc[overall["metric"] == mt.TOTAL_TOKENS, "value"])
-    requests = _sum(overall.loc[overall["metric"] == mt.REQUESTS, "value"])
-    trend = tables["daily_trend"]
-    yesterday = trend.iloc[-2]
-    previous = trend.iloc[:-1]
-    complete_days = previous[previous["complete"]]
-    avg7_same = float(complete_days["cost_usd_same_hours"].mean()) if len(complete_days) \
-        else None
-    avg7_full = float(complete_days["cost_usd"].mean()) if len(complete_days) else None
-    month = tables["month_to_date"]
-    mtd_cost = _sum(month["cost_usd"])
-    mtd_hours = int(month["hours_present"].sum())
-    month_hours = calendar.monthrange(day.year, day.month)[1] * 24
-    elapsed_hours = int((min(end, max(now, start)) - month_start) / timedelta(hours=1))
-    projected = mtd_cost / mtd_hours * month_hours if mtd_cost is not None and mtd_hours \
-        else None
-    quality = tables["quality"]
-    unpriced = tables["unpriced_models"]
-    tokens_projected = tokens / len(present) * 24 if tokens is not None and present \
-        and len(present) < 24 else None
-
+    d = read_report_day(lake, day, now=now)
+    sections = report_sections(d, budget_tokens, budget_cost_usd)
+    tables = {k: v for s in sections.values() for k, v in s.tables.items()}
+    pngs = {k: v for s in sections.values() for k, v in s.charts.items()}
     summary: dict[str, Any] = {
         "day": day.isoformat(),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "hours_present": len(present), "hours_missing": len(missing),
-        "hours_pending": len(pending), "complete": not missing and not pending,
-        "missing_hours": [h.isoformat() for h in missing],
-        "pending_hours": [h.isoformat() for h in pending],
-        "backfill_commands": [backfill_command(a, b) for a, b in hour_ranges(missing)],
-        "cost_usd": cost, "requests": requests,
-        "total_tokens": tokens, "budget_tokens": budget_tokens,
-        "tokens_budget_share": tokens / budget_tokens if tokens is not None else None,
-        "tokens_projected_day": tokens_projected,
-        "budget_cost_usd": budget_cost_usd,
-        "cost_budget_share": cost / budget_cost_usd if cost is not None and budget_cost_usd
-        else None,
-        "previous_day": {
-            "date": trend.index[-2], "cost_usd": _none(yesterday["cost_usd"]),
-            "complete": bool(yesterday["complete"]),
-            "cost_usd_same_hours": _none(yesterday["cost_usd_same_hours"]),
-            "same_hours": int(yesterday["same_hours_present"]),
-        },
-        "day_over_day": _change(cost, _none(yesterday["cost_usd_same_hours"]))
-        if yesterday["same_hours_present"] == len(present) else None,
-        "avg7_cost_usd": avg7_full, "avg7_cost_usd_same_hours": avg7_same,
-        "avg7_days_used": len(complete_days),
-        "avg7_days_left_out": previous.index[~previous["complete"]].tolist(),
-        "vs_avg7": _change(cost, avg7_same),
-        "mtd_cost_usd": mtd_cost, "mtd_hours_present": mtd_hours,
-        "mtd_hours_missing": max(0, elapsed_hours - mtd_hours),
-        "projected_month_end_usd": projected, "month_hours": month_hours,
-        "unpriced_models": [
-            {"model": m, "requests": int(r[mt.UNPRICED_REQUESTS]),
-             "tokens": int(r[mt.UNPRICED_TOKENS])} for m, r in unpriced.iterrows()],
-        "intent_accuracy": weighted_mean(quality[mt.INTENT_ACCURACY],
-                                         quality[f"{mt.INTENT_ACCURACY}_samples"]),
-        "intent_labelled": int(quality[f"{mt.INTENT_ACCURACY}_samples"].sum()),
-        "relevance_mean": weighted_mean(quality[mt.RELEVANCE_MEAN],
-                                        quality[f"{mt.RELEVANCE_MEAN}_samples"]),
-        "relevance_scored": int(quality[f"{mt.RELEVANCE_MEAN}_samples"].sum()),
-        "incidents": len(tables["incidents"]),
-        "incidents_critical": int((tables["incidents"]["severity"] == "critical").sum()),
-        "other_users_cost_usd": _none(other_users["cost_usd"]) if other_users is not None
-        else None,
+        **sections["completeness"].summary, **sections["totals"].summary,
+        **sections["trend"].summary, **sections["month"].summary,
+        **sections["unpriced"].summary, **sections["quality"].summary,
+        **sections["incidents"].summary, **sections["breakdown"].summary,
         "run_url": run_url,
-        "cost_movers": {"min_cost_usd": movers_config.min_usd,
-                        "comparisons": [c.as_dict(movers_config.top) for c in movers]},
+        **sections["movers"].summary,
     }
-    if "relevance_judge_mean" in quality:
-        summary["relevance_judge_mean"] = weighted_mean(
-            quality["relevance_judge_mean"], quality["relevance_judge_mean_samples"])
-
-    pngs = {
-        "cost_by_hour": chart_cost_by_hour(tables["cost_by_hour"]),
-        "cost_by_team": chart_bars(tables["cost_by_team"], "cost_usd", "Cost by team",
-                                   "cost (USD)"),
-        "cost_by_app": chart_bars(tables["cost_by_app"], "cost_usd", "Cost by app",
-                                  "cost (USD)"),
-        "top_users": chart_bars(tables["top_users"], "cost_usd",
-                                f"Top {TOP_USERS} users by cost", "cost (USD)"),
-        "tokens_vs_budget": chart_tokens(tables["tokens_vs_budget"]),
-        "daily_trend": chart_daily_trend(trend, avg7_full),
-        "month_to_date": chart_month(month, day, projected),
-        "quality": chart_quality(quality),
-    }
-    tables["hours"] = _hours_table(tables["cost_by_hour"], tables["tokens_vs_budget"],
-                                   day_rows, statuses)
-    html = render_html(day=day, summary=summary, tables=tables, pngs=pngs, statuses=statuses,
-                       run_url=run_url)
+    if "relevance_judge_mean" in summary:  # last in summary.json, where it has always been
+        summary["relevance_judge_mean"] = summary.pop("relevance_judge_mean")
+    html = render_html(day=day, summary=summary, tables=tables, pngs=pngs,
+                       statuses=d.statuses, run_url=run_url)
 
     files: dict[str, bytes] = {}
     for name, png in pngs.items():
@@ -733,9 +878,9 @@ def build_report(lake: Lake, day: date | datetime | str, *, budget_tokens: float
     folder = report_folder(lake, day)
     written = {name: _write_file(lake, folder, name, data) for name, data in files.items()}
     log.info("daily report %s: %d files in %s (%d of 24 hours, %d missing)", day,
-             len(written), folder, len(present), len(missing))
+             len(written), folder, len(d.present), len(d.missing))
     return ReportResult(day=day, uri=str(folder), html_uri=written["index.html"],
-                        files=written, summary=summary, missing_hours=missing)
+                        files=written, summary=summary, missing_hours=d.missing)
 
 
 def _none(value: Any) -> float | None:
@@ -890,6 +1035,48 @@ def slack_summary(result: ReportResult, report_url: str | None) -> dict[str, Any
     from promptops.alerts.slack import escape, validate_message
 
     s = result.summary
+    emoji = ":warning:" if s["missing_hours"] else ":bar_chart:"
+    blocks = [
+        HeaderBlock(text=PlainTextObject(text=f"{emoji} promptops daily cost · {s['day']}",
+                                         emoji=True)),
+        SectionBlock(fields=[MarkdownTextObject(text=f[:2000])
+                             for f in _summary_fields(result)]),
+    ]
+    blocks.append(SectionBlock(text=MarkdownTextObject(text=_movers_text(s)[:3000])))
+    if s["backfill_commands"]:
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=(
+            "*Incomplete day:* missing hours are left out, not counted as zero. Fill them "
+            "with:\n" + "\n".join(f"`{escape(c)}`" for c in s["backfill_commands"][:5]))[:3000])))
+    if report_url:
+        blocks.append(ActionsBlock(elements=[ButtonElement(
+            text=PlainTextObject(text="Open the report"), url=report_url,
+            action_id="open_report")]))
+    context = f"report files: `{escape(result.uri)}`"
+    if s.get("run_url"):
+        context += f" · <{s['run_url']}|Airflow run>"
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=context[:3000])]))
+    hours = f"{s['hours_present']}/24 h"
+    text = (f"promptops daily cost {s['day']}: {fmt_usd(s['cost_usd'])} ({hours}), tokens "
+            f"{fmt_pct(s['tokens_budget_share'], 0)} of budget, MTD {fmt_usd(s['mtd_cost_usd'])}")
+    top = next((c for c in s["cost_movers"]["comparisons"] if c["movers"]), None)
+    if top:
+        m = top["movers"][0]
+        text += (f", top cost mover {m['dimension']} {m['slice']} "
+                 f"{cost_movers.fmt_change(m['change_usd'])} "
+                 f"({cost_movers.fmt_ratio(m['ratio'])}) vs {top['date']}")
+    if report_url:
+        text += f" · {report_url}"
+    message = {"text": text, "blocks": [b.to_dict() for b in blocks]}
+    validate_message(message)
+    return message
+
+
+def _summary_fields(result: ReportResult) -> list[str]:
+    """The headline fields of the Slack summary: cost, tokens, the comparisons (or why one is
+    n/a), the month, missing hours, unpriced models, quality and incidents."""
+    from promptops.alerts.slack import escape
+
+    s = result.summary
     hours = f"{s['hours_present']}/24 h"
     tokens = f"{fmt_num(s['total_tokens'])} of {fmt_num(s['budget_tokens'])} " \
              f"({fmt_pct(s['tokens_budget_share'], 0)})"
@@ -929,38 +1116,7 @@ def slack_summary(result: ReportResult, report_url: str | None) -> dict[str, Any
         else f"*Quality*\nintent accuracy {fmt_pct(s['intent_accuracy'])}",
         f"*Incidents*\n{s['incidents']} ({s['incidents_critical']} critical)",
     ]
-    emoji = ":warning:" if s["missing_hours"] else ":bar_chart:"
-    blocks = [
-        HeaderBlock(text=PlainTextObject(text=f"{emoji} promptops daily cost · {s['day']}",
-                                         emoji=True)),
-        SectionBlock(fields=[MarkdownTextObject(text=f[:2000]) for f in fields]),
-    ]
-    blocks.append(SectionBlock(text=MarkdownTextObject(text=_movers_text(s)[:3000])))
-    if s["backfill_commands"]:
-        blocks.append(SectionBlock(text=MarkdownTextObject(text=(
-            "*Incomplete day:* missing hours are left out, not counted as zero. Fill them "
-            "with:\n" + "\n".join(f"`{escape(c)}`" for c in s["backfill_commands"][:5]))[:3000])))
-    if report_url:
-        blocks.append(ActionsBlock(elements=[ButtonElement(
-            text=PlainTextObject(text="Open the report"), url=report_url,
-            action_id="open_report")]))
-    context = f"report files: `{escape(result.uri)}`"
-    if s.get("run_url"):
-        context += f" · <{s['run_url']}|Airflow run>"
-    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=context[:3000])]))
-    text = (f"promptops daily cost {s['day']}: {fmt_usd(s['cost_usd'])} ({hours}), tokens "
-            f"{fmt_pct(s['tokens_budget_share'], 0)} of budget, MTD {fmt_usd(s['mtd_cost_usd'])}")
-    top = next((c for c in s["cost_movers"]["comparisons"] if c["movers"]), None)
-    if top:
-        m = top["movers"][0]
-        text += (f", top cost mover {m['dimension']} {m['slice']} "
-                 f"{cost_movers.fmt_change(m['change_usd'])} "
-                 f"({cost_movers.fmt_ratio(m['ratio'])}) vs {top['date']}")
-    if report_url:
-        text += f" · {report_url}"
-    message = {"text": text, "blocks": [b.to_dict() for b in blocks]}
-    validate_message(message)
-    return message
+    return fields
 
 
 def _movers_text(s: dict[str, Any], per_comparison: int = 3) -> str:
