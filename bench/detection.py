@@ -31,6 +31,7 @@ import yaml
 from promptops.alerts.config import load_alerting_config
 from promptops.alerts.engine import AlertEngine, Delivery, Notification
 from promptops.alerts.store import AlertStore
+from promptops.contracts.datasets import CALLS
 from promptops.contracts.records import validate_page
 from promptops.detection.anomaly_model import NotEnoughData, train
 from promptops.detection.baselines import refit_baselines
@@ -164,7 +165,7 @@ def main() -> None:
         t0 = time.perf_counter()
         served = platform.served_with_truth(hour, hour + timedelta(hours=1), now=truth_now)
         page = validate_page([s.record for s in served], hour, hour + timedelta(hours=1))
-        lake.write_partition("calls", hour, page.good)
+        lake.write_partition(CALLS, hour, page.good)
         t1 = time.perf_counter()
         analyse_hour(lake, hour, prices=prices)
         t2 = time.perf_counter()

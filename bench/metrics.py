@@ -60,16 +60,17 @@ def partition_file(records: int) -> Path:
     """The cached partition for N records, built on first use: simulator pages through our
     record validation into our lake writer, one row group per page as ingest writes them
     (no faults are injected, so there is nothing to reject or deduplicate)."""
+    from promptops.contracts.datasets import CALLS
     from promptops.contracts.records import CALLS_SCHEMA, validate_page
     from promptops.lake.store import Lake
 
     lake = Lake(f"file://{ROOT / 'data' / 'bench' / f'metrics-{records}-seed{SEED}'}")
-    target = Path(lake.partition_file("calls", HOUR).path)
+    target = Path(lake.partition_file(CALLS, HOUR).path)
     if not target.exists():
         print(f"building a {records:,}-record partition (once) ...", flush=True)
         t0 = time.perf_counter()
         end = HOUR + timedelta(hours=1)
-        with lake.partition_writer("calls", HOUR, CALLS_SCHEMA) as writer:
+        with lake.partition_writer(CALLS, HOUR, CALLS_SCHEMA) as writer:
             for page in _generated_pages(records):
                 checked = validate_page(page, HOUR, end)
                 if checked.rejects:

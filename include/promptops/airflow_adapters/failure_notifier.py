@@ -135,11 +135,12 @@ class RepeatLedger:
 
     @classmethod
     def from_lake(cls) -> RepeatLedger:
-        from promptops.alerts.store import STATE_DIR, blob_store
+        from promptops.alerts.store import blob_store
+        from promptops.contracts.datasets import ALERT_STATE
         from promptops.lake.store import Lake
 
         lake = Lake()
-        return cls(blob_store(lake.root / STATE_DIR / "failure_alerts", local=lake.is_local))
+        return cls(blob_store(lake.root / ALERT_STATE / "failure_alerts", local=lake.is_local))
 
     def claim(self, dag_id: str, signature: str, repeat: timedelta,
               now: datetime | None = None) -> str | None:

@@ -47,13 +47,12 @@ import pyarrow as pa
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from promptops.alerts.state import AlertState
+from promptops.contracts.datasets import ALERT_LOG, ALERT_STATE
 from promptops.errors import PromptOpsError
 from promptops.lake.store import Lake, PartitionInfo
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "alert_state"
-ALERT_LOG = "alert_log"
 _SCOPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 _STATE_NAME_RE = re.compile(r"^(\d{12})\.json$")
@@ -241,7 +240,7 @@ class AlertStore:
         self.lake = lake
         self.scope = scope
         if blobs is None:
-            blobs = blob_store(lake.root / STATE_DIR / scope, local=lake.is_local)
+            blobs = blob_store(lake.root / ALERT_STATE / scope, local=lake.is_local)
         self.blobs = blobs
 
     @classmethod

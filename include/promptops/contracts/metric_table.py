@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-#: Lake dataset of hourly metric partitions (``metrics/date=.../hour=.../``).
-METRICS = "metrics"
+# The lake dataset of hourly metric partitions, still reachable as mt.METRICS.
+from promptops.contracts.datasets import METRICS  # noqa: F401
 
 OVERALL = "overall"
 ALL = "*"

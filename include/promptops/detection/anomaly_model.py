@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptops.contracts import metric_table as mt
+from promptops.contracts.datasets import ANOMALY_MODELS as MODEL_DIR
 from promptops.lake.store import Lake
 from promptops.timeutil import as_utc, hour_floor
 
@@ -69,7 +70,6 @@ DIMENSIONS = (mt.OVERALL, "model", "provider", "app", "team", "user", "template"
 _METRICS = (mt.REQUESTS, mt.ERROR_RATE, mt.LATENCY_P95_MS, mt.TOTAL_TOKENS, mt.COST_USD,
             mt.INTENT_ACCURACY, mt.RELEVANCE_MEAN)
 
-MODEL_DIR = "models/anomaly"
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
 

@@ -15,10 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from promptops.contracts.datasets import HEAL_AUDIT as AUDIT_DATASET
 from promptops.lake.store import Lake
 from promptops.timeutil import as_utc
-
-AUDIT_DATASET = "heal_audit"
 
 _TS = pa.timestamp("us", tz="UTC")
 AUDIT_SCHEMA = pa.schema([

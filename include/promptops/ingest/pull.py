@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import pyarrow as pa
 
+from promptops.contracts.datasets import CALLS, QUARANTINE
 from promptops.contracts.records import (
     CALLS_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
     from promptops.platform.paging import CallRecordPage
 
 log = logging.getLogger(__name__)
-
-CALLS = "calls"
-QUARANTINE = "quarantine"
 
 
 class CallRecordSource(Protocol):

@@ -43,16 +43,16 @@ import pandas as pd
 import pyarrow as pa
 from airflow.sdk import ObjectStoragePath
 
+from promptops.contracts.datasets import CALLS, QUARANTINE
+from promptops.contracts.datasets import PUSH_BATCHES as BATCHES
 from promptops.contracts.records import CALLS_SCHEMA, QUARANTINE_SCHEMA, validate_page
 from promptops.errors import PromptOpsError, RejectShareExceeded
-from promptops.ingest.pull import CALLS, QUARANTINE
 from promptops.lake.store import Lake
 from promptops.settings import get_settings
 from promptops.timeutil import as_utc, hour_floor
 
 log = logging.getLogger(__name__)
 
-BATCHES = "push_batches"
 #: Reject reason of a line that does not parse as JSON (the poll never sees one: a page that
 #: does not parse fails whole).
 INVALID_JSON = "invalid_json"

@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from promptops.contracts.datasets import CALLS, QUARANTINE, STAGING_CALLS, STAGING_QUARANTINE
 from promptops.contracts.records import CALLS_SCHEMA, QUARANTINE_SCHEMA
 from promptops.ingest.pull import (
-    CALLS,
-    QUARANTINE,
     CallRecordSource,
     HourResult,
     IngestSummary,
@@ -44,9 +43,6 @@ from promptops.lake.store import Lake
 from promptops.timeutil import as_utc, hour_floor, hours_between
 
 log = logging.getLogger(__name__)
-
-STAGING_CALLS = "staging_calls"
-STAGING_QUARANTINE = "staging_quarantine"
 
 
 def plan_windows(start: datetime, end: datetime, *, lateness_hours: int,

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptops.contracts import metric_table as mt
+from promptops.contracts.datasets import HEALTH_METRICS
 from promptops.contracts.records import empty_calls_table, validate_page
 from promptops.errors import PromptOpsError
 from promptops.lake.store import Lake, PartitionInfo
@@ -34,9 +35,6 @@ from promptops.stats import wilson_interval
 from promptops.timeutil import as_utc
 
 log = logging.getLogger(__name__)
-
-#: Lake dataset of the health sensor's rows, one partition per hour.
-HEALTH_METRICS = "health_metrics"
 
 API_UP = "api_up"
 API_HEALTH_LATENCY_MS = "api_health_latency_ms"

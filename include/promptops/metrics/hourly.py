@@ -46,14 +46,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptops.contracts import metric_table as mt
+from promptops.contracts.datasets import CALLS
 from promptops.lake.store import Lake, PartitionInfo
 from promptops.metrics.pricing import PriceTable
 from promptops.stats import wilson_interval
 from promptops.timeutil import hour_floor
 
 log = logging.getLogger(__name__)
-
-CALLS = "calls"
 
 #: The call-record columns the metrics read (read only these from the lake).
 INPUT_COLUMNS = ("ts", "user_id", "team", "app", "prompt_template", "prompt_version", "model",

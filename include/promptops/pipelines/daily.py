@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from promptops.contracts.datasets import REPORTS
 from promptops.lake.store import Lake
 from promptops.reports.completeness import day_start
 
@@ -50,7 +51,7 @@ def apply_retention(lake: Lake, today: datetime, config: RetentionConfig | None 
         if days <= 0:
             continue
         cutoff = cutoff_base - timedelta(days=days)
-        if dataset == "reports":  # one folder per day, not hourly partitions
+        if dataset == REPORTS:  # one folder per day, not hourly partitions
             deleted[dataset] = _delete_old_reports(lake, cutoff)
             continue
         old = [h for h in lake.list_partitions(dataset) if h < cutoff]
@@ -71,7 +72,7 @@ def failed_steps(states: Mapping[str, str | None]) -> list[str]:
 
 
 def _delete_old_reports(lake: Lake, cutoff: datetime) -> int:
-    from promptops.reports.cost_report import REPORTS, list_report_dates
+    from promptops.reports.cost_report import list_report_dates
 
     old = [d for d in list_report_dates(lake) if d < cutoff.date()]
     for d in old:

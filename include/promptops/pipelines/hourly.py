@@ -16,13 +16,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from promptops.contracts.datasets import CALLS, HEAL_REQUESTS, METRICS
 from promptops.contracts.findings import Finding
-from promptops.contracts.metric_table import METRICS
 from promptops.detection.rules import MetricHistory, evaluate
 from promptops.detection.thresholds import ThresholdsConfig, load_thresholds
 from promptops.lake.store import Lake
 from promptops.metrics.hourly import (
-    CALLS,
     INPUT_COLUMNS,
     MissingCallsPartition,
     compute_hourly_metrics,
@@ -182,10 +181,8 @@ def _isolation_forest_view(lake: Lake, hour: datetime) -> dict[tuple[str, str], 
             for r in rows.itertuples()}
 
 
-#: Lake dataset of heal requests raised by alerts: one record file per request, in the
-#: folder of the hour its alert fired (see :func:`write_heal_requests`).
-HEAL_REQUESTS = "heal_requests"
-
+#: Heal requests raised by alerts (dataset HEAL_REQUESTS): one record file per request, in
+#: the folder of the hour its alert fired (see :func:`write_heal_requests`).
 HEAL_REQUESTS_SCHEMA = pa.schema([
     pa.field("requested_at", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("fingerprint", pa.string(), nullable=False),

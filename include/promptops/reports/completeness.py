@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from promptops.contracts.datasets import CALLS, METRICS
 from promptops.timeutil import as_utc
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class Completeness:
 
 
 def day_completeness(lake: Lake, day: datetime,
-                     datasets: tuple[str, ...] = ("calls", "metrics")) -> Completeness:
+                     datasets: tuple[str, ...] = (CALLS, METRICS)) -> Completeness:
     start = day_start(day)
     hours = [start + timedelta(hours=i) for i in range(24)]
     result = Completeness(day=f"{start:%Y-%m-%d}")

@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptops.contracts import metric_table as mt
+from promptops.contracts.datasets import CALLS, REPORTS
 from promptops.errors import PromptOpsError
 from promptops.lake.store import Lake
 from promptops.reports import cost_movers
@@ -62,8 +63,6 @@ from promptops.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 
-#: Lake folder of the reports: ``reports/date=YYYY-MM-DD/index.html`` and its files.
-REPORTS = "reports"
 #: The DAG whose runs fill an hour's partitions (the backfill command names it).
 #: Where the UI plugin serves the reports (``/promptops-reports/YYYY-MM-DD/``).
 UI_URL_PREFIX = "/promptops-reports"
@@ -149,7 +148,7 @@ def hour_statuses(lake: Lake, day: date, *, now: datetime | None = None) -> list
             status = "pending"
         else:
             status = "missing"
-        out.append(HourStatus(hour, status, lake.has_partition("calls", hour)))
+        out.append(HourStatus(hour, status, lake.has_partition(CALLS, hour)))
     return out
 
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptops.contracts import metric_table as mt
+from promptops.contracts.datasets import BASELINES as BANDS
 from promptops.detection.baselines.config import VOLUME_METRICS, BaselineConfig
 from promptops.detection.baselines.holt_winters import BaselineFit, fit_series
 from promptops.timeutil import as_utc, hour_floor
@@ -39,9 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Lake dataset of daily bands (partition = hour 00 of the day the bands are for).
-BANDS = "baselines"
-
+#: Rows of the BANDS dataset: a day's bands, in the partition of hour 00 of that day.
 BANDS_SCHEMA = pa.schema([
     pa.field("metric", pa.string(), nullable=False),
     pa.field("dimension", pa.string(), nullable=False),

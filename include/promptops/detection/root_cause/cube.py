@@ -138,7 +138,7 @@ def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
     """
     import pandas as pd
 
-    from promptops.metrics.hourly import CALLS
+    from promptops.contracts.datasets import CALLS
     from promptops.timeutil import hour_floor
 
     spec = MEASURES[measure] if isinstance(measure, str) and measure in MEASURES else measure
