@@ -51,28 +51,28 @@ def promptops_daily():
 
     @task(task_display_name="Check completeness")
     def check_completeness(**context) -> dict:
-        from promptops.lake.store import Lake
+        from promptops.airflow_adapters.resources import lake
         from promptops.reports.completeness import day_completeness
 
-        result = day_completeness(Lake(), context["data_interval_start"])
+        result = day_completeness(lake(), context["data_interval_start"])
         print(result.describe())
         return result.as_dict()
 
     @task(task_display_name="Refit baselines")
     def refit_baselines(completeness: dict, **context) -> dict:
+        from promptops.airflow_adapters.resources import lake
         from promptops.detection.baselines import refit_baselines as refit
-        from promptops.lake.store import Lake
 
         # Bands are fitted on history up to the end of this day, for the next day.
-        return refit(Lake(), context["data_interval_end"])
+        return refit(lake(), context["data_interval_end"])
 
     @task(task_display_name="Retrain root-cause model")
     def retrain_root_cause_model(completeness: dict, **context) -> dict:
+        from promptops.airflow_adapters.resources import lake
         from promptops.detection.anomaly_model import NotEnoughData, train
-        from promptops.lake.store import Lake
 
         try:
-            info = train(Lake(), context["data_interval_start"])
+            info = train(lake(), context["data_interval_start"])
         except NotEnoughData as exc:
             print(f"root-cause model not retrained: {exc}")
             return {"trained": False, "reason": str(exc)}
@@ -82,7 +82,7 @@ def promptops_daily():
     def cost_report(completeness: dict, **context) -> dict:
         from airflow.configuration import conf
 
-        from promptops.lake.store import Lake
+        from promptops.airflow_adapters import resources
         from promptops.reports.cost_report import (
             build_report,
             report_url,
@@ -91,11 +91,12 @@ def promptops_daily():
         )
 
         day = context["data_interval_start"]
-        result = build_report(Lake(), day, run_url=run_url(context))
+        result = build_report(resources.lake(), day, run_url=run_url(context),
+                              thresholds=resources.thresholds())
         # The report's date, not the run's timestamp: that is the plugin's route.
         url = report_url(conf.get("api", "base_url", fallback="http://localhost:8080"),
                          result.day)
-        send_slack_summary(slack_summary(result, url))
+        send_slack_summary(slack_summary(result, url), webhooks=resources.slack_webhooks())
         print(f"report: {result.html_uri} ({url})")
         return result.summary
 
@@ -103,10 +104,10 @@ def promptops_daily():
     def apply_retention(**context) -> dict:
         """After the analysis, so nothing it reads is deleted under it; whatever its outcome,
         so a failed report does not skip retention."""
-        from promptops.lake.store import Lake
+        from promptops.airflow_adapters.resources import lake
         from promptops.pipelines.daily import apply_retention as retain
 
-        return retain(Lake(), context["data_interval_start"])
+        return retain(lake(), context["data_interval_start"])
 
     @task(task_display_name="Flag failed steps", trigger_rule="all_done")
     def flag_failed_steps(**context) -> None:

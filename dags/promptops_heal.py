@@ -92,6 +92,7 @@ def promptops_heal():
 
         from airflow.sdk.exceptions import AirflowFailException
 
+        from promptops.airflow_adapters.resources import lake, slack_webhooks
         from promptops.heal.flow import (
             invalid_audit,
             plan_heal,
@@ -99,7 +100,6 @@ def promptops_heal():
             send_heal_message,
         )
         from promptops.heal.policy import HealConfError
-        from promptops.lake.store import Lake
 
         conf = dict(context["params"])
         conf["requested_by"] = _requester(conf.pop("requested_by", None), context["dag_run"])
@@ -109,10 +109,10 @@ def promptops_heal():
         try:
             plan = plan_heal(conf, run_id, now)
         except HealConfError as exc:
-            invalid_audit(Lake(), conf, run_id, now, str(exc))
+            invalid_audit(lake(), conf, run_id, now, str(exc))
             problem = send_heal_message(report_message(
                 None, {"status": "invalid"}, error=str(exc),
-                run_url=run_url(context)))
+                run_url=run_url(context)), webhooks=slack_webhooks())
             if problem:
                 print(f"Slack: {problem}")
             raise AirflowFailException(f"heal request rejected, nothing was posted: {exc}"
@@ -124,13 +124,13 @@ def promptops_heal():
     def policy_gate(plan: dict, **context) -> str:
         from datetime import UTC, datetime
 
+        from promptops.airflow_adapters.resources import lake
         from promptops.heal.approval import approval_body
         from promptops.heal.flow import gate, history_for
         from promptops.heal.policy import load_policy
-        from promptops.lake.store import Lake
 
         policy, now = load_policy(), datetime.now(UTC)
-        result = gate(plan, history_for(Lake(), now, policy, exclude_run=context["run_id"]),
+        result = gate(plan, history_for(lake(), now, policy, exclude_run=context["run_id"]),
                       now, policy)
         result["body"] = approval_body(plan, result, TIMING.approval_timeout)
         context["ti"].xcom_push(key="gate", value=result)
@@ -162,15 +162,14 @@ def promptops_heal():
     def apply_actions(plan: dict, **context) -> PokeReturnValue:
         from datetime import UTC, datetime
 
+        from promptops.airflow_adapters.resources import lake, platform_client
         from promptops.heal.approval import applying_decision
         from promptops.heal.flow import apply_poke
-        from promptops.lake.store import Lake
-        from promptops.platform.client import PlatformClient
 
         decision, decided_by = applying_decision(
             context["ti"].xcom_pull(task_ids="approve", key="answer"))
-        with PlatformClient.from_airflow() as client:
-            result = apply_poke(client, Lake(), plan, datetime.now(UTC), decision=decision,
+        with platform_client() as client:
+            result = apply_poke(client, lake(), plan, datetime.now(UTC), decision=decision,
                                 decided_by=decided_by)
         for s in result["steps"]:
             print(f"step {s['step']}: {s['what']} -> {s['status']} {s['detail'] or ''}")
@@ -184,21 +183,21 @@ def promptops_heal():
                  + timedelta(minutes=15)).total_seconds(),
     )
     def verify_heal(plan: dict, applied: dict) -> PokeReturnValue:
+        from promptops.airflow_adapters.resources import platform_client, thresholds
         from promptops.heal.flow import platform_now, remeasure, verification_window
-        from promptops.platform.client import PlatformClient
 
         window = verification_window(plan, applied)
         if isinstance(window, str):
             print(f"not verified: {window}")
             return PokeReturnValue(is_done=True, xcom_value={"skipped": window})
         start, end = window
-        with PlatformClient.from_airflow() as client:
+        with platform_client() as client:
             now = platform_now(client)
             if now < end + VERIFY.ingest_lag:
                 print(f"re-measuring {start:%H:%M:%S}-{end:%H:%M:%S} UTC once the platform's "
                       f"clock passes its end (now {now:%H:%M:%S})")
                 return PokeReturnValue(is_done=False)
-            result = remeasure(client, plan["alert"], start, end)
+            result = remeasure(client, plan["alert"], start, end, thresholds=thresholds())
         print(f"verification: {result['verification']}: {result['detail']}")
         return PokeReturnValue(is_done=True, xcom_value=result)
 
@@ -208,13 +207,13 @@ def promptops_heal():
 
         from airflow.sdk.exceptions import AirflowFailException
 
+        from promptops.airflow_adapters.resources import lake, slack_webhooks
         from promptops.heal.flow import (
             finish_audit,
             outcome_of,
             report_message,
             send_heal_message,
         )
-        from promptops.lake.store import Lake
 
         ti = context["ti"]
         plan = ti.xcom_pull(task_ids="plan_heal")
@@ -228,10 +227,10 @@ def promptops_heal():
                              verified if verified and "verification" in verified else None)
         if verified and "skipped" in verified:
             outcome["verify_skipped"] = verified["skipped"]
-        written = finish_audit(Lake(), plan, outcome, datetime.now(UTC), gate_result)
+        written = finish_audit(lake(), plan, outcome, datetime.now(UTC), gate_result)
         message = report_message(plan, outcome, gate_result=gate_result,
                                  run_url=run_url(context))
-        problem = send_heal_message(message)
+        problem = send_heal_message(message, webhooks=slack_webhooks())
         print(f"heal {outcome['status']}: {written} audit record(s)"
               + (f"; Slack: {problem}" if problem else "; reported to Slack"))
         if outcome["status"] in ("not_applied", "action_failed"):

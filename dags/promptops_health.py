@@ -45,12 +45,12 @@ def promptops_health():
 
     @task(task_display_name="Read GPUs", queue=GPU_QUEUE)
     def gpu_metrics(**context) -> dict:
+        from promptops.airflow_adapters.resources import platform_client
         from promptops.errors import PlatformNotConfigured
         from promptops.pipelines.health import gpu_rows_at
-        from promptops.platform.client import PlatformClient
 
         try:
-            client = PlatformClient.from_airflow()
+            client = platform_client()
         except PlatformNotConfigured:
             client = None
         try:
@@ -64,10 +64,10 @@ def promptops_health():
 
     @task(task_display_name="Check API and callers")
     def api_metrics(**context) -> dict:
+        from promptops.airflow_adapters.resources import platform_client
         from promptops.pipelines.health import api_rows_at
-        from promptops.platform.client import PlatformClient
 
-        with PlatformClient.from_airflow() as client:
+        with platform_client() as client:
             result = api_rows_at(_evaluated_at(context), client)
         for note in result["notes"]:
             print(note)
@@ -75,12 +75,15 @@ def promptops_health():
 
     @task(task_display_name="Evaluate and alert")
     def evaluate(gpu: dict, api: dict, **context) -> dict:
-        from promptops.lake.store import Lake
+        from promptops.airflow_adapters import resources
         from promptops.pipelines.health import evaluate_health
 
-        outcome = evaluate_health(Lake(), _evaluated_at(context),
+        outcome = evaluate_health(resources.lake(), _evaluated_at(context),
                                   gpu["rows"] + api["rows"], run_id=context["run_id"],
-                                  run_url=run_url(context))
+                                  run_url=run_url(context),
+                                  thresholds_loader=resources.thresholds,
+                                  webhooks=resources.slack_webhooks(),
+                                  variable_reader=resources.variable_reader)
         print(f"health: {outcome['findings']} findings, {len(outcome['firing'])} firing, "
               f"{len(outcome['notifications'])} notifications")
         return outcome

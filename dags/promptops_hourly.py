@@ -78,7 +78,7 @@ def promptops_hourly():
     def wait_for_platform(**context) -> PokeReturnValue:
         """Done when `/health` answers `ok`; a degraded answer keeps waiting. Timing out
         names what the last look saw."""
-        from promptops.pipelines.health import poke_platform
+        from promptops.airflow_adapters.platform_sensor import poke_platform
 
         return poke_platform(context)
 
@@ -99,27 +99,26 @@ def promptops_hourly():
         """Pull, validate and dedupe one window (a whole hour goes straight to its partition)."""
         from airflow.sdk import get_current_context
 
+        from promptops.airflow_adapters.resources import lake, platform_client
         from promptops.ingest.pull import replace_requested
         from promptops.ingest.windows import pull_window
-        from promptops.lake.store import Lake
-        from promptops.platform.client import PlatformClient
 
         # Named by its window in the UI's list of mapped tasks (map_index_template).
         get_current_context()["window_label"] = \
             f"{window['start'][:16]} +{60 // window['parts']}m"
-        with PlatformClient.from_airflow() as client:
-            return pull_window(client, Lake(), window, run_id=context["run_id"],
+        with platform_client() as client:
+            return pull_window(client, lake(), window, run_id=context["run_id"],
                                page_size=get_settings().page_size,
                                replace=replace_requested(context["dag_run"].conf))
 
     @task(task_display_name="Merge windows", outlets=[CALLS_ASSET])
     def merge_windows(pulled: list[dict], **context) -> dict:
         """Write split hours from their windows, check the reject share; returns a summary."""
+        from promptops.airflow_adapters.resources import lake
         from promptops.ingest.pull import replace_requested
         from promptops.ingest.windows import merge_windows
-        from promptops.lake.store import Lake
 
-        summary = merge_windows(Lake(), list(pulled), run_id=context["run_id"],
+        summary = merge_windows(lake(), list(pulled), run_id=context["run_id"],
                                 max_reject_share=get_settings().max_reject_share,
                                 replace=replace_requested(context["dag_run"].conf)).as_dict()
         context["outlet_events"][CALLS_ASSET].extra = {
@@ -133,26 +132,29 @@ def promptops_hourly():
     @task(task_display_name="Compute hourly metrics")
     def hourly_metrics(ingested: dict) -> list[dict]:
         """Metrics for every hour the ingest wrote (late records change earlier hours too)."""
-        from promptops.lake.store import Lake
+        from promptops.airflow_adapters import resources
         from promptops.metrics.pricing import load_price_table
         from promptops.pipelines.hourly import analyse_hour
 
-        lake, prices = Lake(), load_price_table()
-        return [analyse_hour(lake, datetime.fromisoformat(h["hour"]), prices=prices)
+        lake, prices = resources.lake(), load_price_table()
+        return [analyse_hour(lake, datetime.fromisoformat(h["hour"]), prices=prices,
+                             judge_factory=resources.relevance_judge)
                 for h in ingested["hours"] if h["calls_uri"]]
 
     @task(task_display_name="Evaluate rules and alert")
     def evaluate_alerts(metrics: list[dict], **context) -> dict:
         """Rules on the run's hour, then the alert engine (state, claims, Slack, alert log)."""
-        from promptops.lake.store import Lake
+        from promptops.airflow_adapters import resources
         from promptops.pipelines.hourly import alert_on_findings, findings_for_hour
 
-        lake = Lake()
+        lake = resources.lake()
         start, end = context["data_interval_start"], context["data_interval_end"]
-        findings = findings_for_hour(lake, start)
+        findings = findings_for_hour(lake, start, resources.thresholds())
         print(f"{len(findings)} rule findings for [{start}, {end})")
         outcome = alert_on_findings(lake, findings, end, run_id=context["run_id"],
-                                    run_url=run_url(context))
+                                    run_url=run_url(context),
+                                    webhooks=resources.slack_webhooks(),
+                                    variable_reader=resources.variable_reader)
         print(f"alerts: {len(outcome['firing'])} firing, {len(outcome['pending'])} pending, "
               f"{len(outcome['resolved'])} resolved, "
               f"{len(outcome['notifications'])} notifications"

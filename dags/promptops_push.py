@@ -52,6 +52,7 @@ def promptops_push():
         after them that Airflow did not hand to a run); returns one summary per event."""
         from airflow.sdk.exceptions import AirflowFailException
 
+        from promptops.airflow_adapters import resources
         from promptops.errors import RejectShareExceeded
         from promptops.ingest.push import PushError, collect_events, ingest_events, is_retryable
         from promptops.settings import get_settings
@@ -71,7 +72,9 @@ def promptops_push():
             f"{e['extra'].get('path')!r} ({e['via']})" for e in events))
         try:
             summaries = ingest_events(events, run_id=context["run_id"],
-                                      max_reject_share=get_settings().max_reject_share)
+                                      max_reject_share=get_settings().max_reject_share,
+                                      lake=resources.lake(),
+                                      storage_path=resources.storage_path)
         except (PushError, RejectShareExceeded) as exc:
             if is_retryable(exc):  # the file may still be on its way
                 raise

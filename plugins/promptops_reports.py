@@ -51,9 +51,9 @@ def create_app(lake_factory: Callable[[], Any] | None = None, *,
     def lake() -> Any:
         if lake_factory is not None:
             return lake_factory()
-        from promptops.lake.store import Lake
+        from promptops.airflow_adapters.resources import lake as configured_lake
 
-        return Lake()
+        return configured_lake()
 
     async def require_viewer(request: Request) -> None:
         """A signed-in user allowed to see this view (401 / 403 otherwise)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import requests
 
+from promptops.airflow_adapters.resources import slack_webhooks
 from promptops.alerts.config import AlertingConfig, parse_alerting_config
 from promptops.alerts.engine import AlertEngine
 from promptops.alerts.silences import Silence
@@ -80,7 +81,8 @@ def engine(lake_uri: str, cfg: AlertingConfig | None = None, *, scope: str = "ho
     notifier_kwargs.setdefault("backoff_s", 0.01)
     notifier_kwargs.setdefault("timeout_s", 5)
     return AlertEngine(cfg, store or AlertStore(Lake(lake_uri), scope),
-                       SlackNotifier.from_config(cfg, **notifier_kwargs),
+                       SlackNotifier.from_config(cfg, webhooks=slack_webhooks(),
+                                                 **notifier_kwargs),
                        silences=silences if silences is not None else [])
 
 

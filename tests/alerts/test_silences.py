@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from promptops.airflow_adapters.resources import silences
 from promptops.alerts.config import DEFAULT_CONFIG_PATH, load_alerting_config
 from promptops.alerts.silences import (
     SilenceError,
@@ -55,8 +56,10 @@ def test_file_and_variable_active_ones_only(tmp_path):
 
 def test_the_variable_is_read_through_airflow(monkeypatch):
     monkeypatch.setenv("AIRFLOW_VAR_PROMPTOPS_SILENCES", json.dumps(VARIABLE))
-    active, problems = SilenceSource(None).active(NOW)
+    active, problems = silences(load_alerting_config()).active(NOW)
     assert problems == [] and [s.created_by for s in active] == ["carol"]
+    # Without a reader only the file counts.
+    assert SilenceSource(None).active(NOW) == ([], [])
 
 
 def test_shipped_silences_file_is_an_empty_list():

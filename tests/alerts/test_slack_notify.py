@@ -22,6 +22,7 @@ from alerthelpers import (
 )
 from slack_sdk.models.blocks import Block
 
+from promptops.airflow_adapters.resources import slack_webhooks
 from promptops.alerts.engine import Notification
 from promptops.alerts.slack import SlackNotifier, format_value, render_message
 
@@ -96,7 +97,7 @@ def test_format_value(metric, value, text):
 
 def test_rate_limited_then_delivered(sink):
     set_faults(sink, {"mode": "rate_limit", "count": 2, "retry_after": 0})
-    delivery = SlackNotifier(backoff_s=0.01).deliver(_notification())
+    delivery = SlackNotifier(webhooks=slack_webhooks(), backoff_s=0.01).deliver(_notification())
     assert delivery.ok and delivery.attempts == 3 and delivery.connection_id == "slack_alerts"
     assert len(sink_messages(sink)) == 1
 
@@ -132,7 +133,7 @@ def test_server_errors_and_disconnects_are_retried(sink, caplog):
     caplog.set_level(logging.INFO)
     set_faults(sink, {"mode": "server_error", "count": 1, "status": 503},
                {"mode": "disconnect", "count": 1})
-    delivery = SlackNotifier(backoff_s=0.01).deliver(_notification())
+    delivery = SlackNotifier(webhooks=slack_webhooks(), backoff_s=0.01).deliver(_notification())
     assert delivery.ok and delivery.attempts == 3
     assert "Going to retry" in caplog.text  # slack_sdk's retry line, with the URL redacted
     assert TOKEN not in caplog.text
@@ -173,7 +174,7 @@ def test_connection_with_token_in_password_and_endpoint_in_host(sink, lake, monk
 
 
 def test_webhook_url_is_registered_with_the_airflow_masker(sink):
-    SlackNotifier().deliver(_notification())
+    SlackNotifier(webhooks=slack_webhooks()).deliver(_notification())
     from airflow.sdk.log import _secrets_masker
 
     assert TOKEN not in _secrets_masker().redact(f"url {sink}{SECRET_PATH}")

@@ -22,6 +22,7 @@ import redis
 from breakerhelpers import REDIS_URL, closed_port, redis_namespace
 from clienthelpers import FakeClock, settled_log
 
+from promptops.airflow_adapters.resources import breaker_store, platform_client
 from promptops.errors import CircuitOpenError
 from promptops.platform.breaker import (
     CLOSED,
@@ -74,9 +75,9 @@ def test_an_unreadable_value_is_treated_as_closed(namespace, clock, caplog):
 # -- two worker processes on different hosts --------------------------------------------------
 WORKER = textwrap.dedent("""
     import sys
-    from promptops.platform.client import PlatformClient
+    from promptops.airflow_adapters.resources import platform_client
     from promptops.errors import CircuitOpenError, PlatformError
-    with PlatformClient.from_airflow() as client:
+    with platform_client() as client:
         for _ in range(int(sys.argv[1])):
             try:
                 client.gpu_metrics()
@@ -275,7 +276,7 @@ def test_the_store_the_settings_choose(monkeypatch, tmp_path, executor, broker, 
         else:
             monkeypatch.setenv(var, value)
     settings = Settings(state_dir=tmp_path, **kw)
-    store = store_from_settings(settings)
+    store = breaker_store(settings)
     if expect == "file":
         assert isinstance(store, FileBreakerStore)
         assert store.directory == tmp_path / "breakers"
@@ -287,18 +288,28 @@ def test_the_store_the_settings_choose(monkeypatch, tmp_path, executor, broker, 
         assert store.cli_options == ""  # the CLI finds it through the same settings
 
 
+def test_the_celery_broker_is_an_argument_of_the_library(monkeypatch, tmp_path):
+    """Airflow's config is read by the adapter; the library takes the broker's URL."""
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
+    monkeypatch.setenv("AIRFLOW__CELERY__BROKER_URL", REDIS_URL)
+    settings = Settings(state_dir=tmp_path)
+    assert isinstance(store_from_settings(settings), FileBreakerStore)
+    store = store_from_settings(settings, celery_broker_url=REDIS_URL)
+    assert isinstance(store, RedisBreakerStore) and store.url == REDIS_URL
+
+
 def test_settings_that_cannot_work_are_named(monkeypatch, tmp_path):
     monkeypatch.delenv("AIRFLOW__CORE__EXECUTOR", raising=False)
     with pytest.raises(ValueError, match="PROMPTOPS_BREAKER_REDIS_URL"):
-        store_from_settings(Settings(state_dir=tmp_path, breaker_store="redis"))
+        breaker_store(Settings(state_dir=tmp_path, breaker_store="redis"))
     with pytest.raises(ValueError, match="PROMPTOPS_BREAKER_STATE_TTL_S .* longer than "
                                          "PROMPTOPS_BREAKER_COOLDOWN_S"):
-        store_from_settings(Settings(state_dir=tmp_path, breaker_redis_url=OTHER,
-                                     breaker_state_ttl_s=3600, breaker_cooldown_s=3600))
+        breaker_store(Settings(state_dir=tmp_path, breaker_redis_url=OTHER,
+                               breaker_state_ttl_s=3600, breaker_cooldown_s=3600))
     secret_url = f"redis://:{PASSWORD}@breaker-redis.internal:6380/2"
     settings = Settings(state_dir=tmp_path, breaker_redis_url=secret_url)
     assert PASSWORD not in repr(settings)
-    store = store_from_settings(settings)
+    store = breaker_store(settings)
     assert PASSWORD not in repr(store) + store.location
 
     from airflow.sdk.log import _secrets_masker
@@ -310,10 +321,8 @@ def test_the_client_uses_the_store_the_settings_choose(monkeypatch, tmp_path):
     monkeypatch.delenv("AIRFLOW_CONN_PROMPT_PLATFORM", raising=False)
     monkeypatch.setenv("PROMPTOPS_PLATFORM_URL", "http://platform.internal:8700")
     monkeypatch.setenv("PROMPT_API_KEY", "sk-canary-REDIS-1")
-    from promptops.platform.client import PlatformClient
-
     settings = Settings(state_dir=tmp_path, breaker_redis_url=REDIS_URL)
-    with PlatformClient.from_airflow(settings=settings) as client:
+    with platform_client(settings=settings) as client:
         assert isinstance(client.breaker.store, RedisBreakerStore)
         assert client.breaker.store.url == REDIS_URL
 

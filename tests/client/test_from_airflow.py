@@ -1,4 +1,5 @@
-"""PlatformClient.from_airflow: the Airflow connection, the environment fallback, masking."""
+"""The DAG tasks' platform client (``airflow_adapters.resources.platform_client``): the
+Airflow connection, the environment fallback, masking; the one base-URL parser."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from promptops.airflow_adapters.connections import base_url_from_connection
+from promptops.airflow_adapters.resources import platform_client
 from promptops.errors import PlatformNotConfigured
-from promptops.platform.client import PlatformClient, base_url_from_connection
 from promptops.settings import Settings
 
 
@@ -29,7 +31,7 @@ def test_from_the_airflow_connection(monkeypatch, settings):
         {"conn_type": "http", "host": "platform.internal", "port": 8700, "schema": "https",
          "password": "sk-canary-CONN-1234"}))
     monkeypatch.setenv("PROMPT_API_KEY", "sk-canary-ENV-1234")  # the connection wins
-    client = PlatformClient.from_airflow(settings=settings)
+    client = platform_client(settings=settings)
     assert client.base_url == "https://platform.internal:8700"
     assert client._auth._header == "Bearer sk-canary-CONN-1234"
     assert client.timeout == (5.0, 7)
@@ -48,7 +50,7 @@ def test_env_key_when_the_connection_has_no_password(monkeypatch, settings):
     monkeypatch.setenv("AIRFLOW_CONN_PROMPT_PLATFORM", json.dumps(
         {"conn_type": "http", "host": "http://10.0.0.5:8700/api/"}))
     monkeypatch.setenv("PROMPT_API_KEY", "sk-canary-ENV-5678")
-    client = PlatformClient.from_airflow(settings=settings)
+    client = platform_client(settings=settings)
     assert client.base_url == "http://10.0.0.5:8700/api"
     assert client._auth._header == "Bearer sk-canary-ENV-5678"
 
@@ -60,18 +62,18 @@ def test_env_key_when_the_connection_has_no_password(monkeypatch, settings):
 def test_environment_only_when_there_is_no_connection(monkeypatch, settings):
     monkeypatch.setenv("PROMPT_API_KEY", "sk-canary-ENV-9999")
     monkeypatch.setenv("PROMPTOPS_PLATFORM_URL", "http://localhost:8700/")
-    client = PlatformClient.from_airflow(settings=settings)
+    client = platform_client(settings=settings)
     assert client.base_url == "http://localhost:8700"
 
 
 def test_nothing_configured_says_what_to_set(monkeypatch, settings):
     monkeypatch.setenv("PROMPTOPS_PLATFORM_URL", "http://localhost:8700")
     with pytest.raises(PlatformNotConfigured, match="PROMPT_API_KEY"):
-        PlatformClient.from_airflow(settings=settings)
+        platform_client(settings=settings)
     monkeypatch.delenv("PROMPTOPS_PLATFORM_URL")
     monkeypatch.setenv("PROMPT_API_KEY", "sk-canary-ENV-0000")
     with pytest.raises(PlatformNotConfigured, match="PROMPTOPS_PLATFORM_URL") as info:
-        PlatformClient.from_airflow(settings=settings)
+        platform_client(settings=settings)
     assert "sk-canary" not in str(info.value)
 
 

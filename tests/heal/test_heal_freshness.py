@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from promptops.airflow_adapters.resources import platform_client
 from promptops.heal.audit import read_audit
 from promptops.heal.flow import heal_triggers, platform_clock
 from promptops.heal.policy import HealConfError, load_policy
@@ -161,7 +162,7 @@ def sim_at_health_time(monkeypatch) -> Iterator[SimulatorProcess]:
 def test_age_is_measured_on_the_platforms_clock(sim_at_health_time):
     """The heal acts on the platform, so "now" is the platform's time (a simulator may run
     at another date than the worker)."""
-    now = platform_clock()
+    now = platform_clock(platform_client)
     assert HEALTH_AT <= now < HEALTH_AT + timedelta(hours=1)
 
 
@@ -169,7 +170,7 @@ def test_without_a_platform_the_workers_clock_is_used(monkeypatch):
     monkeypatch.delenv("PROMPTOPS_PLATFORM_URL", raising=False)
     monkeypatch.delenv("PROMPT_API_KEY", raising=False)
     before = datetime.now(UTC)
-    assert before <= platform_clock() <= datetime.now(UTC)
+    assert before <= platform_clock(platform_client) <= datetime.now(UTC)
 
 
 def test_a_request_the_engine_marks_stale_is_never_acted_on(policy, lake):

@@ -12,6 +12,7 @@ import pytest
 from judgehelpers import CANARY_KEY, HOUR, JUDGE_PATH, judge_requests
 from pydantic import ValidationError
 
+from promptops.airflow_adapters.resources import relevance_judge
 from promptops.contracts.metric_table import METRICS_SCHEMA
 from promptops.metrics.judge import (
     JUDGE_COST_USD,
@@ -221,7 +222,8 @@ def test_settings_from_the_environment(monkeypatch) -> None:
 def test_from_the_airflow_connection(monkeypatch, clean_sim, config, calls) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_RELEVANCE_JUDGE", json.dumps(
         {"conn_type": "http", "host": clean_sim.url, "password": CANARY_KEY}))
-    result = judge_hour(calls, HOUR, config, price_lookup=PRICES.get)
+    result = judge_hour(calls, HOUR, config, price_lookup=PRICES.get,
+                        judge_factory=relevance_judge)
     assert result.ok == 8 and result.cost_usd is not None
 
     from airflow.sdk.log import _secrets_masker
@@ -230,12 +232,10 @@ def test_from_the_airflow_connection(monkeypatch, clean_sim, config, calls) -> N
 
 
 def test_base_url_from_the_connection_extra(monkeypatch, clean_sim, config) -> None:
-    from promptops.metrics.judge import RelevanceJudge
-
     monkeypatch.setenv("AIRFLOW_CONN_RELEVANCE_JUDGE", json.dumps(
         {"conn_type": "openai", "password": CANARY_KEY,
          "extra": {"base_url": clean_sim.url + "/v1"}}))
-    with RelevanceJudge.from_airflow(config) as judge:
+    with relevance_judge(config) as judge:
         assert judge.url == clean_sim.url + "/v1/chat/completions"
         assert judge.judge(PROMPT, RESPONSE).outcome == "ok"
 
@@ -243,7 +243,7 @@ def test_base_url_from_the_connection_extra(monkeypatch, clean_sim, config) -> N
 def test_enabled_without_a_connection_says_what_to_set(clean_sim, config, calls,
                                                       caplog) -> None:
     caplog.set_level(logging.WARNING, logger="promptops.metrics.judge")
-    result = judge_hour(calls, HOUR, config)
+    result = judge_hour(calls, HOUR, config, judge_factory=relevance_judge)
     assert result.failed == result.sampled == 8 and result.ok == 0
     assert any("'relevance_judge'" in n and "PROMPTOPS_JUDGE_ENABLED=false" in n
                for n in result.notes)

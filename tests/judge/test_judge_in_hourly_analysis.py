@@ -7,6 +7,7 @@ import json
 
 from judgehelpers import HOUR, hour_of_calls, judge_requests
 
+from promptops.airflow_adapters.resources import relevance_judge
 from promptops.lake.store import Lake
 from promptops.metrics.judge import JUDGE_COST_USD, RELEVANCE_JUDGE_MEAN, JudgeConfig
 from promptops.metrics.pricing import load_price_table
@@ -24,7 +25,7 @@ def test_judge_rows_join_the_hours_metrics(clean_sim, tmp_path, monkeypatch):
         {"conn_type": "http", "host": clean_sim.url, "password": clean_sim.api_key}))
     lake = _lake_with_hour(tmp_path)
     config = JudgeConfig(enabled=True, sample_size=5, model="gpt-4o-mini")
-    summary = analyse_hour(lake, HOUR, judge=config)
+    summary = analyse_hour(lake, HOUR, judge=config, judge_factory=relevance_judge)
     assert summary["judge"]["sampled"] == 5 and summary["judge"]["ok"] == 5
     assert len(judge_requests(clean_sim, expect=5)) == 5
 

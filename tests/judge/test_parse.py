@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from promptops.airflow_adapters.connections import base_url_from_connection
 from promptops.metrics.judge import (
     JudgeNotConfigured,
-    _base_url_from_connection,
     chat_completions_url,
     judge_messages,
     parse_verdict,
@@ -105,11 +105,16 @@ def test_a_base_url_that_is_not_http_is_refused_without_its_credentials() -> Non
     (dict(host="judge.internal", schema="http", conn_type="http", port=8000),
      "http://judge.internal:8000"),
     (dict(host="vllm", schema=None, conn_type="http", port=8000), "http://vllm:8000"),
+    # One parser for the platform and the judge: no trailing slash (the endpoint is the same,
+    # chat_completions_url strips it).
     (dict(host="http://127.0.0.1:8700/", schema=None, conn_type="http", port=None),
-     "http://127.0.0.1:8700/"),
+     "http://127.0.0.1:8700"),
     (dict(host="https://gw.example.com/openai/v1", schema=None, conn_type="http", port=443),
      "https://gw.example.com:443/openai/v1"),
     (dict(host="", schema=None, conn_type="http", port=None), None),
 ])
 def test_base_url_from_a_connection(conn: dict, base: str | None) -> None:
-    assert _base_url_from_connection(SimpleNamespace(**conn)) == base
+    """The judge's: https unless the connection says otherwise."""
+    assert base_url_from_connection(SimpleNamespace(**conn), default_scheme="https") == base
+    if base:
+        assert chat_completions_url(base) == chat_completions_url(base + "/")

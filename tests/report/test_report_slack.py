@@ -11,6 +11,7 @@ import requests
 from reporthelpers import DAY, NOW
 from slack_sdk.models.blocks import Block
 
+from promptops.airflow_adapters.resources import slack_webhooks
 from promptops.reports.cost_report import (
     ReportError,
     build_report,
@@ -73,7 +74,7 @@ def test_send_posts_the_summary_to_the_webhook(report, sink, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps(
         {"conn_type": "slackwebhook", "password": sink + SECRET_PATH}))
     message = slack_summary(report, URL)
-    send_slack_summary(message)
+    send_slack_summary(message, webhooks=slack_webhooks())
     posted = requests.get(sink + "/messages", timeout=5).json()["messages"]
     assert len(posted) == 1
     assert posted[0]["path"] == SECRET_PATH
@@ -86,10 +87,10 @@ def test_send_failures_name_the_connection_not_the_url(report, sink, monkeypatch
     requests.post(sink + "/_faults", json=[{"mode": "invalid_webhook", "status": 404}],
                   timeout=5).raise_for_status()
     with pytest.raises(ReportError) as err:
-        send_slack_summary(slack_summary(report, URL))
+        send_slack_summary(slack_summary(report, URL), webhooks=slack_webhooks())
     assert "HTTP 404" in str(err.value) and "'slack_alerts'" in str(err.value)
     assert "reportWebhookToken42" not in str(err.value) and sink not in str(err.value)
 
     monkeypatch.delenv("AIRFLOW_CONN_SLACK_ALERTS")
     with pytest.raises(ReportError, match="'slack_alerts' does not exist"):
-        send_slack_summary(slack_summary(report, URL))
+        send_slack_summary(slack_summary(report, URL), webhooks=slack_webhooks())

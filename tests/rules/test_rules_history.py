@@ -35,7 +35,7 @@ def healthy_hour(hour, bad: dict[tuple, float] | None = None, *,
 
 def test_history_reads_only_what_the_rules_need(tmp_path):
     lake = Lake(f"file://{tmp_path}")
-    cfg = load_thresholds(env={}, use_variable=False)
+    cfg = load_thresholds(env={})
     for h in range(24 * 8 + 1):
         hour = HOUR - timedelta(hours=h)
         lake.write_partition(METRICS, hour, metrics(healthy_hour(hour), hour))
@@ -52,8 +52,7 @@ def test_history_reads_only_what_the_rules_need(tmp_path):
     current = metrics(healthy_hour(HOUR))
     assert evaluate(cfg, current, history, HOUR) == []
     # ... a lower budget trips (3,000 tokens/h -> 72,000 by midnight), naming the missing hour.
-    busy = load_thresholds(env={"PROMPTOPS_THRESHOLD__daily_tokens__budget": "40000"},
-                           use_variable=False)
+    busy = load_thresholds(env={"PROMPTOPS_THRESHOLD__daily_tokens__budget": "40000"})
     (f,) = evaluate(busy, current, history, HOUR)
     assert f.rule == "daily_tokens" and f.severity == "critical"
     assert f.annotations["missing_hours"] == "08:00"
@@ -61,7 +60,7 @@ def test_history_reads_only_what_the_rules_need(tmp_path):
 
 def test_shipped_config_on_a_bad_hour(tmp_path):
     lake = Lake(f"file://{tmp_path}")
-    cfg = load_thresholds(env={}, use_variable=False)
+    cfg = load_thresholds(env={})
     for offset in (timedelta(hours=1), timedelta(days=1), timedelta(weeks=1)):
         lake.write_partition(METRICS, HOUR - offset, metrics(healthy_hour(HOUR - offset),
                                                              HOUR - offset))

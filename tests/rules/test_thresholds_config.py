@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from promptops.airflow_adapters.resources import threshold_overrides, thresholds
 from promptops.detection.thresholds import (
     DEFAULT_PATH,
     BudgetRule,
@@ -27,7 +28,7 @@ def write(tmp_path, text: str, name: str = "thresholds.yaml"):
 
 
 def test_shipped_file_is_valid_and_holds_the_seed_table():
-    cfg = load_thresholds(env=NO_ENV, use_variable=False)
+    cfg = load_thresholds(env=NO_ENV)
     r = cfg.rules
     # The seed's levels are the warning levels, with the seed's direction and window.
     seed = {
@@ -72,7 +73,7 @@ rules:
   b: {kind: threshold, metric: m, direction: above, unit: ms, warning: 1, min_samples: 2}
   c: {kind: budget, metric: total_tokens, unit: tokens, budget: 10}
 """)
-    cfg = load_thresholds(path, env=NO_ENV, use_variable=False)
+    cfg = load_thresholds(path, env=NO_ENV)
     assert (cfg.rules["a"].min_samples, cfg.rules["a"].for_, cfg.rules["a"].service) == \
         (7, 3, "quality")
     assert cfg.rules["b"].min_samples == 2
@@ -114,27 +115,27 @@ rules:
 def test_errors_name_file_rule_field_and_problem(tmp_path, rule, expected):
     path = write(tmp_path, f"rules:\n  success_rate: {rule}\n")
     with pytest.raises(ThresholdsConfigError) as err:
-        load_thresholds(path, env=NO_ENV, use_variable=False)
+        load_thresholds(path, env=NO_ENV)
     assert expected in str(err.value)
     assert str(err.value).startswith("thresholds.yaml: ")
 
 
 def test_file_level_problems(tmp_path):
     with pytest.raises(ThresholdsConfigError, match="nowhere.yaml: file not found"):
-        load_thresholds(tmp_path / "nowhere.yaml", env=NO_ENV, use_variable=False)
+        load_thresholds(tmp_path / "nowhere.yaml", env=NO_ENV)
     with pytest.raises(ThresholdsConfigError, match="thresholds.yaml: not valid YAML"):
-        load_thresholds(write(tmp_path, "rules: [unclosed"), env=NO_ENV, use_variable=False)
+        load_thresholds(write(tmp_path, "rules: [unclosed"), env=NO_ENV)
     with pytest.raises(ThresholdsConfigError, match="rules: required field is missing"):
-        load_thresholds(write(tmp_path, "version: 1\n"), env=NO_ENV, use_variable=False)
+        load_thresholds(write(tmp_path, "version: 1\n"), env=NO_ENV)
     with pytest.raises(ThresholdsConfigError, match=r"defaults: .*unknown field\(s\) treshold"):
         load_thresholds(write(tmp_path, "defaults: {treshold: 1}\nrules: {}\n"),
-                        env=NO_ENV, use_variable=False)
+                        env=NO_ENV)
 
 
 def test_alternative_file_from_env(tmp_path):
     path = write(tmp_path, "rules:\n  only: {kind: threshold, metric: m, direction: above, "
                            "unit: ms, warning: 1}\n", name="mine.yaml")
-    cfg = load_thresholds(env={"PROMPTOPS_THRESHOLDS_FILE": str(path)}, use_variable=False)
+    cfg = load_thresholds(env={"PROMPTOPS_THRESHOLDS_FILE": str(path)})
     assert list(cfg.rules) == ["only"]
 
 
@@ -143,7 +144,7 @@ def test_env_overrides_single_values_case_insensitively():
            "PROMPTOPS_THRESHOLD__latency_mean_vs_last_week__warning__ratio": "2.5",
            "PROMPTOPS_THRESHOLD__success_rate__dimensions": "[overall, model]",
            "PROMPTOPS_THRESHOLD__relevance__enabled": "false"}
-    cfg = load_thresholds(env=env, use_variable=False)
+    cfg = load_thresholds(env=env)
     assert cfg.rules["daily_tokens"].budget == 200_000_000
     # The sibling field of the nested override is kept from the file.
     assert cfg.rules["latency_mean_vs_last_week"].warning.ratio == 2.5
@@ -154,18 +155,16 @@ def test_env_overrides_single_values_case_insensitively():
 
 def test_override_errors_name_where_the_value_came_from():
     with pytest.raises(ThresholdsConfigError) as err:
-        load_thresholds(env={"PROMPTOPS_THRESHOLD__success_rate__critical": "0.999"},
-                        use_variable=False)
+        load_thresholds(env={"PROMPTOPS_THRESHOLD__success_rate__critical": "0.999"})
     assert str(err.value) == (
         "thresholds.yaml: rules.success_rate.critical: must be below warning (0.99) for "
         "direction 'below' (value from env PROMPTOPS_THRESHOLD__success_rate__critical)")
     with pytest.raises(ThresholdsConfigError,
                        match=r"rules.succes_rate: no such rule; known rules: .*success_rate"):
-        load_thresholds(overrides={"succes_rate": {"warning": 0.9}}, env=NO_ENV,
-                        use_variable=False)
+        load_thresholds(overrides={"succes_rate": {"warning": 0.9}}, env=NO_ENV)
     with pytest.raises(ThresholdsConfigError,
                        match="expected PROMPTOPS_THRESHOLD__<rule>__<field>"):
-        load_thresholds(env={"PROMPTOPS_THRESHOLD__success_rate": "1"}, use_variable=False)
+        load_thresholds(env={"PROMPTOPS_THRESHOLD__success_rate": "1"})
 
 
 def test_airflow_variable_overrides_and_precedence(monkeypatch):
@@ -174,20 +173,21 @@ def test_airflow_variable_overrides_and_precedence(monkeypatch):
     monkeypatch.setenv("AIRFLOW_VAR_PROMPTOPS_THRESHOLDS", json.dumps(
         {"daily_tokens": {"budget": 5e6, "min_hours": 6}, "success_rate": {"warning": 0.98}}))
     env = {"PROMPTOPS_THRESHOLD__daily_tokens__budget": "7000000"}
-    cfg = load_thresholds(env=env, use_variable=True,
+    cfg = load_thresholds(env=env, variable_overrides=threshold_overrides(),
                           overrides={"success_rate": {"warning": 0.97}})
     assert cfg.rules["daily_tokens"].min_hours == 6          # Variable
     assert cfg.rules["daily_tokens"].budget == 7_000_000     # env beats the Variable
     assert cfg.rules["success_rate"].warning == 0.97         # the argument beats both
-    # Outside an Airflow task the Variable is not consulted by default.
+    # The Variable counts only where the caller hands it in (the DAG tasks do).
     assert load_thresholds(env=NO_ENV).rules["daily_tokens"].budget == 100_000
+    assert thresholds().rules["daily_tokens"].min_hours == 6
 
 
 def test_airflow_variable_that_is_not_json(monkeypatch):
     monkeypatch.setenv("AIRFLOW_VAR_PROMPTOPS_THRESHOLDS", "{daily_tokens: 1")
     with pytest.raises(ThresholdsConfigError, match="Airflow Variable promptops_thresholds: "
                                                     "not valid JSON"):
-        load_thresholds(env=NO_ENV, use_variable=True)
+        threshold_overrides()
 
 
 def test_default_path_is_the_shipped_file():

@@ -94,6 +94,7 @@ class RunFailureNotifier(BaseNotifier):
             log.info("failure alert for %s run %s sent", dag_id, context.get("run_id"))
 
     def _post(self, context: Any) -> str | None:
+        from promptops.airflow_adapters.resources import slack_webhooks
         from promptops.alerts.slack import send_to_first
 
         dag, run_id, ti = context["dag"], context["run_id"], context.get("ti")
@@ -115,7 +116,8 @@ class RunFailureNotifier(BaseNotifier):
                                   reason=context.get("reason"), secrets=secrets,
                                   repeat_note=f"The same failure again is posted at most once "
                                               f"every {_span(repeat)}.")
-        problem = send_to_first(message, connections, what="the failure alert")
+        problem = send_to_first(message, connections, what="the failure alert",
+                                webhooks=slack_webhooks())
         if problem:
             ledger.release(claim)  # not posted: the next failure may try again
         return problem
@@ -135,11 +137,11 @@ class RepeatLedger:
 
     @classmethod
     def from_lake(cls) -> RepeatLedger:
+        from promptops.airflow_adapters.resources import lake as make_lake
         from promptops.alerts.store import blob_store
         from promptops.contracts.datasets import ALERT_STATE
-        from promptops.lake.store import Lake
 
-        lake = Lake()
+        lake = make_lake()
         return cls(blob_store(lake.root / ALERT_STATE / "failure_alerts", local=lake.is_local))
 
     def claim(self, dag_id: str, signature: str, repeat: timedelta,
@@ -218,7 +220,8 @@ def alert_route_and_repeat() -> tuple[list[str], timedelta]:
 def known_secrets() -> set[str]:
     """The secrets promptops holds: the platform and judge keys and the Slack webhooks,
     wherever they are configured, so that no error text carries one anywhere."""
-    from promptops.alerts.slack import _secret_parts
+    from promptops.airflow_adapters.connections import connection_password
+    from promptops.alerts.slack import secret_parts
     from promptops.metrics.judge import JudgeConfig
     from promptops.settings import get_settings
 
@@ -226,16 +229,7 @@ def known_secrets() -> set[str]:
                 *FALLBACK_CONNECTIONS, *alert_route()}
     secrets = {os.environ.get("PROMPT_API_KEY") or ""}
     for conn_id in conn_ids:
-        password = _connection_password(conn_id)
+        password = connection_password(conn_id)
         if password:
-            secrets |= _secret_parts(password) if "://" in password else {password}
+            secrets |= secret_parts(password) if "://" in password else {password}
     return {s for s in secrets if len(s) >= 4}  # blanking tiny strings would garble text
-
-
-def _connection_password(conn_id: str) -> str | None:
-    try:
-        from airflow.sdk import Connection
-
-        return Connection.get(conn_id).password
-    except Exception:  # missing, or no secrets backend: nothing to blank out
-        return None

@@ -31,6 +31,7 @@ class HealApprovalNotifier(BaseNotifier):
 
     def notify(self, context) -> None:
         try:
+            from promptops.airflow_adapters.resources import slack_webhooks
             from promptops.heal.flow import report_message, send_heal_message
 
             ti = context["ti"]
@@ -38,7 +39,7 @@ class HealApprovalNotifier(BaseNotifier):
             gate_result = ti.xcom_pull(task_ids=self.gate_task_id, key="gate")
             message = report_message(plan, {"status": "approval_needed"},
                                      run_url=run_url(context), gate_result=gate_result)
-            problem = send_heal_message(message)
+            problem = send_heal_message(message, webhooks=slack_webhooks())
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             problem = f"{type(exc).__name__}: {exc}"
         if problem:

@@ -26,20 +26,21 @@ def respond(outcome, scope: str) -> None:
     @task(task_display_name="Request heal")
     def request_heal(outcome: dict, **context) -> list[dict]:
         """Keep the heal requests in the lake and say which heal runs to trigger."""
+        from promptops.airflow_adapters.resources import lake, platform_client
         from promptops.heal.flow import heal_triggers, platform_clock
-        from promptops.lake.store import Lake
         from promptops.pipelines.hourly import write_heal_requests
 
         for r in outcome["heal_requests"]:
             print(f"heal requested: playbook {r['playbook']} for {r['summary']}")
         # Each request once per (DAG, alert, fire time): reruns and other DAGs' runs of the
         # same run id neither double nor drop any.
-        write_heal_requests(Lake(), outcome["evaluated_at"], outcome["heal_requests"],
+        write_heal_requests(lake(), outcome["evaluated_at"], outcome["heal_requests"],
                             dag_id=context["dag_run"].dag_id, run_id=context["run_id"])
         # Heal only from a current evaluation (its age on the platform's clock); a stale
         # one is reported here and kept in the heal audit.
         triggers, notes = heal_triggers(
-            outcome["heal_requests"], scope=scope, now=platform_clock(), lake=Lake(),
+            outcome["heal_requests"], scope=scope, now=platform_clock(platform_client),
+            lake=lake(),
             evaluated_at=context.get("data_interval_end") or context["dag_run"].run_after)
         for note in notes:
             print(note)

@@ -195,8 +195,8 @@ def apply_delivery(state: AlertState, entry: OutboxEntry, delivery: Delivery,
 class AlertEngine:
     """Evaluate findings against the stored state, post what is due, remember what was sent.
 
-    ``silences`` is a :class:`SilenceSource` (default: the config's file and Variable) or a
-    fixed list."""
+    ``silences`` is a :class:`SilenceSource` (default: the config's file; a DAG task's adds
+    the Variable, see ``pipelines.hourly.alert_on_findings``) or a fixed list."""
 
     def __init__(self, config: AlertingConfig, store: AlertStore, notifier: Notifier, *,
                  silences: SilenceSource | list[Silence] | None = None,

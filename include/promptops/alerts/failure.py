@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from promptops.secrets import redact
+
 #: XCom key under which a failed task keeps its :class:`TaskFailure`.
 FAILURE_XCOM_KEY = "promptops_failure"
 #: Slack shows about this much of a cause before it stops being readable.
@@ -57,9 +59,7 @@ class TaskFailure:
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every secret blanked out (longest first, so no tail of one survives)."""
-    from promptops.alerts.slack import _redact
-
-    return _redact(text, {s for s in secrets if s})
+    return redact(text, secrets)
 
 
 def describe_error(exc: BaseException | None, secrets: Iterable[str] = ()) -> str:

@@ -119,28 +119,19 @@ def load_silences_file(path: Path) -> list[Silence]:
     return parse_silences(data, str(path))
 
 
-def airflow_variable(name: str) -> str | None:
-    """The raw value of an Airflow Variable, None when it is not set or Airflow is absent."""
-    try:
-        from airflow.sdk import Variable
-    except ImportError:
-        return None
-    return Variable.get(name, default=None)
-
-
 class SilenceSource:
     """Loads silences from the file and the Airflow Variable.
 
-    ``variable_reader`` replaces the Airflow lookup (tests pass a function returning JSON);
-    by default the Variable is read through ``airflow.sdk.Variable`` (the task's API inside
-    Airflow, ``AIRFLOW_VAR_*`` and secrets backends elsewhere).
+    ``variable_reader`` returns a Variable's raw value (None when unset): in a DAG task
+    ``airflow_adapters.connections.variable`` (see ``airflow_adapters.resources.silences``);
+    tests pass a function returning JSON. Without one only the file is read.
     """
 
     def __init__(self, path: Path | None, variable: str | None = "promptops_silences", *,
                  variable_reader: Callable[[str], str | None] | None = None) -> None:
         self.path = path
+        self._read_variable = variable_reader
         self.variable = variable or None
-        self._read_variable = variable_reader or airflow_variable
 
     @classmethod
     def from_config(cls, config: AlertingConfig, *,
@@ -158,7 +149,7 @@ class SilenceSource:
                 silences += load_silences_file(self.path)
             except SilenceError as exc:
                 problems.append(f"{exc}; its silences are ignored until it is fixed")
-        if self.variable:
+        if self.variable and self._read_variable is not None:
             source = f"Airflow Variable {self.variable!r}"
             try:
                 raw = self._read_variable(self.variable)

@@ -7,9 +7,12 @@ suggestion), a context line per alert with its fingerprint, and a footer with th
 the Airflow run. Slack allows 50 blocks; alerts beyond what fits are summarised in one
 section. Blocks are built with ``slack_sdk.models.blocks`` and validated before sending.
 
-:class:`SlackNotifier` delivers through the Airflow Slack provider's ``SlackWebhookHook``
-(connection of type ``slackwebhook``; the webhook URL in its *password*, or the token in the
-password and the endpoint in *host*). ``slack_sdk`` retry handlers retry 429 (waiting the
+:class:`SlackNotifier` delivers through ``slack_sdk`` webhook clients that a
+:class:`SlackWebhooks` builds from Slack connections by id: in a DAG task
+:class:`promptops.airflow_adapters.connections.AirflowSlackWebhooks`, the Airflow Slack
+provider's ``SlackWebhookHook`` (connection of type ``slackwebhook``; the webhook URL in its
+*password*, or the token in the password and the endpoint in *host*). ``slack_sdk`` retry
+handlers retry 429 (waiting the
 ``Retry-After`` it asks for, up to a bound), 500/503, and connection errors and timeouts. A
 timed-out request may have reached Slack, so a retry after a timeout can post a message
 twice: delivery is at-least-once. Errors are reported as a
@@ -22,9 +25,8 @@ import http.client
 import logging
 import random
 import time
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.error import URLError
 
 from slack_sdk.http_retry import (
@@ -46,10 +48,12 @@ from slack_sdk.models.blocks import (
     PlainTextObject,
     SectionBlock,
 )
+from slack_sdk.webhook import WebhookClient
 
 from promptops.alerts.config import AlertingConfig
 from promptops.alerts.engine import Delivery, Notification
 from promptops.errors import PromptOpsError
+from promptops.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +295,7 @@ class _Redactor(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            record.msg, record.args = _redact(record.getMessage(), self.secrets), ()
+            record.msg, record.args = redact(record.getMessage(), self.secrets), ()
         return True
 
 
@@ -303,7 +307,7 @@ _SDK_LOG.setLevel(logging.INFO)
 _SDK_LOG.addFilter(_REDACTOR)
 
 
-def _secret_parts(url: str) -> set[str]:
+def secret_parts(url: str) -> set[str]:
     """The URL and its path (the token), each of which must stay out of logs and errors."""
     parts = {url}
     scheme_rest = url.split("://", 1)[-1]
@@ -314,61 +318,53 @@ def _secret_parts(url: str) -> set[str]:
     return parts
 
 
-def _mask(secret: str) -> None:
-    """Register with Airflow's secret masker too (task logs show *** instead)."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:
-        return
-    try:
-        mask_secret(secret)
-    except Exception as exc:  # masking must never stop delivery
-        log.warning("could not register the webhook URL with Airflow's secret masker (%s)",
-                    type(exc).__name__)
+class SlackConnectionMissing(PromptOpsError):
+    """The Slack connection does not exist, or holds no webhook URL."""
 
 
-def airflow_connection_exists(conn_id: str) -> bool:
-    """Whether Airflow knows this connection (env ``AIRFLOW_CONN_*``, secrets, metadata DB)."""
-    try:
-        from airflow.sdk import Connection
-    except ImportError:
-        return False
-    try:
-        Connection.get(conn_id)
-    except Exception as exc:
-        if type(exc).__name__ == "AirflowNotFoundException":
-            return False
-        # A secrets backend hiccup: try to use it and let delivery report what happens.
-        log.warning("could not look up Airflow connection %r (%s)", conn_id,
-                    type(exc).__name__)
-    return True
+class SlackWebhooks(Protocol):
+    """Slack incoming webhooks by connection id (in a DAG task:
+    :class:`promptops.airflow_adapters.connections.AirflowSlackWebhooks`)."""
+
+    def exists(self, conn_id: str) -> bool:
+        """Whether the connection is there to try (a lookup that fails for another reason
+        says yes, and delivery reports what happens)."""
+        ...
+
+    def client(self, conn_id: str, *, timeout: float, retry_handlers: list[RetryHandler],
+               logger: logging.Logger) -> WebhookClient:
+        """A client for the connection's webhook, its URL registered with the log masker;
+        raises :class:`SlackConnectionMissing` when there is no such connection or URL."""
+        ...
 
 
 class SlackNotifier:
-    """Deliver group notifications to Slack incoming webhooks held in Airflow connections."""
+    """Deliver group notifications to Slack incoming webhooks held in connections."""
 
-    def __init__(self, *, timeout_s: float = 10.0, max_retries: int = 3,
-                 max_retry_after_s: float = 30.0, backoff_s: float = 0.5,
-                 max_alerts_per_message: int = 20,
-                 connection_exists: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, *, webhooks: SlackWebhooks, timeout_s: float = 10.0,
+                 max_retries: int = 3, max_retry_after_s: float = 30.0,
+                 backoff_s: float = 0.5, max_alerts_per_message: int = 20) -> None:
+        self.webhooks = webhooks
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.max_retry_after_s = max_retry_after_s
         self.backoff_s = backoff_s
         self.max_alerts_per_message = max_alerts_per_message
-        self._exists = connection_exists or airflow_connection_exists
         self._resolved: dict[tuple[str, ...], str | None] = {}
 
     @classmethod
-    def from_config(cls, config: AlertingConfig, **kwargs: Any) -> SlackNotifier:
-        return cls(max_alerts_per_message=config.max_alerts_per_message, **kwargs)
+    def from_config(cls, config: AlertingConfig, *, webhooks: SlackWebhooks,
+                    **kwargs: Any) -> SlackNotifier:
+        return cls(webhooks=webhooks, max_alerts_per_message=config.max_alerts_per_message,
+                   **kwargs)
 
     def resolve_connection(self, candidates: list[str]) -> str | None:
         """The first of the route's connections that exists (e.g. ``slack_alerts_critical``
         falling back to ``slack_alerts``)."""
         key = tuple(candidates)
         if key not in self._resolved:
-            self._resolved[key] = next((c for c in candidates if self._exists(c)), None)
+            self._resolved[key] = next((c for c in candidates if self.webhooks.exists(c)),
+                                       None)
         return self._resolved[key]
 
     def _retry_handlers(self, counter: _Counter) -> list[RetryHandler]:
@@ -397,21 +393,18 @@ class SlackNotifier:
                             error=f"could not build the Slack message ({type(exc).__name__}: "
                                   f"{exc}); this is a promptops bug")
 
-        from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-
         counter = _Counter()
-        hook = SlackWebhookHook(slack_webhook_conn_id=conn_id, timeout=self.timeout_s,
-                                retry_handlers=self._retry_handlers(counter), logger=_SDK_LOG)
         secrets: set[str] = set()
         try:
-            client, secrets = _guarded_client(hook)
+            client, secrets = _guarded_client(self.webhooks, conn_id, timeout=self.timeout_s,
+                                              retry_handlers=self._retry_handlers(counter))
             response = client.send_dict(message)
         except Exception as exc:
             return self._failure(conn_id, exc, counter, secrets)
         attempts = counter.retries + 1
         if response.status_code == 200:
             return Delivery(ok=True, connection_id=conn_id, attempts=attempts)
-        body = _redact(str(response.body or "").strip(), secrets)[:200]
+        body = redact(str(response.body or "").strip(), secrets)[:200]
         status = response.status_code
         if status in (403, 404, 410) or body in _INVALID_WEBHOOK:
             error = (f"Slack rejected the webhook of connection {conn_id!r} (HTTP {status} "
@@ -435,11 +428,11 @@ class SlackNotifier:
                  secrets: set[str]) -> Delivery:
         attempts = counter.retries + 1
         kind = type(exc).__name__
-        if kind == "AirflowNotFoundException":
+        if isinstance(exc, SlackConnectionMissing):
             return Delivery(ok=False, connection_id=conn_id, attempts=0, permanent=True,
                             error=f"Airflow connection {conn_id!r} has no webhook URL in its "
                                   f"password; set the incoming-webhook URL there")
-        reason = _redact(str(getattr(exc, "reason", "") or exc), secrets)[:200]
+        reason = redact(str(getattr(exc, "reason", "") or exc), secrets)[:200]
         timed_out = isinstance(exc, TimeoutError) or "timed out" in reason.lower()
         what = "timed out" if timed_out else f"failed ({kind}: {reason})"
         return Delivery(ok=False, connection_id=conn_id, attempts=attempts, error=(
@@ -447,67 +440,61 @@ class SlackNotifier:
             f"attempts; the next evaluation retries (a timed-out message may still arrive)"))
 
 
-def _guarded_client(hook: Any) -> tuple[Any, set[str]]:
-    """The hook's webhook client, with the URL's secret parts registered for redaction in
-    our logs and Airflow's secret masker before anything is sent."""
-    client = hook.get_conn()
-    secrets = _secret_parts(client.url)
+def _guarded_client(webhooks: SlackWebhooks, conn_id: str, *, timeout: float,
+                    retry_handlers: list[RetryHandler]) -> tuple[WebhookClient, set[str]]:
+    """The connection's webhook client, with the URL's secret parts registered for
+    redaction in our logs (the webhooks register them with the log masker) before anything
+    is sent."""
+    client = webhooks.client(conn_id, timeout=timeout, retry_handlers=retry_handlers,
+                             logger=_SDK_LOG)
+    secrets = secret_parts(client.url)
     _REDACTOR.secrets |= secrets
-    for secret in secrets:
-        _mask(secret)
     return client, secrets
-
-
-def _redact(text: str, secrets: set[str]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 class SlackSendError(PromptOpsError):
     """A message that could not be posted; names the connection, never the webhook URL."""
 
 
-def send_message(message: dict[str, Any], *, conn_id: str, what: str = "the message",
-                 timeout_s: float = 10.0, max_retries: int = 3) -> None:
-    """Post one Block Kit message through the Airflow Slack provider (connection of type
-    ``slackwebhook``), retrying rate limits, server errors and dropped connections."""
-    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-
+def send_message(message: dict[str, Any], *, conn_id: str, webhooks: SlackWebhooks,
+                 what: str = "the message", timeout_s: float = 10.0,
+                 max_retries: int = 3) -> None:
+    """Post one Block Kit message to the webhook of connection ``conn_id`` (in a DAG task
+    one of type ``slackwebhook``), retrying rate limits, server errors and dropped
+    connections."""
     handlers = [RateLimitErrorRetryHandler(max_retry_count=max_retries),
                 ConnectionErrorRetryHandler(max_retry_count=max_retries,
                                             error_types=RETRYABLE_ERRORS),
                 ServerErrorRetryHandler(max_retry_count=max_retries)]
     try:
-        hook = SlackWebhookHook(slack_webhook_conn_id=conn_id, timeout=int(timeout_s),
-                                retry_handlers=handlers, logger=_SDK_LOG)
-        client, secrets = _guarded_client(hook)
+        client, secrets = _guarded_client(webhooks, conn_id, timeout=int(timeout_s),
+                                          retry_handlers=handlers)
         response = client.send_dict(message)
     except Exception as exc:
         kind = type(exc).__name__
-        if kind == "AirflowNotFoundException":
+        if isinstance(exc, SlackConnectionMissing):
             raise SlackSendError(f"Slack connection {conn_id!r} does not exist (or has no "
                                  f"webhook URL); create it with type 'slackwebhook' and the "
                                  f"incoming-webhook URL as its password") from None
         raise SlackSendError(f"sending {what} through connection {conn_id!r} failed "
                              f"({kind})") from None
     if response.status_code != 200:
-        body = _redact(str(response.body or ""), secrets)[:100]
+        body = redact(str(response.body or ""), secrets)[:100]
         raise SlackSendError(f"Slack answered HTTP {response.status_code} ({body}) for "
                              f"connection {conn_id!r}; check the webhook URL in its password")
 
 
-def send_to_first(message: dict[str, Any], connections: list[str], *,
-                  what: str) -> str | None:
+def send_to_first(message: dict[str, Any], connections: list[str], *, what: str,
+                  webhooks: SlackWebhooks) -> str | None:
     """Post one message to the first of ``connections`` that exists. Returns the problem
     (never the webhook URL) instead of raising, for callers a failed post must not stop."""
-    conn_id = next((c for c in connections if airflow_connection_exists(c)), None)
+    conn_id = next((c for c in connections if webhooks.exists(c)), None)
     if conn_id is None:
         return (f"no Slack connection for {what}: none of {', '.join(connections)} exists; "
                 f"create one of type 'slackwebhook' with the incoming-webhook URL as its "
                 f"password")
     try:
-        send_message(message, conn_id=conn_id, what=what)
+        send_message(message, conn_id=conn_id, webhooks=webhooks, what=what)
     except SlackSendError as exc:
         return str(exc)
     return None

@@ -14,7 +14,8 @@ A ``defaults`` block fills fields a rule leaves out (only fields that rule kind 
 Single values can be changed without editing the file, lowest to highest precedence:
 
 1. the Airflow Variable ``promptops_thresholds``, a JSON object ``{rule: {field: value}}``
-   (read only inside a running Airflow task);
+   (read by the DAG tasks, ``airflow_adapters.resources.thresholds``, and handed in as
+   ``variable_overrides``);
 2. environment variables ``PROMPTOPS_THRESHOLD__<rule>__<field>=<value>`` (rule and field
    names case-insensitive; ``__`` descends further, e.g.
    ``PROMPTOPS_THRESHOLD__latency_p95_vs_last_week__warning__ratio=3``; the value is read
@@ -32,7 +33,6 @@ import copy
 import json
 import os
 import re
-import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -377,14 +377,14 @@ class ThresholdsConfig(_Strict):
 def load_thresholds(path: str | os.PathLike[str] | None = None,
                     overrides: Mapping[str, Mapping[str, Any]] | None = None, *,
                     env: Mapping[str, str] | None = None,
-                    use_variable: bool | None = None) -> ThresholdsConfig:
+                    variable_overrides: Mapping[str, Any] | None = None) -> ThresholdsConfig:
     """Read, override and validate the thresholds file.
 
     ``path``: the file; default ``$PROMPTOPS_THRESHOLDS_FILE`` or
     ``include/config/thresholds.yaml``. ``overrides``: ``{rule: {field: value}}`` applied
     last. ``env``: the environment to read ``PROMPTOPS_THRESHOLD__...`` from (default
-    ``os.environ``). ``use_variable``: read the Airflow Variable ``promptops_thresholds``;
-    default: only when running inside an Airflow task.
+    ``os.environ``). ``variable_overrides``: the Airflow Variable ``promptops_thresholds``
+    as :func:`parse_variable_overrides` reads it (DAG tasks pass it; elsewhere there is none).
     """
     env = os.environ if env is None else env
     file = Path(path or env.get(FILE_ENV) or DEFAULT_PATH)
@@ -401,9 +401,8 @@ def load_thresholds(path: str | os.PathLike[str] | None = None,
         raise ThresholdsConfigError(f"{name}: must be a mapping with 'rules' at the top level")
 
     layers: list[tuple[str, Mapping[str, Any]]] = []
-    if use_variable if use_variable is not None else _inside_airflow_task():
-        if (variable := _variable_overrides()) is not None:
-            layers.append((f"Airflow Variable {VARIABLE_KEY}", variable))
+    if variable_overrides is not None:
+        layers.append((f"Airflow Variable {VARIABLE_KEY}", variable_overrides))
     layers.extend(_env_overrides(env))
     if overrides:
         layers.append(("overrides argument", overrides))
@@ -482,19 +481,9 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, Mapping[str, Any]]
     return layers
 
 
-def _inside_airflow_task() -> bool:
-    """True inside a running Airflow task (the task runner talks to its supervisor).
-
-    Checked through ``sys.modules`` so that code outside Airflow never imports it.
-    """
-    runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
-    return getattr(runner, "SUPERVISOR_COMMS", None) is not None
-
-
-def _variable_overrides() -> Mapping[str, Any] | None:
-    from airflow.sdk import Variable
-
-    raw = Variable.get(VARIABLE_KEY, default=None)
+def parse_variable_overrides(raw: Any) -> Mapping[str, Any] | None:
+    """The overrides in the raw value of the Variable ``promptops_thresholds`` (JSON text);
+    None when it is unset or blank."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
     if not isinstance(raw, str):

@@ -18,10 +18,10 @@ none needs a scheduler, so each step is unit-testable against a real simulator.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -42,6 +42,10 @@ from promptops.heal.policy import (
     run_script,
 )
 from promptops.timeutil import as_utc
+
+if TYPE_CHECKING:
+    from promptops.alerts.slack import SlackWebhooks
+    from promptops.platform.client import PlatformClient
 
 log = logging.getLogger(__name__)
 
@@ -584,28 +588,31 @@ def invalid_audit(lake: Any, conf: Mapping[str, Any], run_id: str, now: datetime
     write_audit(lake, rec)
 
 
-def send_heal_message(message: dict[str, Any], policy: HealPolicy | None = None) -> str | None:
-    """Post a heal message to the policy's first Slack connection that exists; returns the
-    problem (never the webhook URL) instead of raising: a report must not undo a heal."""
+def send_heal_message(message: dict[str, Any], policy: HealPolicy | None = None, *,
+                      webhooks: SlackWebhooks) -> str | None:
+    """Post a heal message to the policy's first Slack connection that exists (``webhooks``:
+    ``airflow_adapters.resources.slack_webhooks`` in a DAG task); returns the problem
+    (never the webhook URL) instead of raising: a report must not undo a heal."""
     from promptops.alerts.slack import send_to_first
 
     policy = policy or load_policy()
-    return send_to_first(message, list(policy.slack_connections), what="the heal report")
+    return send_to_first(message, list(policy.slack_connections), what="the heal report",
+                         webhooks=webhooks)
 
 
 # -- triggers from the hourly and health DAGs ------------------------------------------------
 
-def platform_clock() -> datetime:
+def platform_clock(client_factory: Callable[[], PlatformClient]) -> datetime:
     """"Now" for judging a finding's age: the platform's clock (the heal acts there, and a
     simulator may run at another date than the worker), else ours when no platform is
-    configured or it does not answer."""
+    configured (``client_factory`` raises :class:`PlatformNotConfigured`) or it does not
+    answer."""
     from datetime import UTC
 
     from promptops.errors import PlatformNotConfigured
-    from promptops.platform.client import PlatformClient
 
     try:
-        client = PlatformClient.from_airflow()
+        client = client_factory()
     except PlatformNotConfigured:
         return datetime.now(UTC)
     with client:

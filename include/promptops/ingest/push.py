@@ -23,7 +23,9 @@ it without a scan.
 
 Only files under the landing area (``PROMPTOPS_LANDING_URI``) are read: a path with ``..``,
 an absolute path elsewhere, another bucket or a symlink out of it is refused before
-anything is opened.
+anything is opened. Paths are universal_pathlib ``UPath`` objects, or whatever
+``storage_path`` makes of a URI: in a DAG task Airflow's ``ObjectStoragePath``
+(``airflow_adapters.resources.storage_path``), credentials from Airflow connections.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import hashlib
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,7 +43,7 @@ from urllib.parse import urlsplit
 import orjson
 import pandas as pd
 import pyarrow as pa
-from airflow.sdk import ObjectStoragePath
+from upath import UPath
 
 from promptops.contracts.datasets import CALLS, QUARANTINE
 from promptops.contracts.datasets import PUSH_BATCHES as BATCHES
@@ -58,6 +60,8 @@ log = logging.getLogger(__name__)
 INVALID_JSON = "invalid_json"
 #: The key of an asset event's ``extra`` that names the batch file.
 PATH_KEY = "path"
+#: A path from a URI (``UPath``, or Airflow's ``ObjectStoragePath`` in a DAG task).
+StoragePathFactory = Callable[[str], UPath]
 #: A record stamped this far after the ingest's clock is still taken (clock skew); later
 #: ones are rejected as ``ts_outside_window``, as the poll rejects a record outside the
 #: window it asked for.
@@ -91,14 +95,15 @@ class PushEventInvalid(PushError, ValueError):
 # -- where a batch may come from --------------------------------------------------------------
 
 
-def resolve_batch_path(path: Any, landing_uri: str | None = None) -> ObjectStoragePath:
+def resolve_batch_path(path: Any, landing_uri: str | None = None, *,
+                       storage_path: StoragePathFactory = UPath) -> UPath:
     """The file a pushed ``path`` names, refused unless it lies inside the landing area.
 
     ``path`` is relative to the landing area (``2026-11-20/batch-0001.ndjson``), or an
     absolute URI or local path under it. Nothing is opened before the checks pass.
     """
     landing_uri = (landing_uri or get_settings().landing_uri).rstrip("/")
-    landing = ObjectStoragePath(landing_uri)
+    landing = storage_path(landing_uri)
     how = (f"Write the batch under the landing area {landing_uri} (PROMPTOPS_LANDING_URI) "
            f"and name it relative to it in the event's extra, e.g. "
            f'{{"{PATH_KEY}": "2026-11-20/batch-0001.ndjson"}}.')
@@ -126,16 +131,16 @@ def resolve_batch_path(path: Any, landing_uri: str | None = None) -> ObjectStora
             raise refuse(f"bucket {parts.netloc!r} is not the landing area's bucket "
                          f"{urlsplit(landing_uri).netloc!r}")
         inside = f"{landing.path.rstrip('/')}/"
-        if not ObjectStoragePath(path).path.startswith(inside):
+        if not storage_path(path).path.startswith(inside):
             raise refuse("it lies outside the landing area")
-        target = ObjectStoragePath(path)
+        target = storage_path(path)
     elif path.startswith("/"):
         if not local:
             raise refuse("an absolute local path cannot name a file in an object-store "
                          "landing area")
         if not path.startswith(f"{landing.path.rstrip('/')}/"):
             raise refuse("it is an absolute path outside the landing area")
-        target = ObjectStoragePath(f"file://{path}")
+        target = storage_path(f"file://{path}")
     else:
         target = landing / path
 
@@ -158,7 +163,7 @@ class _Batch:
     invalid: list[str] = field(default_factory=list)  # lines that are not JSON
 
 
-def _read_batch(target: ObjectStoragePath) -> _Batch:
+def _read_batch(target: UPath) -> _Batch:
     if not target.exists():
         raise PushBatchMissing(
             f"batch file {target} does not exist in the landing area. Write the whole file "
@@ -193,8 +198,8 @@ def _ts_hours(records: list[Any]) -> list[datetime | None]:
             for h, ok in zip(hours, readable.to_numpy(), strict=True)]
 
 
-def _modified_hour(target: ObjectStoragePath) -> datetime | None:
-    info = target.stat()
+def _modified_hour(target: UPath) -> datetime | None:
+    info = target.fs.stat(target.path)  # the store's own metadata (mtime, LastModified...)
     for key in ("mtime", "LastModified", "last_modified", "created"):
         value = info.get(key) if hasattr(info, "get") else None
         if isinstance(value, datetime):
@@ -211,7 +216,7 @@ def _manifest_name(sha256: str) -> str:
     return f"sha256-{sha256}"
 
 
-def _summary(target: ObjectStoragePath, batch: _Batch, status: str) -> dict[str, Any]:
+def _summary(target: UPath, batch: _Batch, status: str) -> dict[str, Any]:
     return {"batch": str(target), "sha256": batch.sha256, "status": status,
             "received": batch.received, "written": 0, "duplicates": 0, "rejected": {},
             "hours": [], "partitions": [], "quarantine": [], "manifest": None}
@@ -219,7 +224,8 @@ def _summary(target: ObjectStoragePath, batch: _Batch, status: str) -> dict[str,
 
 def ingest_batch(path: str, *, lake: Lake | None = None, landing_uri: str | None = None,
                  run_id: str | None = None, now: datetime | None = None,
-                 max_reject_share: float | None = None) -> dict[str, Any]:
+                 max_reject_share: float | None = None,
+                 storage_path: StoragePathFactory = UPath) -> dict[str, Any]:
     """Ingest one pushed batch; returns a JSON-safe summary.
 
     ``status`` is ``ingested``, or ``already_ingested`` for a batch whose bytes were
@@ -228,7 +234,7 @@ def ingest_batch(path: str, *, lake: Lake | None = None, landing_uri: str | None
     :class:`RejectShareExceeded` after its partitions are written, as the poll does.
     """
     lake = lake or Lake()
-    target = resolve_batch_path(path, landing_uri)
+    target = resolve_batch_path(path, landing_uri, storage_path=storage_path)
     batch = _read_batch(target)
     now = as_utc(now or datetime.now(UTC))
     hours = _ts_hours(batch.records)
@@ -407,7 +413,8 @@ def event_paths(events: Iterable[Mapping[str, Any]]) -> list[str]:
 
 def ingest_events(events: list[Mapping[str, Any]], *, lake: Lake | None = None,
                   landing_uri: str | None = None, run_id: str | None = None,
-                  max_reject_share: float | None = None) -> list[dict[str, Any]]:
+                  max_reject_share: float | None = None,
+                  storage_path: StoragePathFactory = UPath) -> list[dict[str, Any]]:
     """Ingest the batch of every event, one after the other (a batch announced twice is
     ingested once). Every batch is tried; then one failure is raised (a retryable one if
     any), every one having been logged."""
@@ -422,7 +429,8 @@ def ingest_events(events: list[Mapping[str, Any]], *, lake: Lake | None = None,
     for path, event in zip(paths, events, strict=True):
         try:
             summary = ingest_batch(path, lake=lake, landing_uri=landing_uri, run_id=run_id,
-                                   max_reject_share=max_reject_share)
+                                   max_reject_share=max_reject_share,
+                                   storage_path=storage_path)
             summaries.append({**summary, "event_at": event.get("timestamp"),
                               "via": event.get("via", "triggered")})
         except (PushError, RejectShareExceeded) as exc:

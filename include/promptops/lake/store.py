@@ -9,8 +9,10 @@ mid-write leaves nothing they would read. Each writer holds an ``flock`` on its 
 it writes; the kernel drops it when the writer dies, so the next write of that partition
 sweeps every temp file nobody holds (a PID in the name would be reused; a lock is not).
 
-The base URI goes through Airflow's ``ObjectStoragePath``: ``file://`` works out of the box,
-``s3://`` (or any fsspec store Airflow knows) by configuration alone.
+The root is a universal_pathlib path over fsspec: ``file://`` works out of the box, ``s3://``
+(or any fsspec store) by configuration alone. DAG tasks take theirs from
+``airflow_adapters.resources.lake``: Airflow's ``ObjectStoragePath`` (a ``UPath`` too), whose
+credentials come from Airflow connections (``s3://conn@bucket/prefix``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from airflow.sdk import ObjectStoragePath
+from upath import UPath
 
 from promptops.settings import get_settings
 from promptops.timeutil import hour_floor, hours_between
@@ -52,9 +54,10 @@ class PartitionInfo:
 class Lake:
     """Hourly partitions of named datasets (``calls``, ``quarantine``, ``metrics``...)."""
 
-    def __init__(self, base_uri: str | None = None, conn_id: str | None = None) -> None:
-        uri = base_uri or get_settings().lake_uri
-        self.root = ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
+    def __init__(self, base_uri: str | None = None, *, root: UPath | None = None) -> None:
+        """``root``: the lake's base path (a DAG task's is Airflow's ``ObjectStoragePath``);
+        else ``base_uri`` (default ``PROMPTOPS_LAKE_URI``) as a ``UPath``."""
+        self.root = root if root is not None else UPath(base_uri or get_settings().lake_uri)
 
     @property
     def is_local(self) -> bool:
@@ -65,14 +68,14 @@ class Lake:
 
     # -- paths ----------------------------------------------------------------------------
 
-    def partition_dir(self, dataset: str, hour: datetime) -> ObjectStoragePath:
+    def partition_dir(self, dataset: str, hour: datetime) -> UPath:
         hour = hour_floor(hour)
         return self.root / dataset / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
 
-    def partition_file(self, dataset: str, hour: datetime) -> ObjectStoragePath:
+    def partition_file(self, dataset: str, hour: datetime) -> UPath:
         return self.partition_dir(dataset, hour) / PART_NAME
 
-    def uri(self, path: ObjectStoragePath) -> str:
+    def uri(self, path: UPath) -> str:
         return str(path)
 
     # -- writing --------------------------------------------------------------------------
@@ -175,7 +178,7 @@ class Lake:
         return pa.concat_tables(tables, promote_options="permissive")
 
     @staticmethod
-    def _parquet_files(directory: ObjectStoragePath) -> list[ObjectStoragePath]:
+    def _parquet_files(directory: UPath) -> list[UPath]:
         if not directory.exists():
             return []
         return sorted((f for f in directory.iterdir()

@@ -57,7 +57,8 @@ from urllib3.util import Retry
 
 from promptops.contracts.metric_table import ALL, METRICS_SCHEMA, NONE_SLICE, OVERALL
 from promptops.errors import PromptOpsError
-from promptops.platform.client import mask_secret, retry_after_s
+from promptops.platform.client import retry_after_s
+from promptops.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ JUDGE_FAILURES = "judge_failures"
 _REDACTED = r"^\s*\[redacted[^\]]*\]\s*$"
 
 PriceLookup = Callable[[str], tuple[float, float] | None]
+#: Builds the judge for a config; raises :class:`JudgeNotConfigured` naming what to set.
+JudgeFactory = Callable[["JudgeConfig"], "RelevanceJudge"]
 Outcome = Literal["ok", "unparsed", "failed", "timed_out", "skipped"]
 
 
@@ -349,26 +352,6 @@ def _without_userinfo(url: str) -> str:
     return urlunsplit(split._replace(netloc=split.netloc.rsplit("@", 1)[1]))
 
 
-def _base_url_from_connection(conn: Any) -> str | None:
-    """``http(s)://host[:port][/path]`` from a connection whose host is a full URL or a bare
-    name (scheme from ``schema`` or the connection type as Airflow's HTTP hook does, else
-    https: a hosted judge is almost always TLS)."""
-    host = (conn.host or "").strip()
-    if not host:
-        return None
-    if "://" in host:
-        split = urlsplit(host)
-        netloc = split.netloc
-        if conn.port and split.port is None:
-            netloc = f"{netloc}:{conn.port}"
-        return urlunsplit((split.scheme, netloc, split.path, "", ""))
-    scheme = next((s for s in (conn.schema, conn.conn_type) if s in ("http", "https")),
-                  "https")
-    name, _, path = host.partition("/")
-    port = f":{conn.port}" if conn.port else ""
-    return f"{scheme}://{name}{port}" + (f"/{path}" if path else "")
-
-
 def _int_token(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
@@ -411,33 +394,10 @@ class RelevanceJudge:
             self._headers["Authorization"] = f"Bearer {api_key}"
 
     @classmethod
-    def from_airflow(cls, config: JudgeConfig) -> RelevanceJudge:
-        """The judge behind Airflow connection ``config.conn_id``: base URL from
-        ``extra.base_url`` or the host, key from the password (registered with Airflow's
-        secret masker). Raises :class:`JudgeNotConfigured` naming what to set."""
-        conn_id = config.conn_id
-        try:
-            from airflow.sdk import Connection
-
-            conn = Connection.get(conn_id)
-        except Exception as exc:  # AirflowNotFoundException, or no secrets backend
-            raise JudgeNotConfigured(
-                f"judge enabled but Airflow connection {conn_id!r} is not available "
-                f"({type(exc).__name__}): add it (host = the endpoint's base URL, e.g. "
-                f"https://api.openai.com/v1; password = the API key) or set "
-                f"PROMPTOPS_JUDGE_ENABLED=false") from None
-        extra = conn.extra_dejson or {}
-        base_url = extra.get("base_url") or _base_url_from_connection(conn)
-        if not base_url or not isinstance(base_url, str):
-            raise JudgeNotConfigured(
-                f"Airflow connection {conn_id!r} has no host: set it to the judge endpoint's "
-                f"base URL (e.g. https://api.openai.com/v1) or put base_url in its extra")
-        api_key = conn.password or None
-        if api_key:
-            _mask_secret(api_key)
-        else:
-            log.info("judge connection %r has no password: calling %s without a key",
-                     conn_id, _without_userinfo(base_url))
+    def from_config(cls, config: JudgeConfig, base_url: str,
+                    api_key: str | None) -> RelevanceJudge:
+        """The judge the config describes, at ``base_url`` (in a DAG task both come from
+        the judge's Airflow connection: ``airflow_adapters.resources.relevance_judge``)."""
         return cls(base_url, api_key, model=config.model, timeout_s=config.timeout_s,
                    connect_timeout_s=config.connect_timeout_s, max_retries=config.max_retries,
                    backoff_factor_s=config.backoff_factor_s,
@@ -578,8 +538,7 @@ class RelevanceJudge:
 
     def _scrub(self, text: str) -> str:
         # The endpoint's own text goes into our details; a broken proxy could echo the key.
-        return text.replace(self._secret, "***") if self._secret and self._secret in text \
-            else text
+        return redact(text, [self._secret])
 
 
 def _snippet(body: bytes, n: int = 80) -> str:
@@ -589,10 +548,6 @@ def _snippet(body: bytes, n: int = 80) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [""])[0][:200]
-
-
-def _mask_secret(secret: str) -> None:
-    mask_secret(secret, "the judge key")
 
 
 # -- the hour -----------------------------------------------------------------------------------
@@ -720,12 +675,15 @@ def _price_cost(result: JudgeResult, price_lookup: PriceLookup | None) -> None:
 
 def judge_hour(calls: pa.Table, hour: datetime, config: JudgeConfig,
                judge: RelevanceJudge | None = None, *,
-               price_lookup: PriceLookup | None = None) -> JudgeResult:
+               price_lookup: PriceLookup | None = None,
+               judge_factory: JudgeFactory | None = None) -> JudgeResult:
     """Judge a bounded sample of the hour's unscored records.
 
     ``calls`` is the hour's partition (:data:`promptops.contracts.records.CALLS_SCHEMA`). Nothing is
-    sent when ``config.enabled`` is false. Without ``judge`` one is built from the Airflow
-    connection (and closed afterwards). Whatever the endpoint does, this returns a
+    sent when ``config.enabled`` is false. Without ``judge`` one is built by
+    ``judge_factory`` (in a DAG task from the Airflow connection) only when there is a sample
+    to judge, and closed afterwards; a factory that raises :class:`JudgeNotConfigured`
+    skips the judge with a note. Whatever the endpoint does, this returns a
     :class:`JudgeResult`; it raises only for a calls table without the needed columns or a
     naive ``hour`` (programming errors).
     """
@@ -747,7 +705,11 @@ def judge_hour(calls: pa.Table, hour: datetime, config: JudgeConfig,
     own = judge is None
     if judge is None:
         try:
-            judge = RelevanceJudge.from_airflow(config)
+            if judge_factory is None:
+                raise JudgeNotConfigured("judge enabled but no judge was given: pass judge= or "
+                                         "judge_factory= (in a DAG task promptops."
+                                         "airflow_adapters.resources.relevance_judge)")
+            judge = judge_factory(config)
         except JudgeNotConfigured as exc:
             log.warning("relevance judge skipped: %s", exc)
             result.failed = result.sampled

@@ -8,9 +8,10 @@ Tasks hand each other small lists of metric rows (a few hundred at most), never 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -18,10 +19,16 @@ from promptops.contracts.metric_table import METRICS_SCHEMA
 from promptops.lake.store import Lake
 from promptops.timeutil import as_utc
 
+if TYPE_CHECKING:
+    from promptops.alerts.slack import SlackWebhooks
+    from promptops.detection.thresholds import ThresholdsConfig
+    from promptops.platform.client import PlatformClient
+
 
 @dataclass(frozen=True)
 class PlatformLook:
-    """One look at ``/health`` for the hourly DAG's sensor."""
+    """One look at ``/health`` for the hourly DAG's sensor
+    (``airflow_adapters.platform_sensor.poke_platform``)."""
 
     ready: bool
     status: str
@@ -29,53 +36,19 @@ class PlatformLook:
     said: str
 
 
-def look_at_platform(client_factory: Any = None) -> PlatformLook:
-    """``/health`` once. A platform that does not answer (yet) is a look that says why,
-    not an error: the sensor waits for it."""
+def look_at_platform(client_factory: Callable[[], PlatformClient]) -> PlatformLook:
+    """``/health`` once, through a client from ``client_factory``. A platform that does not
+    answer (yet) is a look that says why, not an error: the sensor waits for it."""
     from promptops.errors import PlatformUnreachable, UpstreamTimeout
-    from promptops.platform.client import PlatformClient
 
     try:
-        with (client_factory or PlatformClient.from_airflow)() as client:
+        with client_factory() as client:
             health = client.health()
     except (PlatformUnreachable, UpstreamTimeout) as exc:
         return PlatformLook(False, "no_answer", f"platform not answering: {exc}")
     said = (f"platform health: {health.status} ({health.latency_ms:.0f} ms)"
             + (f", reason: {health.reason}" if health.reason else ""))
     return PlatformLook(health.ok, health.status, said)
-
-
-def poke_platform(context: Any) -> Any:
-    """The hourly DAG's *Wait for platform health* sensor: done when ``/health`` says ok.
-
-    When the sensor's time is up after a look that was not ok, it fails naming what that
-    look saw (Airflow's own timeout says only "Sensor has timed out"); a timed-out sensor is
-    not retried.
-    """
-    from airflow.sdk import PokeReturnValue
-    from airflow.sdk.exceptions import AirflowSensorTimeout
-
-    look = look_at_platform()
-    print(look.said)
-    if not look.ready and _sensor_time_is_up(context):
-        timeout = context["task"].timeout
-        raise AirflowSensorTimeout(f"the platform was not ready within the sensor's timeout "
-                                   f"of {timeout:g} s; the last look said: {look.said}")
-    return PokeReturnValue(is_done=look.ready, xcom_value=look.status)
-
-
-#: Airflow checks the sensor's timeout right after the poke returns: a moment later.
-_TIMEOUT_MARGIN = timedelta(seconds=1)
-
-
-def _sensor_time_is_up(context: Any) -> bool:
-    """Whether Airflow would time the sensor out after this poke: its timeout counts from
-    the first poke (reschedule mode) or from the start of the try (poke mode)."""
-    task, ti = context["task"], context["ti"]
-    now = datetime.now(UTC)
-    started = (ti.get_first_reschedule_date(context) if task.reschedule else None) \
-        or ti.start_date or now
-    return now + _TIMEOUT_MARGIN - started >= timedelta(seconds=task.timeout)
 
 
 def rows_of(table: pa.Table) -> list[dict]:
@@ -125,8 +98,14 @@ def api_rows_at(at: datetime, client, minutes: int = 5) -> dict:
 
 
 def evaluate_health(lake: Lake, at: datetime, rows: list[dict], *, run_id: str,
+                    webhooks: SlackWebhooks,
+                    variable_reader: Callable[[str], str | None] | None = None,
+                    thresholds_loader: Callable[[], ThresholdsConfig] | None = None,
                     run_url: str | None = None) -> dict:
-    """Store the evaluation's rows, judge them, alert; returns the engine's outcome."""
+    """Store the evaluation's rows, judge them, alert; returns the engine's outcome.
+    ``thresholds_loader`` loads the rules once the rows are stored (default: the file's; a
+    DAG task's adds the Variable's overrides); ``webhooks`` and ``variable_reader`` go to
+    :func:`promptops.pipelines.hourly.alert_on_findings`."""
     from promptops.detection.rules import MetricHistory, evaluate
     from promptops.detection.thresholds import load_thresholds
     from promptops.metrics.health import write_health_metrics
@@ -135,9 +114,10 @@ def evaluate_health(lake: Lake, at: datetime, rows: list[dict], *, run_id: str,
     at = as_utc(at)
     table = table_of(rows)
     write_health_metrics(lake, at, table)
-    findings = evaluate(load_thresholds(), table, MetricHistory.from_tables({}), at,
-                        source="health")
+    findings = evaluate((thresholds_loader or load_thresholds)(), table,
+                        MetricHistory.from_tables({}), at, source="health")
     outcome = alert_on_findings(lake, findings, at, run_id=run_id, run_url=run_url,
-                                scope="health")
+                                scope="health", webhooks=webhooks,
+                                variable_reader=variable_reader)
     outcome["findings"] = len(findings)
     return outcome

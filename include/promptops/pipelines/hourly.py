@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,9 +29,12 @@ from promptops.metrics.hourly import (
     metrics_summary,
     write_hourly_metrics,
 )
-from promptops.metrics.judge import JudgeConfig, judge_hour
+from promptops.metrics.judge import JudgeConfig, JudgeFactory, judge_hour
 from promptops.metrics.pricing import PriceTable, load_price_table
 from promptops.timeutil import as_utc, hour_floor
+
+if TYPE_CHECKING:
+    from promptops.alerts.slack import SlackWebhooks
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +52,10 @@ def judge_price_lookup(prices: PriceTable):
 
 
 def analyse_hour(lake: Lake, hour: datetime, *, prices: PriceTable | None = None,
-                 top_n_users: int = 20, judge: JudgeConfig | None = None) -> dict:
-    """Compute and write the hour's metrics partition; return a small summary for XCom."""
+                 top_n_users: int = 20, judge: JudgeConfig | None = None,
+                 judge_factory: JudgeFactory | None = None) -> dict:
+    """Compute and write the hour's metrics partition; return a small summary for XCom.
+    ``judge_factory`` builds the relevance judge when it is enabled (see :func:`judge_hour`)."""
     hour = hour_floor(hour)
     prices = prices if prices is not None else load_price_table()
     judge = judge if judge is not None else JudgeConfig()
@@ -63,7 +69,8 @@ def analyse_hour(lake: Lake, hour: datetime, *, prices: PriceTable | None = None
     table = compute_hourly_metrics(calls, hour, prices, top_n_users)
     summary = metrics_summary(table)
     if judge.enabled:
-        verdicts = judge_hour(calls, hour, judge, price_lookup=judge_price_lookup(prices))
+        verdicts = judge_hour(calls, hour, judge, price_lookup=judge_price_lookup(prices),
+                              judge_factory=judge_factory)
         table = pa.concat_tables([table, verdicts.metrics().cast(table.schema)])
         summary["judge"] = verdicts.summary()
     info = write_hourly_metrics(lake, hour, table)
@@ -200,16 +207,24 @@ HEAL_REQUESTS_SCHEMA = pa.schema([
 
 
 def alert_on_findings(lake: Lake, findings: list[Finding], now: datetime, *, run_id: str,
+                      webhooks: SlackWebhooks,
+                      variable_reader: Callable[[str], str | None] | None = None,
                       run_url: str | None = None, scope: str = "hourly") -> dict:
-    """Run the alert engine on one evaluation; returns its outcome as a JSON-safe dict."""
+    """Run the alert engine on one evaluation; returns its outcome as a JSON-safe dict.
+    ``webhooks``: the Slack connections; ``variable_reader``: reads the silences Variable
+    (both from ``airflow_adapters.resources`` in a DAG task)."""
     # Imported here: slack_sdk and the engine are only needed by the evaluating task.
     from promptops.alerts.config import load_alerting_config
     from promptops.alerts.engine import AlertEngine
+    from promptops.alerts.silences import SilenceSource
     from promptops.alerts.slack import SlackNotifier
     from promptops.alerts.store import AlertStore
 
     config = load_alerting_config()
-    engine = AlertEngine(config, AlertStore(lake, scope=scope), SlackNotifier.from_config(config))
+    engine = AlertEngine(config, AlertStore(lake, scope=scope),
+                         SlackNotifier.from_config(config, webhooks=webhooks),
+                         silences=SilenceSource.from_config(config,
+                                                            variable_reader=variable_reader))
     outcome = engine.evaluate(findings, now, run_id=run_id, run_url=run_url)
     for warning in outcome.warnings:
         log.warning("alert engine: %s", warning)

@@ -41,11 +41,11 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
-from urllib.parse import urlsplit
 
 from promptops.errors import CircuitOpenError, PromptOpsError
 
 if TYPE_CHECKING:
+    from promptops.secrets import SecretMasker
     from promptops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -201,28 +201,20 @@ class FileBreakerStore:
         return sorted(p.stem for p in self.directory.glob("*.json"))
 
 
-def celery_redis_broker_url() -> str | None:
-    """The Celery broker's URL when Airflow runs the CeleryExecutor on Redis, else None
-    (a broker URL alone means nothing: the provider has a default one)."""
-    try:
-        from airflow.configuration import conf
-    except ImportError:
-        return None
-    if "CeleryExecutor" not in (conf.get("core", "executor", fallback="") or ""):
-        return None
-    url = conf.get("celery", "broker_url", fallback=None)
-    return url if url and urlsplit(url).scheme in ("redis", "rediss") else None
-
-
-def store_from_settings(settings: Settings, *, fallback: bool = True) -> BreakerStore:
+def store_from_settings(settings: Settings, *, fallback: bool = True,
+                        celery_broker_url: str | None = None,
+                        mask_secret: SecretMasker | None = None) -> BreakerStore:
     """The store the settings choose: ``PROMPTOPS_BREAKER_STORE`` ``file``, or Redis (the
-    configured URL, else the Celery broker's) with this host's files as the ``fallback``
-    while Redis is unreachable. ``auto`` takes files when there is no Redis to use."""
+    configured URL, else ``celery_broker_url``: the Redis broker of Airflow's
+    CeleryExecutor, read by ``airflow_adapters.connections.celery_redis_broker_url``) with
+    this host's files as the ``fallback`` while Redis is unreachable. ``auto`` takes files
+    when there is no Redis to use. ``mask_secret`` registers the Redis password with the
+    log masker."""
     files = FileBreakerStore(settings.state_dir / "breakers")
     if settings.breaker_store == "file":
         return files
     configured = settings.breaker_redis_url
-    url = (configured.get_secret_value() if configured else None) or celery_redis_broker_url()
+    url = (configured.get_secret_value() if configured else None) or celery_broker_url
     if not url:
         if settings.breaker_store == "redis":
             raise ValueError(
@@ -240,7 +232,8 @@ def store_from_settings(settings: Settings, *, fallback: bool = True) -> Breaker
     # cli_options "": the CLI finds this store through the same settings.
     return RedisBreakerStore(url, prefix=settings.breaker_redis_prefix,
                              ttl_s=settings.breaker_state_ttl_s,
-                             fallback=files if fallback else None, cli_options="")
+                             fallback=files if fallback else None, cli_options="",
+                             mask_secret=mask_secret)
 
 
 def _ts(t: float | None) -> str:
@@ -470,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             store = RedisBreakerStore(redis_url, prefix=prefix)
         else:  # no fallback: the CLI must show the shared state or say it cannot
             settings = get_settings()
-            store = store_from_settings(settings, fallback=False)
+            store = store_from_settings(settings, fallback=False,
+                                        celery_broker_url=_celery_broker_url())
             cooldown = settings.breaker_cooldown_s
         if args.command == "reset":
             CircuitBreaker(args.name, store).reset()
@@ -493,6 +487,16 @@ def main(argv: list[str] | None = None) -> int:
         for n, s in states.items():
             print(describe(n, s, cooldown))
     return 0
+
+
+def _celery_broker_url() -> str | None:
+    # The CLI is an entry point, like a DAG file: it finds the store as the workers do, so
+    # it asks Airflow's config for a Celery broker, where Airflow is installed.
+    try:
+        from promptops.airflow_adapters.connections import celery_redis_broker_url
+    except ImportError:
+        return None
+    return celery_redis_broker_url()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 from promptops.errors import PromptOpsError
 from promptops.platform.breaker import BreakerState, BreakerStore, check_name
-from promptops.platform.client import mask_secret
+from promptops.secrets import SecretMasker, redact
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +78,22 @@ class RedisBreakerStore:
     ``fallback`` (usually this host's :class:`~promptops.platform.breaker.FileBreakerStore`) serves
     while Redis is unreachable; Redis is tried again ``retry_after_s`` after each failure.
     ``cli_options`` is what ``python -m promptops.platform.breaker`` needs to find this store (empty
-    when the settings lead it there).
+    when the settings lead it there). ``mask_secret`` registers the URL's passwords with the
+    log masker (in a DAG task Airflow's, see ``airflow_adapters.resources.breaker_store``).
     """
 
     def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, ttl_s: int = DEFAULT_TTL_S,
                  fallback: BreakerStore | None = None, retry_after_s: float = 30.0,
                  cli_options: str | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 mask_secret: SecretMasker | None = None) -> None:
         if ttl_s < 1:
             raise ValueError("ttl_s must be >= 1")
         self.url = redact_url(url)
         self._secrets = url_passwords(url)
-        for secret in self._secrets:
-            mask_secret(secret, "the breaker's Redis password")
+        if mask_secret is not None:
+            for secret in self._secrets:
+                mask_secret(secret, "the breaker's Redis password")
         try:
             # Short timeouts and few retries: the breaker guards every platform call, so an
             # unreachable Redis must cost a moment, not a task's run.
@@ -192,9 +195,7 @@ class RedisBreakerStore:
         return result
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, self._secrets)
 
     def _decode(self, raw: bytes | None, key: str) -> BreakerState:
         if raw is None:

@@ -12,7 +12,6 @@ requests; it never appears in an exception, a ``repr`` or a log line.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from promptops.errors import (
     RateLimited,
     UpstreamTimeout,
 )
-from promptops.platform.breaker import CircuitBreaker, Ticket, store_from_settings
+from promptops.platform.breaker import BreakerStore, CircuitBreaker, Ticket
 from promptops.platform.paging import (
     CALL_RECORDS,
     MAX_PAGE_LIMIT,
@@ -61,6 +60,7 @@ from promptops.platform.paging import (
     dict_pages,
     read_page_columns,
 )
+from promptops.secrets import redact
 
 if TYPE_CHECKING:
     from promptops.settings import Settings
@@ -225,7 +225,8 @@ def _unreachable_reason(exc: BaseException) -> str:
 
 class PlatformClient:
     """The platform's API. Thread-safe enough for the background threads it starts itself
-    (prefetch, pager); use one client per task (``with PlatformClient.from_airflow() as client: ...``)."""
+    (prefetch, pager); use one client per task (in a DAG task
+    ``with airflow_adapters.resources.platform_client() as client: ...``)."""
 
     def __init__(self, base_url: str, api_key: str, *, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, max_retries: int = 5, backoff_factor: float = 0.5,
@@ -268,29 +269,13 @@ class PlatformClient:
         self.session.headers.setdefault("User-Agent", "promptops-client")
         self.session.headers["Accept"] = "application/json"
 
-    # -- construction from Airflow -----------------------------------------------------------
+    # -- construction from settings ----------------------------------------------------------
     @classmethod
-    def from_airflow(cls, conn_id: str | None = None,
-                     settings: Settings | None = None) -> PlatformClient:
-        """Base URL and key from the Airflow connection (``prompt_platform`` by default),
-        falling back to ``PROMPT_API_KEY`` / ``PROMPTOPS_PLATFORM_URL``; breaker state in the
-        store the settings choose (files under ``settings.state_dir/breakers``, or Redis)."""
-        from promptops.settings import get_settings
-
-        settings = settings or get_settings()
-        conn_id = conn_id or settings.platform_conn_id
-        base_url, api_key = _airflow_connection(conn_id)
-        api_key = api_key or os.environ.get("PROMPT_API_KEY") or None
-        base_url = base_url or os.environ.get("PROMPTOPS_PLATFORM_URL") or None
-        if not base_url:
-            raise PlatformNotConfigured(
-                f"no platform URL: set the host of Airflow connection {conn_id!r} "
-                f"(e.g. http://platform:8700) or PROMPTOPS_PLATFORM_URL")
-        if not api_key:
-            raise PlatformNotConfigured(
-                f"no API key: set the password of Airflow connection {conn_id!r} "
-                f"or the environment variable PROMPT_API_KEY")
-        _mask_secret(api_key)
+    def from_settings(cls, base_url: str, api_key: str, settings: Settings, *,
+                      breaker_name: str, breaker_store: BreakerStore) -> PlatformClient:
+        """Timeouts, retries and a circuit breaker (``breaker_name``, its state in
+        ``breaker_store``) as the settings say. DAG tasks get theirs, base URL and key from
+        the Airflow connection, from ``airflow_adapters.resources.platform_client``."""
         attempts = settings.max_retries + 1
         backoff_max = 30.0
         # A probe that never reports back (its process died) may be retaken after the longest
@@ -298,7 +283,7 @@ class PlatformClient:
         probe_timeout = (attempts * (settings.connect_timeout_s + settings.read_timeout_s)
                          + settings.max_retries * max(backoff_max, settings.max_retry_after_s))
         breaker = CircuitBreaker(
-            conn_id, store_from_settings(settings),
+            breaker_name, breaker_store,
             failure_threshold=settings.breaker_failure_threshold,
             cooldown_s=settings.breaker_cooldown_s, probe_timeout_s=probe_timeout)
         return cls(base_url, api_key, connect_timeout=settings.connect_timeout_s,
@@ -735,58 +720,7 @@ class PlatformClient:
     def _scrub(self, text: str) -> str:
         # The platform's own text goes into our messages; a broken platform could echo the
         # key back, so it is blanked out here, whatever the source.
-        return text.replace(self._secret, "***") if self._secret in text else text
-
-
-def _airflow_connection(conn_id: str) -> tuple[str | None, str | None]:
-    """(base URL, key) from the Airflow connection; (None, None) without Airflow or the
-    connection."""
-    try:
-        from airflow.sdk import Connection
-    except ImportError:
-        return None, None
-    try:
-        conn = Connection.get(conn_id)
-    except Exception as exc:  # AirflowNotFoundException, or no secrets backend reachable
-        if type(exc).__name__ != "AirflowNotFoundException":
-            log.warning("could not read Airflow connection %r (%s); using the environment",
-                        conn_id, type(exc).__name__)
-        return None, None
-    return base_url_from_connection(conn), (conn.password or None)
-
-
-def base_url_from_connection(conn: Any) -> str | None:
-    """``http(s)://host[:port]`` from a connection whose host is a bare name (scheme from
-    ``schema`` or the connection type, as Airflow's HTTP hook does) or a full URL."""
-    host = (conn.host or "").strip()
-    if not host:
-        return None
-    if "://" in host:
-        split = urlsplit(host)
-        netloc = split.netloc
-        if conn.port and split.port is None:
-            netloc = f"{netloc}:{conn.port}"
-        return f"{split.scheme}://{netloc}{split.path}".rstrip("/")
-    scheme = next((s for s in (conn.schema, conn.conn_type) if s in ("http", "https")), "http")
-    host, _, path = host.partition("/")
-    port = f":{conn.port}" if conn.port else ""
-    return f"{scheme}://{host}{port}" + (f"/{path}".rstrip("/") if path else "")
-
-
-def mask_secret(secret: str, what: str = "the API key") -> None:
-    """Register a secret with Airflow's log masker (task logs show *** instead)."""
-    try:
-        from airflow.sdk.log import mask_secret as airflow_mask_secret
-    except ImportError:
-        return
-    try:
-        airflow_mask_secret(secret)
-    except Exception as exc:  # masking must never stop a task; say so without the secret
-        log.warning("could not register %s with Airflow's secret masker (%s)", what,
-                    type(exc).__name__)
-
-
-_mask_secret = mask_secret
+        return redact(text, [self._secret])
 
 
 def _parse_time(value: Any) -> datetime | None:

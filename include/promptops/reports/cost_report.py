@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -60,6 +60,10 @@ from promptops.lake.store import Lake
 from promptops.reports import cost_movers
 from promptops.reports.completeness import backfill_command
 from promptops.timeutil import as_utc
+
+if TYPE_CHECKING:
+    from promptops.alerts.slack import SlackWebhooks
+    from promptops.detection.thresholds import ThresholdsConfig
 
 log = logging.getLogger(__name__)
 
@@ -548,11 +552,12 @@ def chart_quality(table: pd.DataFrame) -> bytes:
 
 # -- the report -----------------------------------------------------------------------------
 
-def configured_budgets() -> tuple[float, float | None]:
-    """(daily token budget, daily cost budget) from the thresholds config."""
+def configured_budgets(thresholds: ThresholdsConfig | None = None) -> tuple[float, float | None]:
+    """(daily token budget, daily cost budget) from the thresholds config (default: the
+    file's, without the Variable's overrides a DAG task passes in)."""
     from promptops.detection.thresholds import load_thresholds
 
-    rules = load_thresholds().rules
+    rules = (thresholds if thresholds is not None else load_thresholds()).rules
     tokens = getattr(rules.get("daily_tokens"), "budget", None) or DEFAULT_TOKEN_BUDGET
     cost = getattr(rules.get("daily_cost"), "budget", None)
     return float(tokens), (float(cost) if cost is not None else None)
@@ -832,16 +837,17 @@ def report_sections(d: ReportDay, budget_tokens: float, budget_cost_usd: float |
 
 def build_report(lake: Lake, day: date | datetime | str, *, budget_tokens: float | None = None,
                  budget_cost_usd: float | None = None, run_url: str | None = None,
-                 now: datetime | None = None) -> ReportResult:
+                 now: datetime | None = None,
+                 thresholds: ThresholdsConfig | None = None) -> ReportResult:
     """Build the day's report and write it to ``<lake>/reports/date=YYYY-MM-DD/``.
 
-    ``budget_tokens`` / ``budget_cost_usd``: default to the thresholds config's
-    ``daily_tokens`` / ``daily_cost`` budgets. ``run_url``: the Airflow run, linked in the
+    ``budget_tokens`` / ``budget_cost_usd``: default to the ``daily_tokens`` /
+    ``daily_cost`` budgets of ``thresholds`` (default: the file's). ``run_url``: the Airflow run, linked in the
     footer. ``now``: hours ending after it are *pending*, not missing (default: the clock).
     Rebuilding a day replaces its files."""
     day, _, _ = day_bounds(day)
     if budget_tokens is None or budget_cost_usd is None:
-        cfg_tokens, cfg_cost = configured_budgets()
+        cfg_tokens, cfg_cost = configured_budgets(thresholds)
         budget_tokens = cfg_tokens if budget_tokens is None else budget_tokens
         budget_cost_usd = cfg_cost if budget_cost_usd is None else budget_cost_usd
     if budget_tokens <= 0:
@@ -1140,16 +1146,18 @@ def _movers_text(s: dict[str, Any], per_comparison: int = 3) -> str:
     return "\n".join(lines)
 
 
-def send_slack_summary(message: dict[str, Any], *, conn_id: str = "slack_alerts",
-                       timeout_s: float = 10.0, max_retries: int = 3) -> None:
-    """Post the summary through the Airflow Slack provider (connection of type
-    ``slackwebhook``), retrying rate limits, server errors and dropped connections.
+def send_slack_summary(message: dict[str, Any], *, webhooks: SlackWebhooks,
+                       conn_id: str = "slack_alerts", timeout_s: float = 10.0,
+                       max_retries: int = 3) -> None:
+    """Post the summary to the webhook of connection ``conn_id`` (in a DAG task through the
+    Airflow Slack provider, connection of type ``slackwebhook``), retrying rate limits,
+    server errors and dropped connections.
     Raises :class:`ReportError` naming the connection, never the webhook URL."""
     from promptops.alerts.slack import SlackSendError, send_message
 
     try:
-        send_message(message, conn_id=conn_id, what="the daily summary", timeout_s=timeout_s,
-                     max_retries=max_retries)
+        send_message(message, conn_id=conn_id, webhooks=webhooks, what="the daily summary",
+                     timeout_s=timeout_s, max_retries=max_retries)
     except SlackSendError as exc:
         raise ReportError(f"{exc}; the report itself is written, rerun the task to resend"
                           ) from None

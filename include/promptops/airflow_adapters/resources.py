@@ -1,0 +1,129 @@
+"""What the DAG tasks hand the library: its clients, readers and stores, built from Airflow.
+
+As the Slack provider's hook builds a plain ``slack_sdk`` client from a connection, each
+function here builds a plain promptops object from what
+:mod:`promptops.airflow_adapters.connections` reads (connections, Variables, Airflow's
+config, its secret masker). The library takes these as arguments and never imports Airflow.
+
+Cheap to import: the library modules are imported by the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from promptops.airflow_adapters import connections
+
+if TYPE_CHECKING:
+    from upath import UPath
+
+    from promptops.alerts.config import AlertingConfig
+    from promptops.alerts.silences import SilenceSource
+    from promptops.alerts.slack import SlackNotifier
+    from promptops.detection.thresholds import ThresholdsConfig
+    from promptops.lake.store import Lake
+    from promptops.metrics.judge import JudgeConfig, RelevanceJudge
+    from promptops.platform.breaker import BreakerStore
+    from promptops.platform.client import PlatformClient
+    from promptops.settings import Settings
+
+#: Reads a Variable's raw value, for :class:`promptops.alerts.silences.SilenceSource`.
+variable_reader = connections.variable
+
+
+def storage_path(uri: str, conn_id: str | None = None) -> UPath:
+    """Airflow's ``ObjectStoragePath`` for a URI: credentials from Airflow connections
+    (``s3://conn@bucket/prefix``, or ``conn_id``), file access recorded for lineage."""
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
+
+
+def lake(base_uri: str | None = None, conn_id: str | None = None) -> Lake:
+    """The lake at ``base_uri`` (default ``PROMPTOPS_LAKE_URI``) through
+    :func:`storage_path`."""
+    from promptops.lake.store import Lake
+    from promptops.settings import get_settings
+
+    return Lake(root=storage_path(base_uri or get_settings().lake_uri, conn_id))
+
+
+def breaker_store(settings: Settings, *, fallback: bool = True) -> BreakerStore:
+    """The breaker store the settings choose, Airflow's Redis Celery broker among the
+    candidates, its password registered with Airflow's secret masker."""
+    from promptops.platform.breaker import store_from_settings
+
+    return store_from_settings(settings, fallback=fallback,
+                               celery_broker_url=connections.celery_redis_broker_url(),
+                               mask_secret=connections.mask_secret)
+
+
+def platform_client(conn_id: str | None = None,
+                    settings: Settings | None = None) -> PlatformClient:
+    """The platform's client: base URL and key from the Airflow connection
+    (``prompt_platform`` by default), falling back to ``PROMPT_API_KEY`` /
+    ``PROMPTOPS_PLATFORM_URL``; breaker state in the store the settings choose (files under
+    ``settings.state_dir/breakers``, or Redis). Raises ``PlatformNotConfigured`` naming
+    what to set."""
+    from promptops.errors import PlatformNotConfigured
+    from promptops.platform.client import PlatformClient
+    from promptops.settings import get_settings
+
+    settings = settings or get_settings()
+    conn_id = conn_id or settings.platform_conn_id
+    base_url, api_key = connections.platform_connection(conn_id)
+    api_key = api_key or os.environ.get("PROMPT_API_KEY") or None
+    base_url = base_url or os.environ.get("PROMPTOPS_PLATFORM_URL") or None
+    if not base_url:
+        raise PlatformNotConfigured(
+            f"no platform URL: set the host of Airflow connection {conn_id!r} "
+            f"(e.g. http://platform:8700) or PROMPTOPS_PLATFORM_URL")
+    if not api_key:
+        raise PlatformNotConfigured(
+            f"no API key: set the password of Airflow connection {conn_id!r} "
+            f"or the environment variable PROMPT_API_KEY")
+    connections.mask_secret(api_key, "the API key")
+    return PlatformClient.from_settings(base_url, api_key, settings, breaker_name=conn_id,
+                                        breaker_store=breaker_store(settings))
+
+
+def relevance_judge(config: JudgeConfig) -> RelevanceJudge:
+    """The judge behind Airflow connection ``config.conn_id`` (a
+    :data:`promptops.metrics.judge.JudgeFactory`); raises ``JudgeNotConfigured`` naming
+    what to set."""
+    from promptops.metrics.judge import RelevanceJudge
+
+    base_url, api_key = connections.judge_connection(config.conn_id)
+    return RelevanceJudge.from_config(config, base_url, api_key)
+
+
+def slack_webhooks() -> connections.AirflowSlackWebhooks:
+    """Slack incoming webhooks from Airflow connections of type ``slackwebhook``."""
+    return connections.AirflowSlackWebhooks()
+
+
+def slack_notifier(config: AlertingConfig, **kwargs: Any) -> SlackNotifier:
+    """The alert engine's notifier, delivering through :func:`slack_webhooks`."""
+    from promptops.alerts.slack import SlackNotifier
+
+    return SlackNotifier.from_config(config, webhooks=slack_webhooks(), **kwargs)
+
+
+def silences(config: AlertingConfig) -> SilenceSource:
+    """The silences of the config's file and its Airflow Variable."""
+    from promptops.alerts.silences import SilenceSource
+
+    return SilenceSource.from_config(config, variable_reader=variable_reader)
+
+
+#: The Airflow Variable ``promptops_thresholds``'s overrides (None when unset).
+threshold_overrides = connections.threshold_overrides
+
+
+def thresholds() -> ThresholdsConfig:
+    """The alert rules as a DAG task sees them: the file, the Variable's overrides, then the
+    environment's."""
+    from promptops.detection.thresholds import load_thresholds
+
+    return load_thresholds(variable_overrides=threshold_overrides())
