@@ -1,7 +1,8 @@
 """The heal DAG's steps as library calls: plan, policy gate, apply, verify, report, audit.
 
 Every function here takes and returns JSON-safe dicts (the DAG hands them over XCom) and
-none needs a scheduler, so each step is unit-testable against a real simulator.
+none needs a scheduler, so each step is unit-testable against a real simulator. Inside, the
+steps work on the typed hand-offs of :mod:`promptops.heal.state`.
 
 - :func:`plan_heal` validates the conf (the UI form or another DAG's trigger) and expands a
   playbook into ordered steps, each with its ``Idempotency-Key`` from the run and the step.
@@ -23,7 +24,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from promptops.errors import PERMANENT_ERRORS
 from promptops.heal.approval import answer_decision
@@ -41,6 +42,16 @@ from promptops.heal.policy import (
     parse_request,
     run_script,
 )
+from promptops.heal.state import (
+    AlertRef,
+    ApplyResult,
+    GateResult,
+    HealOutcome,
+    HealPlan,
+    PlanStep,
+    StepView,
+    Verification,
+)
 from promptops.timeutil import as_utc
 
 if TYPE_CHECKING:
@@ -51,34 +62,6 @@ log = logging.getLogger(__name__)
 
 #: Platform statuses that end an action.
 FINISHED = ("succeeded", "failed")
-
-
-class AlertRef(BaseModel):
-    """The alert a heal answers: enough to re-measure its metric with its rule."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    fingerprint: str | None = Field(default=None, pattern=r"^[0-9a-f]{8,64}$")
-    rule: str = Field(min_length=1, max_length=200)
-    #: Which evaluation raised it: ``hourly`` or ``health`` (the 5-minute sensor).
-    scope: str = Field(default="hourly", pattern=r"^(hourly|health)$")
-    labels: dict[str, str] = Field(default_factory=dict)
-    severity: str | None = None
-    summary: str | None = None
-    value: float | None = None
-    threshold: float | None = None
-    fired_at: str | None = None
-
-    @property
-    def metric(self) -> str | None:
-        return self.labels.get("metric")
-
-    @property
-    def dimension(self) -> str:
-        return self.labels.get("dimension", "overall")
-
-    @property
-    def slice(self) -> str:
-        return self.labels.get("slice", "all")
 
 
 # -- plan ----------------------------------------------------------------------------------
@@ -121,35 +104,35 @@ def plan_heal(conf: Mapping[str, Any], run_id: str, now: datetime, *,
         steps = [(request, "script")]
     else:
         steps = [(request, "platform")]
-    planned = [{"step": str(i), "kind": kind, "key": idempotency_key(run_id, i),
-                "request": r.model_dump(mode="json")}
+    planned = [PlanStep(step=str(i), kind=kind, key=idempotency_key(run_id, i),
+                        request=r.model_dump(mode="json"))
                for i, (r, kind) in enumerate(steps, start=1)]
-    return {"run_id": run_id, "planned_at": as_utc(now).isoformat(),
-            "requested_by": request.requested_by, "dry_run": request.dry_run,
-            "reason": request.reason, "action": request.action.value, "target": request.target,
-            "alert": alert.model_dump() if alert else None, "alert_fingerprint": fingerprint,
-            "steps": planned, "summary": summarize(planned, request.dry_run)}
+    return HealPlan(run_id=run_id, planned_at=as_utc(now), requested_by=request.requested_by,
+                    dry_run=request.dry_run, reason=request.reason,
+                    action=request.action.value, target=request.target, alert=alert,
+                    alert_fingerprint=fingerprint, steps=planned,
+                    summary=summarize(planned, request.dry_run)).to_xcom()
 
 
-def describe_step(step: Mapping[str, Any]) -> str:
-    r = step["request"]
+def describe_step(step: PlanStep) -> str:
+    r = step.request
     params = r.get("params") or {}
-    if step["kind"] == "script":
+    if step.kind == "script":
         args = " ".join(params.get("args", []))
         return f"run script {r['target']}" + (f" {args}" if args else "")
     shown = ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("labels", "args"))
     return f"{r['action']} {r['target']}" + (f" ({shown})" if shown else "")
 
 
-def summarize(steps: list[Mapping[str, Any]], dry_run: bool) -> str:
+def summarize(steps: list[PlanStep], dry_run: bool) -> str:
     text = "; then ".join(describe_step(s) for s in steps)
     return ("[dry run] " if dry_run else "") + text
 
 
-def request_of(step: Mapping[str, Any], policy: HealPolicy) -> HealRequest:
+def request_of(step: PlanStep, policy: HealPolicy) -> HealRequest:
     """A planned step's request again (validated: plans travel through XCom)."""
     # A run_playbook step is a script here (playbooks were expanded): check it as one.
-    return parse_request(step["request"], policy, playbook_names=())
+    return parse_request(step.request, policy, playbook_names=())
 
 
 # -- policy gate ---------------------------------------------------------------------------
@@ -165,7 +148,7 @@ def history_for(lake: Any, now: datetime, policy: HealPolicy, *,
     return [r for r in records if r.run_id != exclude_run]
 
 
-def gate(plan: Mapping[str, Any], history: list[Any], now: datetime,
+def gate(plan: HealPlan | Mapping[str, Any], history: list[Any], now: datetime,
          policy: HealPolicy | None = None) -> dict[str, Any]:
     """``verdict``: ``auto`` (run now), ``approval`` (a person decides) or ``denied`` (the
     policy refuses: cool-down, hourly cap), with the reason of every step."""
@@ -175,21 +158,21 @@ def gate(plan: Mapping[str, Any], history: list[Any], now: datetime,
     now = as_utc(now)
     seen = list(history)
     reasons, needs, denied = [], False, []
-    for step in plan["steps"]:
+    for step in HealPlan.of(plan).steps:
         req = request_of(step, policy)
         decision = check_policy(req, seen, now, policy)
-        reasons.append(f"step {step['step']} ({describe_step(step)}): {decision.reason}")
+        reasons.append(f"step {step.step} ({describe_step(step)}): {decision.reason}")
         needs = needs or decision.needs_approval
         if not decision.allowed:
-            denied.append(step["step"])
+            denied.append(step.step)
         elif not req.dry_run:
             # The plan's own earlier steps count against the hourly cap of the later ones.
-            seen.append(AuditRecord(idempotency_key=step["key"], requested_at=now,
+            seen.append(AuditRecord(idempotency_key=step.key, requested_at=now,
                                     action=req.action.value, target=req.target,
                                     decision="planned", dry_run=False, action_id="planned"))
     verdict = "denied" if denied else "approval" if needs else "auto"
-    return {"verdict": verdict, "reasons": reasons, "denied_steps": denied,
-            "needs_approval": needs}
+    return GateResult(verdict=verdict, reasons=reasons, denied_steps=denied,
+                      needs_approval=needs).to_xcom()
 
 
 # -- apply ---------------------------------------------------------------------------------
@@ -198,7 +181,7 @@ def _finished(doc: Mapping[str, Any]) -> bool:
     return doc.get("status") in FINISHED
 
 
-def apply_poke(client: Any, lake: Any, plan: Mapping[str, Any], now: datetime, *,
+def apply_poke(client: Any, lake: Any, plan: HealPlan | Mapping[str, Any], now: datetime, *,
                decision: str, decided_by: str | None,
                policy: HealPolicy | None = None) -> dict[str, Any]:
     """One look at the plan's actions: post the next step that is due, ask the platform
@@ -214,72 +197,81 @@ def apply_poke(client: Any, lake: Any, plan: Mapping[str, Any], now: datetime, *
 
     policy = policy or load_policy()
     now = as_utc(now)
-    planned_at = datetime.fromisoformat(plan["planned_at"])
-    mine = {r.idempotency_key: r for r in read_audit(lake, planned_at - timedelta(hours=1),
+    plan = HealPlan.of(plan)
+    mine = {r.idempotency_key: r for r in read_audit(lake, plan.planned_at - timedelta(hours=1),
                                                      now + timedelta(hours=1))
-            if r.run_id == plan["run_id"]}
-    out: list[dict[str, Any]] = []
+            if r.run_id == plan.run_id}
+    out: list[StepView] = []
     done = True
     stopped: str | None = None
-    for step in plan["steps"]:
+    for step in plan.steps:
         req = request_of(step, policy)
-        rec = mine.get(step["key"])
+        rec = mine.get(step.key)
         if stopped:
             out.append(_step_view(step, "not_run", stopped))
             continue
         if rec is None:
             decision_now = check_policy(req, history_for(lake, now, policy,
-                                                         exclude_run=plan["run_id"]), now, policy)
+                                                         exclude_run=plan.run_id), now, policy)
             if not decision_now.allowed:
                 rec = _record(plan, step, req, now, "denied", None, decision_now.reason)
                 write_audit(lake, rec)
                 out.append(_step_view(step, "denied", decision_now.reason))
-                stopped = f"not run: step {step['step']} was denied by policy"
+                stopped = f"not run: step {step.step} was denied by policy"
                 continue
             rec = _record(plan, step, req, now, decision, decided_by, decision_now.reason)
-        if step["kind"] == "script":
+        if step.kind == "script":
             if rec.platform_status is None:
                 rec = _run_script_step(rec, req, now)
                 write_audit(lake, rec)
             out.append(_step_view(step, rec.platform_status, rec.platform_detail, rec))
             if rec.platform_status != "succeeded":
-                stopped = f"not run: step {step['step']} failed"
+                stopped = f"not run: step {step.step} failed"
             continue
-        try:
-            answer = client.create_action(req.action.value, req.target, dict(req.params),
-                                          dry_run=req.dry_run,
-                                          reason=req.reason or plan["reason"],
-                                          idempotency_key=step["key"])
-        except PERMANENT_ERRORS as exc:
-            # Refused for good (401/403/422): the audit keeps the platform's answer and the
-            # task fails without a retry (see promptops.airflow_adapters.failure_notifier): sent once.
-            write_audit(lake, replace(rec, platform_status="refused",
-                                      platform_detail=str(exc)[:2000]))
-            raise
-        view = client.get_action(answer["action_id"])
-        status = view.get("status")
-        finished = _finished(view) or answer.get("status") == "dry_run"
-        elapsed = now - as_utc(rec.requested_at)
-        if not finished and elapsed > policy.verification.action_timeout:
-            status, finished = "timed_out", True
-            view = {**view, "detail": (f"the platform did not finish the action within "
-                                       f"{policy.verification.action_timeout}; last status "
-                                       f"{view.get('status')!r}")}
-        rec = replace(rec, action_id=answer["action_id"], platform_status=status,
-                      platform_detail=str(view.get("detail") or "")[:2000],
-                      finished_at=_ts(view.get("finished_at")) if finished else None)
-        if rec != mine.get(step["key"]):
+        rec, finished = _poke_platform(client, lake, plan, step, req, rec, now, policy)
+        if rec != mine.get(step.key):
             write_audit(lake, rec)
-        out.append(_step_view(step, status, rec.platform_detail, rec))
+        out.append(_step_view(step, rec.platform_status, rec.platform_detail, rec))
         if not finished:
             done = False
             break
-        if status != "succeeded":
-            stopped = f"not run: step {step['step']} ended {status}"
+        if rec.platform_status != "succeeded":
+            stopped = f"not run: step {step.step} ended {rec.platform_status}"
     # Steps after the running one wait for the next look.
-    for step in plan["steps"][len(out):]:
+    for step in plan.steps[len(out):]:
         out.append(_step_view(step, "waiting", "waits for the step before it"))
-    return {"done": done, "steps": out}
+    return ApplyResult(done=done, steps=out).to_xcom()
+
+
+def _poke_platform(client: Any, lake: Any, plan: HealPlan, step: PlanStep, req: HealRequest,
+                   rec: Any, now: datetime, policy: HealPolicy) -> tuple[Any, bool]:
+    """Post a platform step (again: its key makes that idempotent) and ask how it is going:
+    its audit record as of ``now``, and whether it finished."""
+    from promptops.heal.audit import write_audit
+
+    try:
+        answer = client.create_action(req.action.value, req.target, dict(req.params),
+                                      dry_run=req.dry_run, reason=req.reason or plan.reason,
+                                      idempotency_key=step.key)
+    except PERMANENT_ERRORS as exc:
+        # Refused for good (401/403/422): the audit keeps the platform's answer and the
+        # task fails without a retry (see promptops.airflow_adapters.failure_notifier): sent once.
+        write_audit(lake, replace(rec, platform_status="refused",
+                                  platform_detail=str(exc)[:2000]))
+        raise
+    view = client.get_action(answer["action_id"])
+    status = view.get("status")
+    finished = _finished(view) or answer.get("status") == "dry_run"
+    elapsed = now - as_utc(rec.requested_at)
+    if not finished and elapsed > policy.verification.action_timeout:
+        status, finished = "timed_out", True
+        view = {**view, "detail": (f"the platform did not finish the action within "
+                                   f"{policy.verification.action_timeout}; last status "
+                                   f"{view.get('status')!r}")}
+    rec = replace(rec, action_id=answer["action_id"], platform_status=status,
+                  platform_detail=str(view.get("detail") or "")[:2000],
+                  finished_at=_ts(view.get("finished_at")) if finished else None)
+    return rec, finished
 
 
 def _ts(value: Any) -> datetime | None:
@@ -288,15 +280,15 @@ def _ts(value: Any) -> datetime | None:
     return as_utc(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
 
 
-def _record(plan: Mapping[str, Any], step: Mapping[str, Any], req: HealRequest, now: datetime,
+def _record(plan: HealPlan, step: PlanStep, req: HealRequest, now: datetime,
             decision: str, decided_by: str | None, why: str) -> Any:
     from promptops.heal.audit import AuditRecord
 
-    return AuditRecord(idempotency_key=step["key"], requested_at=now, action=req.action.value,
+    return AuditRecord(idempotency_key=step.key, requested_at=now, action=req.action.value,
                        target=req.target, decision=decision, dry_run=req.dry_run,
-                       run_id=plan["run_id"], step=step["step"], params=dict(req.params),
-                       reason=req.reason or plan["reason"], requested_by=plan["requested_by"],
-                       alert_fingerprint=plan.get("alert_fingerprint"), decided_by=decided_by,
+                       run_id=plan.run_id, step=step.step, params=dict(req.params),
+                       reason=req.reason or plan.reason, requested_by=plan.requested_by,
+                       alert_fingerprint=plan.alert_fingerprint, decided_by=decided_by,
                        decision_reason=why)
 
 
@@ -314,18 +306,17 @@ def _run_script_step(rec: Any, req: HealRequest, now: datetime) -> Any:
                    finished_at=as_utc(datetime.now(now.tzinfo)))
 
 
-def _step_view(step: Mapping[str, Any], status: str | None, detail: str | None,
-               rec: Any = None) -> dict[str, Any]:
-    return {"step": step["step"], "key": step["key"], "what": describe_step(step),
-            "status": status, "detail": detail,
-            "action_id": rec.action_id if rec is not None else None,
-            "finished_at": rec.finished_at.isoformat() if rec is not None and rec.finished_at
-            else None}
+def _step_view(step: PlanStep, status: str | None, detail: str | None,
+               rec: Any = None) -> StepView:
+    return StepView(step=step.step, key=step.key, what=describe_step(step), status=status,
+                    detail=detail, action_id=rec.action_id if rec is not None else None,
+                    finished_at=rec.finished_at if rec is not None else None)
 
 
 # -- verify --------------------------------------------------------------------------------
 
-def verification_window(plan: Mapping[str, Any], applied: Mapping[str, Any] | None,
+def verification_window(plan: Mapping[str, Any],
+                        applied: ApplyResult | Mapping[str, Any] | None,
                         policy: HealPolicy | None = None,
                         ) -> tuple[datetime, datetime] | str:
     """``(start, end)`` of the re-measurement, or why there is nothing to verify."""
@@ -334,12 +325,13 @@ def verification_window(plan: Mapping[str, Any], applied: Mapping[str, Any] | No
         return "dry run: nothing was changed, so there is nothing to verify"
     if not plan.get("alert") or not (plan["alert"].get("labels") or {}).get("metric"):
         return "no alert metric to re-measure (a heal by hand without an alert)"
-    if not applied or not applied.get("steps"):
+    steps = ApplyResult.of(applied).steps if applied else []
+    if not steps:
         return "no action was applied"
-    bad = [s for s in applied["steps"] if s["status"] != "succeeded"]
+    bad = [s for s in steps if s.status != "succeeded"]
     if bad:
-        return f"step {bad[0]['step']} ended {bad[0]['status']}: not verified"
-    ends = [_ts(s["finished_at"]) for s in applied["steps"] if s.get("finished_at")]
+        return f"step {bad[0].step} ended {bad[0].status}: not verified"
+    ends = [as_utc(s.finished_at) for s in steps if s.finished_at]
     if not ends:
         return "the platform gave no finish time"
     start = max(ends) + policy.verification.settle
@@ -350,12 +342,16 @@ def remeasure(client: Any, alert: Mapping[str, Any], start: datetime, end: datet
               thresholds: Any = None, price_table: Any = None) -> dict[str, Any]:
     """The alert's metric over ``[start, end)`` of fresh call records, judged by its rule:
     ``{"verification": recovered | not_recovered | inconclusive, "detail", "value"}``."""
+    return _remeasured(client, AlertRef.model_validate(alert), as_utc(start), as_utc(end),
+                       thresholds, price_table).to_xcom()
+
+
+def _remeasured(client: Any, ref: AlertRef, start: datetime, end: datetime, thresholds: Any,
+                price_table: Any) -> Verification:
     from promptops.detection.rules import MetricHistory, evaluate
     from promptops.detection.thresholds import ThresholdRule, load_thresholds
 
-    ref = AlertRef.model_validate(alert)
     config = thresholds or load_thresholds()
-    start, end = as_utc(start), as_utc(end)
     table = _fresh_metrics(client, ref, start, end, price_table)
     metric, dim, slc = ref.metric, ref.dimension, ref.slice
     rows = [r for r in table.to_pylist()
@@ -365,36 +361,37 @@ def remeasure(client: Any, alert: Mapping[str, Any], start: datetime, end: datet
     rule = config.rules.get(ref.rule)
     if not rows:
         if metric in ("peak_calls_per_minute", "tokens_per_minute_peak"):
-            return {"verification": "recovered", "value": 0.0,
-                    "detail": f"{metric} {where}: no calls at all in {window}"}
-        return {"verification": "inconclusive", "value": None,
-                "detail": f"{metric} {where}: no data in {window} to judge"}
+            return Verification(verification="recovered", value=0.0,
+                                detail=f"{metric} {where}: no calls at all in {window}")
+        return Verification(verification="inconclusive", value=None,
+                            detail=f"{metric} {where}: no data in {window} to judge")
     row = rows[0]
     value, samples = row["value"], row["samples"]
     shown = f"{metric} {where} = {_fmt(value)} over {window} ({samples} samples)"
     if isinstance(rule, ThresholdRule):
         if samples is not None and samples < rule.min_samples:
-            return {"verification": "inconclusive", "value": value,
-                    "detail": f"{shown}: fewer than the rule's {rule.min_samples} samples"}
+            return Verification(verification="inconclusive", value=value,
+                                detail=f"{shown}: fewer than the rule's {rule.min_samples} "
+                                       f"samples")
         findings = [f for f in evaluate(config, table, MetricHistory.from_tables({}), start,
                                         source=None)
                     if f.rule == ref.rule and f.labels.get("dimension") == dim
                     and f.labels.get("slice") == slc]
         if findings:
-            return {"verification": "not_recovered", "value": value,
-                    "detail": f"still {findings[0].severity}: {findings[0].summary} "
-                              f"(over {window})"}
-        return {"verification": "recovered", "value": value,
-                "detail": f"{shown}: within the {ref.rule} levels"}
+            return Verification(verification="not_recovered", value=value,
+                                detail=f"still {findings[0].severity}: {findings[0].summary} "
+                                       f"(over {window})")
+        return Verification(verification="recovered", value=value,
+                            detail=f"{shown}: within the {ref.rule} levels")
     # Comparison, budget and composite rules: back on the good side of the alert's threshold.
     if value is None or ref.threshold is None or ref.value is None:
-        return {"verification": "inconclusive", "value": value,
-                "detail": f"{shown}: the alert carries no threshold to compare with"}
+        return Verification(verification="inconclusive", value=value,
+                            detail=f"{shown}: the alert carries no threshold to compare with")
     bad_high = ref.value > ref.threshold
     ok = value <= ref.threshold if bad_high else value >= ref.threshold
-    return {"verification": "recovered" if ok else "not_recovered", "value": value,
-            "detail": f"{shown}; the alert fired at {_fmt(ref.value)} against "
-                      f"{_fmt(ref.threshold)}"}
+    return Verification(verification="recovered" if ok else "not_recovered", value=value,
+                        detail=f"{shown}; the alert fired at {_fmt(ref.value)} against "
+                               f"{_fmt(ref.threshold)}")
 
 
 def _fresh_metrics(client: Any, ref: AlertRef, start: datetime, end: datetime,
@@ -440,29 +437,32 @@ def platform_now(client: Any) -> datetime:
 
 # -- outcome, report, audit ------------------------------------------------------------------
 
-def outcome_of(plan: Mapping[str, Any] | None, gate_result: Mapping[str, Any] | None,
-               approval: Mapping[str, Any] | None, applied: Mapping[str, Any] | None,
-               verified: Mapping[str, Any] | None) -> dict[str, Any]:
+def outcome_of(plan: HealPlan | Mapping[str, Any] | None,
+               gate_result: GateResult | Mapping[str, Any] | None,
+               approval: Mapping[str, Any] | None,
+               applied: ApplyResult | Mapping[str, Any] | None,
+               verified: Verification | Mapping[str, Any] | None) -> dict[str, Any]:
     """What became of the heal, from whatever its tasks left (any of them may be missing)."""
-    verdict = (gate_result or {}).get("verdict")
+    verdict = GateResult.of(gate_result).verdict if gate_result else None
     decision, decided_by = "auto_approved", "policy"
     if verdict == "denied":
         decision, decided_by = "denied", "policy"
     elif verdict == "approval":
         decision, decided_by = answer_decision(approval)
-    steps = (applied or {}).get("steps") or []
+    steps = ApplyResult.of(applied).steps if applied else []
+    check = Verification.of(verified) if verified else None
     if decision in ("rejected", "timed_out", "denied", "no_answer"):
         status = decision
     elif not steps:
         status = "not_applied"
-    elif any(s["status"] not in ("succeeded",) for s in steps):
+    elif any(s.status not in ("succeeded",) for s in steps):
         status = "action_failed"
-    elif plan and plan.get("dry_run"):
+    elif plan and HealPlan.of(plan).dry_run:
         status = "dry_run"
     else:
-        status = (verified or {}).get("verification") or "applied"
-    return {"status": status, "decision": decision, "decided_by": decided_by,
-            "steps": steps, "verification": verified}
+        status = check.verification if check else "applied"
+    return HealOutcome(status=status, decision=decision, decided_by=decided_by, steps=steps,
+                       verification=check).to_xcom()
 
 
 _TITLES = {
@@ -482,85 +482,86 @@ _TITLES = {
 }
 
 
-def report_message(plan: Mapping[str, Any] | None, outcome: Mapping[str, Any], *,
-                   run_url: str | None = None, gate_result: Mapping[str, Any] | None = None,
+def report_message(plan: HealPlan | Mapping[str, Any] | None,
+                   outcome: HealOutcome | Mapping[str, Any], *, run_url: str | None = None,
+                   gate_result: GateResult | Mapping[str, Any] | None = None,
                    error: str | None = None) -> dict[str, Any]:
     """The Slack message (Block Kit, validated) for a heal's outcome or its approval ask."""
     from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
 
     from promptops.alerts.slack import escape, validate_message
 
-    status = outcome["status"]
+    plan = HealPlan.of(plan) if plan else None
+    outcome = HealOutcome.of(outcome)
+    status = outcome.status
     title = _TITLES.get(status, f"Heal: {status}")
     lines = []
     if plan:
-        lines.append(f"*What:* {escape(plan['summary'])}")
-        lines.append(f"*Asked by:* {escape(plan['requested_by'])}"
-                     + (f" · *reason:* {escape(plan['reason'])}" if plan.get("reason") else ""))
-        alert = plan.get("alert")
-        if alert:
-            lines.append(f"*Alert:* `{escape(alert['rule'])}` {escape(alert.get('summary') or '')}")
+        lines.append(f"*What:* {escape(plan.summary)}")
+        lines.append(f"*Asked by:* {escape(plan.requested_by)}"
+                     + (f" · *reason:* {escape(plan.reason)}" if plan.reason else ""))
+        if plan.alert:
+            lines.append(f"*Alert:* `{escape(plan.alert.rule)}` "
+                         f"{escape(plan.alert.summary or '')}")
     if error:
         lines.append(f"*Problem:* {escape(error)}")
     if gate_result:
-        lines += [f"*Policy:* {escape(r)}" for r in gate_result.get("reasons", [])]
-    decided = outcome.get("decided_by")
-    if outcome.get("decision") and status != "approval_needed":
-        lines.append(f"*Decision:* {outcome['decision']}"
+        lines += [f"*Policy:* {escape(r)}" for r in GateResult.of(gate_result).reasons]
+    decided = outcome.decided_by
+    if outcome.decision and status != "approval_needed":
+        lines.append(f"*Decision:* {outcome.decision}"
                      + (f" by {escape(decided)}" if decided else ""))
-    for s in outcome.get("steps") or []:
-        lines.append(f"*Step {s['step']}:* {escape(s['what'])} → `{s['status']}`"
-                     + (f" · {escape(str(s['detail'])[:300])}" if s.get("detail") else ""))
-    verified = outcome.get("verification")
+    for s in outcome.steps:
+        lines.append(f"*Step {s.step}:* {escape(s.what)} → `{s.status}`"
+                     + (f" · {escape(str(s.detail)[:300])}" if s.detail else ""))
+    verified = outcome.verification
     if verified:
-        lines.append(f"*Verification:* {verified['verification']} · "
-                     f"{escape(verified['detail'])}")
+        lines.append(f"*Verification:* {verified.verification} · {escape(verified.detail)}")
     text = "\n".join(lines)[:2900] or "(no details)"
     blocks = [HeaderBlock(text=title[:150]), SectionBlock(text=MarkdownTextObject(text=text))]
     if run_url:
         blocks.append(ContextBlock(elements=[MarkdownTextObject(
             text=f"<{run_url}|Open the heal run in Airflow>")]))
-    fallback = f"{title}: {plan['summary'] if plan else error or ''}"[:300]
+    fallback = f"{title}: {plan.summary if plan else error or ''}"[:300]
     message = {"text": fallback, "blocks": [b.to_dict() for b in blocks]}
     validate_message(message)
     return message
 
 
-def finish_audit(lake: Any, plan: Mapping[str, Any], outcome: Mapping[str, Any],
-                 now: datetime, gate_result: Mapping[str, Any] | None = None) -> int:
+def finish_audit(lake: Any, plan: HealPlan | Mapping[str, Any],
+                 outcome: HealOutcome | Mapping[str, Any], now: datetime,
+                 gate_result: GateResult | Mapping[str, Any] | None = None) -> int:
     """Write the final audit record of every step (verification included); steps that never
     reached the platform (rejected, timed out, denied) get a record too. Returns the count."""
     from promptops.heal.audit import read_audit, write_audit
 
     policy = load_policy()
-    planned_at = datetime.fromisoformat(plan["planned_at"])
-    mine = {r.idempotency_key: r for r in read_audit(lake, planned_at - timedelta(hours=1),
+    plan, outcome = HealPlan.of(plan), HealOutcome.of(outcome)
+    mine = {r.idempotency_key: r for r in read_audit(lake, plan.planned_at - timedelta(hours=1),
                                                      as_utc(now) + timedelta(hours=1))
-            if r.run_id == plan["run_id"]}
-    verified = outcome.get("verification") or {}
+            if r.run_id == plan.run_id}
+    verified = outcome.verification
     written = 0
-    reasons = list((gate_result or {}).get("reasons") or [])
-    for i, step in enumerate(plan["steps"]):
-        rec = mine.get(step["key"])
+    reasons = list(GateResult.of(gate_result).reasons) if gate_result else []
+    for i, step in enumerate(plan.steps):
+        rec = mine.get(step.key)
         if rec is None:
             req = request_of(step, policy)
-            decision = outcome["decision"] if outcome["decision"] != "auto_approved" \
-                else "not_run"
-            why = reasons[i] if i < len(reasons) else outcome["status"]
+            decision = outcome.decision if outcome.decision != "auto_approved" else "not_run"
+            why = reasons[i] if i < len(reasons) else outcome.status
             if decision in ("rejected", "timed_out"):
-                why = f"{decision} by {outcome.get('decided_by') or 'nobody (no answer)'}; {why}"
-            rec = _record(plan, step, req, planned_at, decision, outcome.get("decided_by"),
-                          why)
+                why = f"{decision} by {outcome.decided_by or 'nobody (no answer)'}; {why}"
+            rec = _record(plan, step, req, plan.planned_at, decision, outcome.decided_by, why)
         elif rec.decision not in ("denied",):
-            rec = replace(rec, decision=outcome["decision"] if outcome["decision"] in
+            rec = replace(rec, decision=outcome.decision if outcome.decision in
                           ("approved", "auto_approved") else rec.decision,
-                          decided_by=outcome.get("decided_by") or rec.decided_by)
+                          decided_by=outcome.decided_by or rec.decided_by)
         if verified and rec.action_id:
-            rec = replace(rec, verification=verified.get("verification"),
-                          verification_detail=verified.get("detail"))
+            rec = replace(rec, verification=verified.verification,
+                          verification_detail=verified.detail)
         elif rec.verification is None and rec.action_id:
             rec = replace(rec, verification="skipped",
-                          verification_detail=outcome.get("verify_skipped"))
+                          verification_detail=outcome.verify_skipped)
         write_audit(lake, rec)
         written += 1
     return written
