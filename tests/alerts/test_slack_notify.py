@@ -24,7 +24,13 @@ from slack_sdk.models.blocks import Block
 
 from promptops.airflow_adapters.resources import slack_webhooks
 from promptops.alerts.engine import Notification
-from promptops.alerts.slack import SlackNotifier, format_value, render_message
+from promptops.alerts.slack import (
+    SlackNotifier,
+    SlackSendError,
+    format_value,
+    render_message,
+    send_message,
+)
 
 TOKEN = SECRET_PATH.rsplit("/", 1)[1]
 
@@ -162,6 +168,19 @@ def test_no_connection_at_all(sink, lake, monkeypatch):
     out = engine(lake).evaluate([finding()], T0, run_id="r0")
     assert "none of 'slack_alerts_critical', 'slack_alerts' exists" in out.notifications[0].error
     assert len(out.firing) == 1
+
+
+def test_a_connection_without_a_webhook_url_is_named(sink, monkeypatch):
+    """The provider's hook says "not found" for a connection without a password; the adapter
+    hands the library that by type, so it is a permanent error naming what to set."""
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook"}))
+    delivery = SlackNotifier(webhooks=slack_webhooks()).deliver(_notification())
+    assert not delivery.ok and delivery.permanent and delivery.attempts == 0
+    assert "'slack_alerts' has no webhook URL in its password" in delivery.error
+    with pytest.raises(SlackSendError, match="'slack_alerts' does not exist .or has no "
+                                             "webhook URL.; create it"):
+        send_message({"text": "hi"}, conn_id="slack_alerts", webhooks=slack_webhooks())
+    assert sink_messages(sink) == []
 
 
 def test_connection_with_token_in_password_and_endpoint_in_host(sink, lake, monkeypatch):
