@@ -245,3 +245,20 @@ def test_on_s3_the_footer_count_a_discarded_write_and_the_spool_sweep(tmp_path, 
     assert os.listdir(spool) == [], "the killed writer's spool file is swept"
     assert lake.read_partition("calls", HOUR).column("call_id").to_pylist() == \
         ["c0", "c1", "c2", "c3"]
+
+
+@pytest.mark.usefixtures("s3_landing")
+def test_dag_tasks_lake_takes_airflow_connections_in_the_uri(monkeypatch):
+    """resources.lake() roots the lake in Airflow's ObjectStoragePath, so the deployment's
+    ``s3://conn@bucket/prefix`` form keeps working (the library's own default is a UPath)."""
+    from airflow.sdk import ObjectStoragePath
+
+    from promptops.airflow_adapters import resources
+
+    # A connection without credentials: the hook falls back to boto3's chain (moto's env).
+    monkeypatch.setenv("AIRFLOW_CONN_LAKE_S3", '{"conn_type": "aws"}')
+    lake = resources.lake("s3://lake_s3@push-landing/lake")
+    assert isinstance(lake.root, ObjectStoragePath) and lake.root.conn_id == "lake_s3"
+    lake.write_partition("calls", HOUR, table(3))
+    assert Lake("s3://push-landing/lake").read_partition("calls", HOUR).num_rows == 3
+    assert type(Lake("s3://push-landing/lake").root) is not ObjectStoragePath
