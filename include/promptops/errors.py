@@ -42,6 +42,31 @@ class PromptOpsError(Exception):
     """Base class of every error promptops raises on purpose."""
 
 
+# -- Kinds of error with no class of their own. Each is also the builtin it used to be, so
+# -- callers that catch ValueError, LookupError or RuntimeError keep working. -------------
+
+
+class ConfigError(PromptOpsError, ValueError):
+    """A setting, config file, connection, run conf or command-line value is wrong; the
+    message names it and says what it should be."""
+
+
+class InvalidInput(PromptOpsError, ValueError):
+    """A function was handed what it does not take (a table without the needed columns, an
+    unknown name, a naive time, stored data that does not add up); the message says what
+    it takes."""
+
+
+class MissingData(PromptOpsError, LookupError):
+    """What a step reads is not in the lake (yet); the message names the step that
+    writes it."""
+
+
+class StepIncomplete(PromptOpsError, RuntimeError):
+    """A step cannot finish: part of the run it builds on is missing, or concurrent runs
+    kept it from committing; the message says what to rerun or check."""
+
+
 class PlatformError(PromptOpsError):
     """An error answer (or a broken answer) from the monitored platform's API."""
 

@@ -39,7 +39,7 @@ from pydantic import (
 )
 
 from promptops.contracts.findings import SEVERITY_ORDER
-from promptops.errors import PromptOpsError
+from promptops.errors import ConfigError, PromptOpsError
 from promptops.settings import PROJECT_ROOT
 
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "alerting.yaml"
@@ -59,7 +59,7 @@ def parse_duration(value: Any) -> Any:
 
     Anything else is handed on to pydantic (ISO 8601 ``PT4H`` still works)."""
     if isinstance(value, bool):
-        raise ValueError("a duration, e.g. '4h' or '30m', not a boolean")
+        raise ConfigError("a duration, e.g. '4h' or '30m', not a boolean")
     if isinstance(value, int | float):
         return timedelta(seconds=value)
     if isinstance(value, str):
@@ -69,7 +69,7 @@ def parse_duration(value: Any) -> Any:
             d, h, mins, s = (int(g or 0) for g in m.groups())
             return timedelta(days=d, hours=h, minutes=mins, seconds=s)
         if not text.upper().startswith("P"):  # ISO 8601 (PT4H) goes on to pydantic
-            raise ValueError(f"{value!r} is not a duration; write e.g. 30m, 4h, 1d or 1h30m")
+            raise ConfigError(f"{value!r} is not a duration; write e.g. 30m, 4h, 1d or 1h30m")
     return value
 
 
@@ -133,7 +133,7 @@ class Matcher(BaseModel):
 def _parse_matcher_text(text: str) -> dict[str, str]:
     m = _MATCHER_RE.match(text)
     if not m:
-        raise ValueError(f"{text!r} is not a matcher; write name=\"value\", name!=\"value\", "
+        raise ConfigError(f"{text!r} is not a matcher; write name=\"value\", name!=\"value\", "
                          f"name=~\"regex\" or name!~\"regex\"")
     name, op, value = m.groups()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
@@ -157,13 +157,13 @@ def severities_matched(matchers: list[Matcher], what: str) -> list[str]:
     the matchers together match none: such a rule or route could never apply."""
     for m in matchers:
         if m.name == "severity" and m.op in ("=", "!=") and m.value not in SEVERITY_ORDER:
-            raise ValueError(f"{what}: {m} names an unknown severity {m.value!r}; severities "
+            raise ConfigError(f"{what}: {m} names an unknown severity {m.value!r}; severities "
                              f"are {_KNOWN_SEVERITIES}")
     levels = [s for s in SEVERITY_ORDER if matches_all(matchers, {"severity": s})
               or not any(m.name == "severity" for m in matchers)]
     if not levels:
         shown = ", ".join(str(m) for m in matchers if m.name == "severity")
-        raise ValueError(f"{what}: {shown} matches no severity; severities are "
+        raise ConfigError(f"{what}: {shown} matches no severity; severities are "
                          f"{_KNOWN_SEVERITIES}")
     return levels
 

@@ -79,6 +79,7 @@ from promptops.alerts.state import (
 )
 from promptops.alerts.store import AlertStore, StateConflict, StoreUnavailable
 from promptops.contracts.findings import SEVERITY_ORDER, Finding
+from promptops.errors import InvalidInput, StepIncomplete
 from promptops.timeutil import as_utc
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ CLAIM_RETENTION = timedelta(days=2)
 
 def _utc(now: datetime) -> datetime:
     if not isinstance(now, datetime) or now.tzinfo is None:
-        raise ValueError(f"evaluation time must be an aware datetime (the run's data interval "
+        raise InvalidInput(f"evaluation time must be an aware datetime (the run's data interval "
                          f"end, UTC), got {now!r}")
     return as_utc(now)
 
@@ -274,7 +275,7 @@ class AlertEngine:
                 self.store.prune_claims(max(CLAIM_RETENTION.total_seconds(),
                                             10 * self.config.claim_timeout.total_seconds()))
             return plan.outcome
-        raise RuntimeError(f"alert state of scope {self.scope!r}: {self.max_conflicts} "
+        raise StepIncomplete(f"alert state of scope {self.scope!r}: {self.max_conflicts} "
                            f"concurrent commits in a row; is a run stuck in a loop?")
 
     # -- paths ----------------------------------------------------------------------------

@@ -52,7 +52,7 @@ from slack_sdk.webhook import WebhookClient
 
 from promptops.alerts.config import AlertingConfig
 from promptops.alerts.engine import Delivery, Notification
-from promptops.errors import PromptOpsError
+from promptops.errors import InvalidInput, PromptOpsError
 from promptops.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -206,11 +206,11 @@ def validate_message(message: dict[str, Any]) -> None:
     """Raise ``SlackObjectFormationError`` / ``ValueError`` if Slack would refuse it."""
     blocks = message.get("blocks", [])
     if len(blocks) > MAX_BLOCKS:
-        raise ValueError(f"{len(blocks)} blocks; Slack allows {MAX_BLOCKS}")
+        raise InvalidInput(f"{len(blocks)} blocks; Slack allows {MAX_BLOCKS}")
     for raw in blocks:
         block = Block.parse(raw)
         if block is None:
-            raise ValueError(f"unknown block type {raw.get('type')!r}")
+            raise InvalidInput(f"unknown block type {raw.get('type')!r}")
         block.validate_json()
 
 

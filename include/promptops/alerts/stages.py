@@ -44,6 +44,7 @@ from promptops.alerts.state import (
     parse_iso,
 )
 from promptops.contracts.findings import Finding
+from promptops.errors import InvalidInput
 
 
 def _hash(*parts: Any) -> str:
@@ -398,7 +399,7 @@ def plan_gap_fill(state: AlertState, findings: dict[str, Finding], now: datetime
     The latest evaluation's decisions stand: nothing resolves, no alert state changes except
     a pending alert whose streak this evaluation completes, which fires."""
     if state.last_evaluated_at is None:
-        raise ValueError("a gap fill needs the latest evaluation; this state has none")
+        raise InvalidInput("a gap fill needs the latest evaluation; this state has none")
     state = state.copy()
     latest = parse_iso(state.last_evaluated_at)
     state.remember(now, findings, config.replay_window)

@@ -48,7 +48,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from promptops.alerts.state import AlertState
 from promptops.contracts.datasets import ALERT_LOG, ALERT_STATE
-from promptops.errors import PromptOpsError
+from promptops.errors import InvalidInput, PromptOpsError
 from promptops.lake.store import Lake, PartitionInfo
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class StoreUnavailable(PromptOpsError):
     """The state store could not be read or written (after brief retries)."""
 
 
-class StateConflict(Exception):
+class StateConflict(PromptOpsError):
     """Another run committed this state version first; re-read and try again."""
 
 
@@ -236,7 +236,7 @@ class AlertStore:
     def __init__(self, lake: Lake, scope: str = "default", *,
                  blobs: BlobStore | None = None) -> None:
         if not _SCOPE_RE.match(scope):
-            raise ValueError(f"alert store scope {scope!r}: use letters, digits, '_', '.', '-'")
+            raise InvalidInput(f"alert store scope {scope!r}: use letters, digits, '_', '.', '-'")
         self.lake = lake
         self.scope = scope
         if blobs is None:
@@ -351,7 +351,7 @@ class AlertStore:
     def _claim_key(notification_id: str, attempt: int) -> str:
         key = f"{notification_id}.{attempt}.json"
         if not _KEY_RE.match(key):
-            raise ValueError(f"claim id {notification_id!r}: letters, digits, '_', '.', '-'")
+            raise InvalidInput(f"claim id {notification_id!r}: letters, digits, '_', '.', '-'")
         return f"claims/{key}"
 
     # -- the alert log ----------------------------------------------------------------------

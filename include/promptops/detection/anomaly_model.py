@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 
 from promptops.contracts import metric_table as mt
 from promptops.contracts.datasets import ANOMALY_MODELS as MODEL_DIR
+from promptops.errors import InvalidInput, MissingData
 from promptops.lake.store import Lake
 from promptops.timeutil import as_utc, hour_floor
 
@@ -84,7 +85,7 @@ POOLED_SCALE_FLOOR = 0.1
 MEDIAN_SCALE_FLOOR = 0.05
 
 
-class NotEnoughData(LookupError):
+class NotEnoughData(MissingData):
     """The training window holds too few metric rows to train on."""
 
 
@@ -112,7 +113,7 @@ class ModelInfo:
         fields = set(cls.__dataclass_fields__)
         missing = fields - set(data)
         if missing:
-            raise ValueError(f"model metadata lacks {', '.join(sorted(missing))}")
+            raise InvalidInput(f"model metadata lacks {', '.join(sorted(missing))}")
         return cls(**{**{k: data[k] for k in fields}, "features": tuple(data["features"])})
 
 
@@ -256,9 +257,9 @@ def train(lake: Lake, day: datetime, window_days: int = 14, *, contamination: fl
     import sklearn
 
     if window_days < 1:
-        raise ValueError(f"window_days must be at least 1, got {window_days}")
+        raise InvalidInput(f"window_days must be at least 1, got {window_days}")
     if not 0 < contamination <= 0.5:
-        raise ValueError(f"contamination must be in (0, 0.5], got {contamination}")
+        raise InvalidInput(f"contamination must be in (0, 0.5], got {contamination}")
     first_day = as_utc(day).replace(hour=0, minute=0, second=0, microsecond=0)
     end = first_day + timedelta(days=1)
     start = end - timedelta(days=window_days)
@@ -353,12 +354,12 @@ def load(lake: Lake, version: str) -> AnomalyModel:
     meta = directory / METADATA_FILE
     if not meta.exists():
         known = ", ".join(i.version for i in list_versions(lake)) or "none"
-        raise LookupError(f"no anomaly model version {version!r} in {lake}; versions: {known}")
+        raise MissingData(f"no anomaly model version {version!r} in {lake}; versions: {known}")
     info = ModelInfo.from_dict(json.loads(meta.read_bytes()))
     blob = (directory / MODEL_FILE).read_bytes()
     digest = hashlib.sha256(blob).hexdigest()
     if digest != info.sha256:
-        raise ValueError(f"anomaly model {version}: {MODEL_FILE} does not match its metadata "
+        raise InvalidInput(f"anomaly model {version}: {MODEL_FILE} does not match its metadata "
                          f"(sha256 {digest[:12]} vs {info.sha256[:12]}); retrain the day "
                          f"to replace it")
     if info.sklearn_version != sklearn.__version__:
@@ -457,11 +458,11 @@ def score_hour(lake: Lake, hour: datetime, model: AnomalyModel | None = None, *,
     if model is None:
         model = load_latest(lake, as_of=hour)
         if model is None:
-            raise LookupError(f"no anomaly model trained before {hour:%Y-%m-%d %H:00} in "
+            raise MissingData(f"no anomaly model trained before {hour:%Y-%m-%d %H:00} in "
                               f"{lake}; run the daily training (promptops_daily) first")
     metrics = lake.read_partition(mt.METRICS, hour, columns=list(mt.METRICS_SCHEMA.names))
     if metrics is None:
-        raise LookupError(f"no metrics partition for {hour:%Y-%m-%d %H:00} in "
+        raise MissingData(f"no metrics partition for {hour:%Y-%m-%d %H:00} in "
                           f"{lake.partition_dir(mt.METRICS, hour)}; run the hourly analysis "
                           f"for the hour first")
     return score_frame(model, feature_frame(metrics), top_features=top_features,

@@ -62,6 +62,7 @@ from promptops.detection.thresholds import (
     ThresholdsConfig,
     format_window,
 )
+from promptops.errors import InvalidInput
 from promptops.timeutil import as_utc
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class MetricFrame:
             return
         missing = [c for c in ("metric", *_KEY, *_VALUE_COLUMNS) if c not in table.column_names]
         if missing:
-            raise ValueError(f"{what}: missing column(s) {', '.join(missing)}; expected the "
+            raise InvalidInput(f"{what}: missing column(s) {', '.join(missing)}; expected the "
                              "layout of promptops.contracts.metric_table.METRICS_SCHEMA")
         if table.num_rows == 0:
             return
@@ -132,7 +133,7 @@ class MetricFrame:
         dup = df.duplicated(["metric", *_KEY])
         if dup.any():
             first = df[dup].iloc[0]
-            raise ValueError(
+            raise InvalidInput(
                 f"{what}: {int(dup.sum())} duplicate row(s), e.g. metric={first.metric} "
                 f"{first.dimension}={first.slice}; pass the rows of one evaluation only")
         for metric, rows in df.groupby("metric", sort=False):

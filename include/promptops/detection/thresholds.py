@@ -51,7 +51,7 @@ from pydantic import (
     model_validator,
 )
 
-from promptops.errors import PromptOpsError
+from promptops.errors import ConfigError, PromptOpsError
 from promptops.settings import PROJECT_ROOT
 
 DEFAULT_PATH = PROJECT_ROOT / "include" / "config" / "thresholds.yaml"
@@ -88,7 +88,7 @@ def parse_window(value: Any) -> timedelta:
         return value
     match = _DURATION.match(str(value)) if isinstance(value, str) else None
     if not match or int(match.group(1)) == 0:
-        raise ValueError(f"must be a positive duration like '5m', '1h' or '1d', got {value!r}")
+        raise ConfigError(f"must be a positive duration like '5m', '1h' or '1d', got {value!r}")
     return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
 
 

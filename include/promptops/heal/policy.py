@@ -47,7 +47,7 @@ from pydantic import (
     model_validator,
 )
 
-from promptops.errors import PromptOpsError
+from promptops.errors import ConfigError, PromptOpsError
 from promptops.settings import PROJECT_ROOT
 from promptops.timeutil import as_utc
 
@@ -264,7 +264,7 @@ def parse_duration(text: str) -> timedelta:
     """``30m``, ``2h``, ``90s``, ``1d`` (or a number of seconds) as a timedelta."""
     m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", str(text))
     if not m:
-        raise ValueError(f"{text!r} is not a duration; use e.g. 90s, 30m, 2h or 1d")
+        raise ConfigError(f"{text!r} is not a duration; use e.g. 90s, 30m, 2h or 1d")
     unit = {"s": "seconds", "": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m[2]]
     return timedelta(**{unit: int(m[1])})
 
@@ -310,17 +310,17 @@ def load_policy(path: str | Path | None = None,
 def check_target_safe(target: str) -> None:
     """Refuse targets that could smuggle a shell command or a path; say what was found."""
     if not isinstance(target, str) or not target:
-        raise ValueError("must be a non-empty string")
+        raise ConfigError("must be a non-empty string")
     found = sorted({c for c in target if c in _SHELL_META})
     if found:
         shown = " ".join(repr(c) for c in found)
-        raise ValueError(f"{target!r} contains shell metacharacter(s) {shown}; targets are "
+        raise ConfigError(f"{target!r} contains shell metacharacter(s) {shown}; targets are "
                          f"plain names ({_PLAIN})")
     if ".." in target or "/" in target or target.startswith("."):
-        raise ValueError(f"{target!r} looks like a path (path traversal is not allowed); "
+        raise ConfigError(f"{target!r} looks like a path (path traversal is not allowed); "
                          "targets are plain names, never paths")
     if not _SAFE_TARGET.fullmatch(target):
-        raise ValueError(f"{target!r} is not a plain name ({_PLAIN}; starting with a letter "
+        raise ConfigError(f"{target!r} is not a plain name ({_PLAIN}; starting with a letter "
                          "or digit, at most 128 characters)")
 
 
@@ -380,34 +380,34 @@ class HealRequest(BaseModel):
         extra = sorted(set(merged) - set(spec))
         if extra:
             allowed = ", ".join(spec) or "none (use {})"
-            raise ValueError(f"params: unknown for {action}: {', '.join(extra)}; allowed: "
+            raise ConfigError(f"params: unknown for {action}: {', '.join(extra)}; allowed: "
                              f"{allowed}")
         for name, kind in spec.items():
             if kind in ("args", "labels"):
                 continue
             if name not in merged:
-                raise ValueError(f"params.{name}: required for {action}")
+                raise ConfigError(f"params.{name}: required for {action}")
             value = merged[name]
             if kind == "int":
                 b = policy.bounds_of(name)
                 if type(value) is not int or not b.min <= value <= b.max:
-                    raise ValueError(f"params.{name}: {value!r} is out of range; must be an "
+                    raise ConfigError(f"params.{name}: {value!r} is out of range; must be an "
                                      f"integer from {b.min} to {b.max}")
             elif kind == "model":
                 if value not in policy.models:
-                    raise ValueError(f"params.{name}: unknown model {value!r}; allowed: the "
+                    raise ConfigError(f"params.{name}: unknown model {value!r}; allowed: the "
                                      f"priced models ({', '.join(policy.models)})")
                 if value == self.target:
-                    raise ValueError(f"params.{name}: same model as the target ({value})")
+                    raise ConfigError(f"params.{name}: same model as the target ({value})")
         args = merged.get("args", [])
         if not isinstance(args, list) or not all(
                 isinstance(a, str) and "\x00" not in a and len(a) <= 1000 for a in args):
-            raise ValueError("params.args: must be a list of strings (each at most 1000 "
+            raise ConfigError("params.args: must be a list of strings (each at most 1000 "
                              "characters, no NUL)")
         labels = merged.get("labels", {})
         if not isinstance(labels, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-            raise ValueError("params.labels: must be a mapping of strings to strings")
+            raise ConfigError("params.labels: must be a mapping of strings to strings")
         # Frozen model: fill the defaults in place once validated.
         object.__setattr__(self, "params", merged)
 

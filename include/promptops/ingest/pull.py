@@ -33,7 +33,7 @@ from promptops.contracts.records import (
     validate_columns,
     validate_page,
 )
-from promptops.errors import RejectShareExceeded
+from promptops.errors import ConfigError, RejectShareExceeded
 from promptops.lake.store import Lake
 from promptops.settings import get_settings
 from promptops.timeutil import hour_floor, hours_between
@@ -133,7 +133,7 @@ def replace_requested(conf: Mapping | None) -> bool:
     for good)."""
     value = (conf or {}).get("replace", False)
     if not isinstance(value, bool):
-        raise ValueError(f'run conf "replace" is {value!r}: use true or false (JSON booleans), '
+        raise ConfigError(f'run conf "replace" is {value!r}: use true or false (JSON booleans), '
                          """e.g. --dag-run-conf '{"replace": true}'""")
     return value
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from promptops.contracts.datasets import CALLS, QUARANTINE, STAGING_CALLS, STAGING_QUARANTINE
 from promptops.contracts.records import CALLS_SCHEMA, QUARANTINE_SCHEMA
+from promptops.errors import ConfigError, StepIncomplete
 from promptops.ingest.pull import (
     CallRecordSource,
     HourResult,
@@ -49,7 +50,7 @@ def plan_windows(start: datetime, end: datetime, *, lateness_hours: int,
                  window_minutes: int) -> list[dict[str, Any]]:
     """The windows of ``[hour_floor(start) - lateness_hours, end)``, in time order."""
     if not 1 <= window_minutes <= 60 or 60 % window_minutes:
-        raise ValueError(f"PROMPTOPS_INGEST_WINDOW_MINUTES={window_minutes}: must divide an "
+        raise ConfigError(f"PROMPTOPS_INGEST_WINDOW_MINUTES={window_minutes}: must divide an "
                          "hour (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60)")
     first = hour_floor(as_utc(start)) - timedelta(hours=lateness_hours)
     parts = 60 // window_minutes
@@ -147,14 +148,14 @@ def _merge_hour(lake: Lake, hour: datetime, windows: list[dict[str, Any]],
     parts = windows[0]["parts"]
     missing = sorted(set(range(parts)) - {w["index"] for w in windows})
     if missing:
-        raise RuntimeError(f"hour {hour.isoformat()}: windows {missing} of {parts} were not "
+        raise StepIncomplete(f"hour {hour.isoformat()}: windows {missing} of {parts} were not "
                            "pulled; rerun the failed pull_window tasks, then this task")
     names = [_stage_name(run_id, i) for i in range(parts)]
     staged = []
     for i, name in enumerate(names):
         table = lake.read_record(STAGING_CALLS, hour, name)
         if table is None:
-            raise RuntimeError(f"hour {hour.isoformat()}: the staged rows of window {i} are "
+            raise StepIncomplete(f"hour {hour.isoformat()}: the staged rows of window {i} are "
                                f"missing from {lake.partition_dir(STAGING_CALLS, hour)}; "
                                "rerun its pull_window task, then this task")
         staged.append(table.cast(CALLS_SCHEMA))

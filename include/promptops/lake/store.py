@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
+from promptops.errors import InvalidInput
 from promptops.settings import get_settings
 from promptops.timeutil import hour_floor, hours_between
 
@@ -128,7 +129,7 @@ class Lake:
         that file. Writers of different names never overwrite each other, so concurrent runs
         need no lock (a partition's single part file would be last-write-wins)."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", name):
-            raise ValueError(f"record name {name!r}: use letters, digits, '.', '_' and '-'")
+            raise InvalidInput(f"record name {name!r}: use letters, digits, '.', '_' and '-'")
         directory = self.partition_dir(dataset, hour)
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / f"{name}.parquet"

@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from promptops.contracts import metric_table as mt
+from promptops.errors import InvalidInput, PromptOpsError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ _MB = 1024 * 1024
 _SAID: set[str] = set()
 
 
-class NvmlUnavailable(RuntimeError):
+class NvmlUnavailable(PromptOpsError, RuntimeError):
     """NVML cannot be used on this machine; the message says why in plain words."""
 
 
@@ -159,9 +160,9 @@ def read_nvml(nvml: Any | None = None, *, samples: int = 3, interval_s: float = 
     Raises :class:`NvmlUnavailable` where NVML cannot be used at all.
     """
     if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
+        raise InvalidInput(f"samples must be at least 1, got {samples}")
     if interval_s < 0:
-        raise ValueError(f"interval_s must not be negative, got {interval_s}")
+        raise InvalidInput(f"interval_s must not be negative, got {interval_s}")
     nvml = load_nvml() if nvml is None else nvml
     notes = [] if notes is None else notes
     node = node or node_name()

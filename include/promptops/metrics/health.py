@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from promptops.contracts import metric_table as mt
 from promptops.contracts.datasets import HEALTH_METRICS
 from promptops.contracts.records import empty_calls_table, validate_page
-from promptops.errors import PromptOpsError
+from promptops.errors import InvalidInput, PromptOpsError
 from promptops.lake.store import Lake, PartitionInfo
 from promptops.metrics.gpu import metric_rows
 from promptops.metrics.hourly import ACCURACY_ALPHA, SUCCESS_STATUS
@@ -74,11 +74,11 @@ def recent_call_rows(calls_table: pa.Table, window_end: datetime, minutes: int =
     An empty window gives ``requests`` 0 only (rates and latency would rest on nothing).
     """
     if minutes < 1:
-        raise ValueError(f"minutes must be at least 1, got {minutes}")
+        raise InvalidInput(f"minutes must be at least 1, got {minutes}")
     missing = [c for c in ("ts", "user_id", "status", "latency_ms", "prompt_tokens",
                            "completion_tokens") if c not in calls_table.column_names]
     if missing:
-        raise ValueError(f"the calls table lacks the column(s) {', '.join(missing)}; pass a "
+        raise InvalidInput(f"the calls table lacks the column(s) {', '.join(missing)}; pass a "
                          "table in promptops.contracts.records.CALLS_SCHEMA")
     window_end = as_utc(window_end)
     calls = _window(calls_table, window_end - timedelta(minutes=minutes), window_end)
@@ -169,12 +169,12 @@ def write_health_metrics(lake: Lake, at: datetime, table: pa.Table) -> Partition
     at = as_utc(at)
     missing = [c for c in mt.METRICS_SCHEMA.names if c not in table.column_names]
     if missing:
-        raise ValueError(f"the health rows lack the column(s) {', '.join(missing)}; build "
+        raise InvalidInput(f"the health rows lack the column(s) {', '.join(missing)}; build "
                          "them in promptops.contracts.metric_table.METRICS_SCHEMA")
     new = table.select(mt.METRICS_SCHEMA.names).cast(mt.METRICS_SCHEMA)
     at_scalar = pa.scalar(at, mt.METRICS_SCHEMA.field("hour").type)
     if new.num_rows and not pc.all(pc.equal(new.column("hour"), at_scalar)).as_py():
-        raise ValueError(f"every health row must have hour = the evaluation time {at.isoformat()}"
+        raise InvalidInput(f"every health row must have hour = the evaluation time {at.isoformat()}"
                          "; found rows of other times (write each evaluation on its own)")
     return lake.write_record(HEALTH_METRICS, at, f"evaluation-{at:%Y%m%dT%H%M%S.%fZ}", new)
 

@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 
 from promptops.contracts import metric_table as mt
 from promptops.contracts.datasets import CALLS
+from promptops.errors import InvalidInput, MissingData
 from promptops.lake.store import Lake, PartitionInfo
 from promptops.metrics.pricing import PriceTable
 from promptops.stats import wilson_interval
@@ -72,7 +73,7 @@ SUCCESS_STATUS = "success"
 ACCURACY_ALPHA = 0.05
 
 
-class MissingCallsPartition(LookupError):
+class MissingCallsPartition(MissingData):
     """The hour has no ``calls`` partition: ingest has not run for it (or failed)."""
 
 
@@ -401,7 +402,7 @@ def _intent_codes(calls: pa.Table) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def _with_all_columns(calls: pa.Table) -> pa.Table:
     missing = [c for c in _REQUIRED if c not in calls.column_names]
     if missing:
-        raise ValueError(f"compute_hourly_metrics: the calls table lacks the required "
+        raise InvalidInput(f"compute_hourly_metrics: the calls table lacks the required "
                          f"column(s) {', '.join(missing)}; pass a table in "
                          f"promptops.contracts.records.CALLS_SCHEMA (read with columns=INPUT_COLUMNS)")
     n = calls.num_rows
@@ -421,7 +422,7 @@ def compute_hourly_metrics(calls: pa.Table, hour: datetime, prices: PriceTable,
     its start. See the module docstring for the metrics and their conventions.
     """
     if top_n_users < 0:
-        raise ValueError(f"top_n_users must be >= 0, got {top_n_users}")
+        raise InvalidInput(f"top_n_users must be >= 0, got {top_n_users}")
     hour = hour_floor(hour)
     calls = _with_all_columns(calls)
     n = calls.num_rows
@@ -527,7 +528,7 @@ def _sorted(table: pa.Table) -> pa.Table:
 def write_hourly_metrics(lake: Lake, hour: datetime, table: pa.Table) -> PartitionInfo:
     """Store the hour's metrics as the ``metrics`` partition (replacing an earlier one)."""
     if table.schema != mt.METRICS_SCHEMA:
-        raise ValueError("write_hourly_metrics: the table is not in METRICS_SCHEMA; build it "
+        raise InvalidInput("write_hourly_metrics: the table is not in METRICS_SCHEMA; build it "
                          "with compute_hourly_metrics")
     return lake.write_partition(mt.METRICS, hour, table)
 

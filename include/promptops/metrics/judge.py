@@ -56,7 +56,7 @@ from tenacity import (
 from urllib3.util import Retry
 
 from promptops.contracts.metric_table import ALL, METRICS_SCHEMA, NONE_SLICE, OVERALL
-from promptops.errors import PromptOpsError
+from promptops.errors import InvalidInput, PromptOpsError
 from promptops.platform.client import retry_after_s
 from promptops.secrets import redact
 
@@ -146,7 +146,7 @@ def eligible_mask(calls: pa.Table) -> pa.ChunkedArray:
     non-blank) prompt and response, and a successful call (a failed call has no answer)."""
     for name in ("call_id", "prompt_text", "response_text"):
         if name not in calls.column_names:
-            raise ValueError(f"calls table has no column {name!r}: pass a table in "
+            raise InvalidInput(f"calls table has no column {name!r}: pass a table in "
                              f"promptops.contracts.records.CALLS_SCHEMA")
     mask = pc.and_(_has_text(calls["prompt_text"]), _has_text(calls["response_text"]))
     if "relevance_score" in calls.column_names:
@@ -171,7 +171,7 @@ def select_sample(calls: pa.Table, n: int, seed: int = 0) -> pa.Table:
     ``call_id``: the same records for the same data and seed, whatever the row order.
     A ``call_id`` that appears twice is judged once."""
     if n < 0:
-        raise ValueError(f"sample size must be >= 0, got {n}")
+        raise InvalidInput(f"sample size must be >= 0, got {n}")
     candidates = calls.filter(eligible_mask(calls))
     if n == 0 or candidates.num_rows == 0:
         return candidates.slice(0, 0)
@@ -688,7 +688,7 @@ def judge_hour(calls: pa.Table, hour: datetime, config: JudgeConfig,
     naive ``hour`` (programming errors).
     """
     if hour.tzinfo is None:
-        raise ValueError(f"naive hour {hour.isoformat()}: pass an aware (UTC) datetime")
+        raise InvalidInput(f"naive hour {hour.isoformat()}: pass an aware (UTC) datetime")
     result = JudgeResult(hour=hour, enabled=config.enabled, model=config.model)
     if not config.enabled:
         return result

@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from promptops.errors import ConfigError, InvalidInput
+
 #: The project's price table.
 DEFAULT_PRICE_FILE = Path(__file__).resolve().parents[2] / "config" / "model_prices.json"
 #: Environment variable naming an operator's override file.
@@ -41,7 +43,7 @@ _SAMPLE_SPEC = "sample_spec"
 _Columnar = pa.Array | pa.ChunkedArray | np.ndarray | Sequence
 
 
-class PriceTableError(ValueError):
+class PriceTableError(ConfigError):
     """A price file that cannot be used; the message names the file, model and problem."""
 
 
@@ -135,14 +137,14 @@ class PriceTable:
         prompt = _floats(prompt_tokens)
         completion = _floats(completion_tokens)
         if not (len(codes) == len(prompt) == len(completion)):
-            raise ValueError(f"cost(): columns differ in length: model {len(codes)}, "
+            raise InvalidInput(f"cost(): columns differ in length: model {len(codes)}, "
                              f"prompt_tokens {len(prompt)}, completion_tokens {len(completion)}")
         if cached_tokens is None:
             cached = np.zeros(len(codes))
         else:
             cached = np.nan_to_num(_floats(cached_tokens), nan=0.0)
             if len(cached) != len(codes):
-                raise ValueError(f"cost(): cached_tokens has {len(cached)} values, "
+                raise InvalidInput(f"cost(): cached_tokens has {len(cached)} values, "
                                  f"model has {len(codes)}")
             cached = np.minimum(cached, prompt)
         # One extra NaN slot at the end of each rate vector for null model names.

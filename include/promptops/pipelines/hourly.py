@@ -21,6 +21,7 @@ from promptops.contracts.datasets import CALLS, HEAL_REQUESTS, METRICS
 from promptops.contracts.findings import Finding
 from promptops.detection.rules import MetricHistory, evaluate
 from promptops.detection.thresholds import ThresholdsConfig, load_thresholds
+from promptops.errors import InvalidInput, MissingData
 from promptops.lake.store import Lake
 from promptops.metrics.hourly import (
     INPUT_COLUMNS,
@@ -88,7 +89,7 @@ def findings_for_hour(lake: Lake, hour: datetime,
     config = config if config is not None else load_thresholds()
     current = lake.read_partition(METRICS, hour)
     if current is None:
-        raise LookupError(f"no metrics partition for {hour.isoformat()} in "
+        raise MissingData(f"no metrics partition for {hour.isoformat()} in "
                           f"{lake.partition_dir(METRICS, hour)}; run the metrics task first")
     history = MetricHistory.from_lake(lake, hour, config)
     findings = evaluate(config, current, history, hour)
@@ -250,14 +251,14 @@ def write_heal_requests(lake: Lake, requested_at: datetime | str, requests: list
     from promptops.alerts.store import blob_store, io_retry
 
     if not dag_id:
-        raise ValueError("write_heal_requests needs the evaluating DAG's dag_id (scheduled run "
+        raise InvalidInput("write_heal_requests needs the evaluating DAG's dag_id (scheduled run "
                          "ids repeat across DAGs); pass context['dag_run'].dag_id")
     requested_at = _utc(requested_at)
     records = []
     for i, r in enumerate(requests):
         missing = [k for k in ("fingerprint", "rule", "severity", "playbook") if not r.get(k)]
         if missing:
-            raise ValueError(f"heal request #{i} ({r.get('rule') or 'unknown rule'}) lacks "
+            raise InvalidInput(f"heal request #{i} ({r.get('rule') or 'unknown rule'}) lacks "
                              f"{', '.join(missing)}; pass the alert engine's heal_requests "
                              f"unchanged (nothing was written)")
         # A request without a fire time was raised by this evaluation.

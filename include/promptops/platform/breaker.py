@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from promptops.errors import CircuitOpenError, PromptOpsError
+from promptops.errors import CircuitOpenError, ConfigError, InvalidInput, PromptOpsError
 
 if TYPE_CHECKING:
     from promptops.secrets import SecretMasker
@@ -123,7 +123,7 @@ class BreakerStore(Protocol):
 
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name):
-        raise ValueError(f"invalid breaker name {name!r}: use letters, digits, '_', '.', '-'")
+        raise InvalidInput(f"invalid breaker name {name!r}: use letters, digits, '_', '.', '-'")
     return name
 
 
@@ -217,13 +217,13 @@ def store_from_settings(settings: Settings, *, fallback: bool = True,
     url = (configured.get_secret_value() if configured else None) or celery_broker_url
     if not url:
         if settings.breaker_store == "redis":
-            raise ValueError(
+            raise ConfigError(
                 "PROMPTOPS_BREAKER_STORE is redis but there is no Redis to use: set "
                 "PROMPTOPS_BREAKER_REDIS_URL (redis://[:password@]host[:port][/db]), or run "
                 "Airflow's CeleryExecutor with a redis:// broker")
         return files
     if settings.breaker_state_ttl_s <= settings.breaker_cooldown_s:
-        raise ValueError(
+        raise ConfigError(
             f"PROMPTOPS_BREAKER_STATE_TTL_S ({settings.breaker_state_ttl_s}) must be longer "
             f"than PROMPTOPS_BREAKER_COOLDOWN_S ({settings.breaker_cooldown_s:g}): an open "
             f"breaker's state would expire before its cooldown ends")
@@ -254,7 +254,7 @@ class CircuitBreaker:
                  cooldown_s: float = 300.0, *, probe_timeout_s: float = 300.0,
                  clock: Callable[[], float] = time.time) -> None:
         if failure_threshold < 1:
-            raise ValueError("failure_threshold must be >= 1")
+            raise InvalidInput("failure_threshold must be >= 1")
         self.name = check_name(name)
         self.store = store
         self.failure_threshold = failure_threshold

@@ -28,7 +28,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from promptops.errors import PromptOpsError
+from promptops.errors import ConfigError, InvalidInput, PromptOpsError
 from promptops.platform.breaker import BreakerState, BreakerStore, check_name
 from promptops.secrets import SecretMasker, redact
 
@@ -88,7 +88,7 @@ class RedisBreakerStore:
                  monotonic: Callable[[], float] = time.monotonic,
                  mask_secret: SecretMasker | None = None) -> None:
         if ttl_s < 1:
-            raise ValueError("ttl_s must be >= 1")
+            raise InvalidInput("ttl_s must be >= 1")
         self.url = redact_url(url)
         self._secrets = url_passwords(url)
         if mask_secret is not None:
@@ -101,7 +101,7 @@ class RedisBreakerStore:
                 url, socket_connect_timeout=2.0, socket_timeout=2.0,
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2))
         except ValueError as exc:
-            raise ValueError(f"breaker Redis URL {self.url} is not usable: "
+            raise ConfigError(f"breaker Redis URL {self.url} is not usable: "
                              f"{self._scrub(str(exc))}. Write it as "
                              f"redis://[[user]:password@]host[:port][/db] (or rediss://)") from None
         self.prefix = prefix

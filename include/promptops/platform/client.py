@@ -40,7 +40,9 @@ from promptops.errors import (
     ERROR_CLASSES,
     ERROR_CODES,
     AuthenticationFailed,
+    ConfigError,
     DataFormatError,
+    InvalidInput,
     InvalidRequest,
     PermissionDenied,
     PlatformError,
@@ -120,7 +122,7 @@ class _BearerAuth(AuthBase):
 def rfc3339(dt: datetime) -> str:
     """UTC with a ``Z``; fractional seconds only when there are any."""
     if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError(f"naive datetime {dt.isoformat()}: pass an aware (UTC) datetime")
+        raise InvalidInput(f"naive datetime {dt.isoformat()}: pass an aware (UTC) datetime")
     u = dt.astimezone(UTC)
     frac = f".{u.microsecond:06d}" if u.microsecond else ""
     return f"{u:%Y-%m-%dT%H:%M:%S}{frac}Z"
@@ -235,14 +237,14 @@ class PlatformClient:
                  session: requests.Session | None = None) -> None:
         split = urlsplit(base_url.strip())
         if split.scheme not in ("http", "https") or not split.netloc:
-            raise ValueError(f"platform base URL must be http(s)://host[:port][/prefix], got "
+            raise ConfigError(f"platform base URL must be http(s)://host[:port][/prefix], got "
                              f"{base_url!r}")
         if not api_key:
             raise PlatformNotConfigured("PlatformClient needs an API key")
         if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
+            raise InvalidInput("max_retries must be >= 0")
         if malformed_retries < 0:
-            raise ValueError("malformed_retries must be >= 0")
+            raise InvalidInput("malformed_retries must be >= 0")
         self.base_url = base_url.strip().rstrip("/")
         self.host = split.netloc.rpartition("@")[2]  # never a userinfo part
         self._auth = _BearerAuth(api_key)
@@ -377,10 +379,10 @@ class PlatformClient:
     @staticmethod
     def _call_records_params(start: datetime, end: datetime, limit: int) -> dict[str, str]:
         if not 1 <= limit <= MAX_PAGE_LIMIT:
-            raise ValueError(f"limit must be 1..{MAX_PAGE_LIMIT}, got {limit}")
+            raise InvalidInput(f"limit must be 1..{MAX_PAGE_LIMIT}, got {limit}")
         params = {"start": rfc3339(start), "end": rfc3339(end), "limit": str(limit)}
         if not start < end:
-            raise ValueError(f"start {params['start']} must be before end {params['end']}")
+            raise InvalidInput(f"start {params['start']} must be before end {params['end']}")
         return params
 
     def _fetch_call_records(self, params: dict[str, str], cursor: str | None) -> _Answer:
@@ -448,7 +450,7 @@ class PlatformClient:
         """``POST /v1/ops/actions``; safe to retry because of the idempotency key (the same
         key returns the first answer and does not act twice)."""
         if not idempotency_key or not idempotency_key.strip():
-            raise ValueError("create_action needs a non-empty idempotency_key")
+            raise InvalidInput("create_action needs a non-empty idempotency_key")
         body = {"action": action, "target": target, "params": params, "dry_run": dry_run,
                 "reason": reason}
         return self._call_json("POST", "/v1/ops/actions", json_body=body,

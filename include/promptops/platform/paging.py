@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
-from promptops.errors import DataFormatError
+from promptops.errors import DataFormatError, InvalidInput
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -58,7 +58,7 @@ class CallRecordPage:
     def __init__(self, body: bytes, columns: pa.StructArray | None,
                  records: list | None) -> None:
         if columns is None and records is None:
-            raise ValueError("a CallRecordPage needs its Arrow columns or its records")
+            raise InvalidInput("a CallRecordPage needs its Arrow columns or its records")
         self.body = body
         self.columns = columns
         self._records = records

@@ -37,6 +37,7 @@ from promptops.detection.baselines.bands import read_bands, refit_baselines
 from promptops.detection.baselines.config import METRIC_UNITS, BaselineConfig, metric_bounds
 from promptops.detection.baselines.holt_winters import HOLT_WINTERS
 from promptops.detection.rules import SAMPLE_NOUNS, format_value, metric_label
+from promptops.errors import InvalidInput, MissingData
 from promptops.stats import wilson_interval
 from promptops.timeutil import as_utc, hour_floor
 
@@ -67,7 +68,7 @@ def band_findings(current: pa.Table | None, bands: pa.Table | None, hour: dateti
         dup = now[now.duplicated(_KEY)] if now.duplicated(_KEY).any() else band[
             band.duplicated(_KEY)]
         first = dup.iloc[0]
-        raise ValueError(f"baseline check for {hour:%Y-%m-%d %H:%M} UTC: duplicate rows for "
+        raise InvalidInput(f"baseline check for {hour:%Y-%m-%d %H:%M} UTC: duplicate rows for "
                          f"metric={first.metric} {first.dimension}={first.slice}; pass one "
                          "hour's metrics and one day's bands") from None
     df = df[df["value"].notna() & df["expected"].notna() & df["lower"].notna()
@@ -153,7 +154,7 @@ def baseline_findings_for_hour(lake: Lake, hour: datetime, config: BaselineConfi
     hour = hour_floor(hour)
     current = lake.read_partition(METRICS, hour)
     if current is None:
-        raise LookupError(f"no metrics partition for {hour.isoformat()} in "
+        raise MissingData(f"no metrics partition for {hour.isoformat()} in "
                           f"{lake.partition_dir(METRICS, hour)}; run the metrics task first")
     bands = read_bands(lake, hour)
     if bands is None and fit_missing:
@@ -168,7 +169,7 @@ def baseline_findings_for_hour(lake: Lake, hour: datetime, config: BaselineConfi
 def _rows_of_hour(table: pa.Table, hour: datetime, columns: list[str]) -> pd.DataFrame:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise ValueError(f"baseline check: table lacks column(s) {', '.join(missing)}")
+        raise InvalidInput(f"baseline check: table lacks column(s) {', '.join(missing)}")
     if "hour" in table.column_names:
         hours = table.column("hour")
         table = table.filter(pc.equal(hours, pa.scalar(hour, hours.type)))

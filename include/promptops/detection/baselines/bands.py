@@ -33,6 +33,7 @@ from promptops.contracts import metric_table as mt
 from promptops.contracts.datasets import BASELINES as BANDS
 from promptops.detection.baselines.config import VOLUME_METRICS, BaselineConfig
 from promptops.detection.baselines.holt_winters import BaselineFit, fit_series
+from promptops.errors import InvalidInput
 from promptops.timeutil import as_utc, hour_floor
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def history_series(table: pa.Table | None, day: date | datetime, config: Baselin
         return [], np.empty((0, n_hours))
     missing = [c for c in _HISTORY_COLUMNS if c not in table.column_names]
     if missing:
-        raise ValueError(f"metric history: missing column(s) {', '.join(missing)}; expected "
+        raise InvalidInput(f"metric history: missing column(s) {', '.join(missing)}; expected "
                          "the layout of promptops.contracts.metric_table.METRICS_SCHEMA")
     df = table.select(_HISTORY_COLUMNS[1:]).to_pandas()
     micros = table.column("hour").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
@@ -214,14 +215,14 @@ def write_bands(lake: Lake, day: date | datetime, table: pa.Table):
     start = day_start(day)
     missing = [c for c in BANDS_SCHEMA.names if c not in table.column_names]
     if missing:
-        raise ValueError(f"bands for {start:%Y-%m-%d}: missing column(s) {', '.join(missing)}; "
+        raise InvalidInput(f"bands for {start:%Y-%m-%d}: missing column(s) {', '.join(missing)}; "
                          "build them with promptops.detection.baselines.fit_all")
     table = table.select(BANDS_SCHEMA.names).cast(BANDS_SCHEMA)
     if table.num_rows:
         first, last = pc.min_max(table.column("hour")).values()
         lo, hi = as_utc(first.as_py()), as_utc(last.as_py())
         if lo < start or hi >= start + timedelta(days=1):
-            raise ValueError(f"bands for {start:%Y-%m-%d} hold hours {lo:%Y-%m-%d %H:%M} to "
+            raise InvalidInput(f"bands for {start:%Y-%m-%d} hold hours {lo:%Y-%m-%d %H:%M} to "
                              f"{hi:%Y-%m-%d %H:%M}; a day's partition takes that day's hours "
                              "only (fit with the same day)")
     return lake.write_partition(BANDS, start, table)

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from promptops.contracts import metric_table as mt
-from promptops.errors import PromptOpsError
+from promptops.errors import ConfigError, PromptOpsError
 
 ENV_PREFIX = "PROMPTOPS_BASELINE_"
 
@@ -101,7 +101,7 @@ def _split_list(value: Any) -> Any:
             try:
                 return json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"not a valid JSON list ({exc.msg}); or give a,b,c") from None
+                raise ConfigError(f"not a valid JSON list ({exc.msg}); or give a,b,c") from None
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
 
@@ -113,10 +113,10 @@ def _merged(defaults: dict[str, Any], value: Any) -> dict[str, Any]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc.msg}); expected an object like "
+            raise ConfigError(f"not valid JSON ({exc.msg}); expected an object like "
                              '{"error_rate": 0.01, "*": 0}') from None
     if not isinstance(value, dict):
-        raise ValueError("must be a mapping {metric: value} (use \"*\" for every other metric)")
+        raise ConfigError("must be a mapping {metric: value} (use \"*\" for every other metric)")
     return {**defaults, **value}
 
 

@@ -34,6 +34,7 @@ import pandas as pd
 
 from promptops.detection.baselines.config import BaselineConfig
 from promptops.detection.baselines.holt_winters import fit_values, min_points
+from promptops.errors import InvalidInput
 
 #: Points of history before anything is scored.
 MIN_SCORED_HISTORY = 10
@@ -42,11 +43,11 @@ MAX_DERIVED_SEASON = 1440
 _DAY = 86_400
 
 
-class CsvError(ValueError):
+class CsvError(InvalidInput):
     """A CSV the scorer cannot read; the message names the file, the line and the fix."""
 
 
-class IrregularSeries(ValueError):
+class IrregularSeries(InvalidInput):
     """Timestamps that are not increasing on a regular grid; ``index`` is the first point
     (0-based) that breaks it."""
 
@@ -115,7 +116,7 @@ def score_series(timestamps: Sequence[Any] | np.ndarray, values: Sequence[float]
     values = np.asarray(values, dtype="float64")
     times = _as_ns(timestamps)
     if len(times) != len(values):
-        raise ValueError(f"{len(times)} timestamps but {len(values)} values")
+        raise InvalidInput(f"{len(times)} timestamps but {len(values)} values")
     if len(values) == 0:
         return np.zeros(0)
     interval, slots = regular_grid(times)
@@ -123,7 +124,7 @@ def score_series(timestamps: Sequence[Any] | np.ndarray, values: Sequence[float]
     if season is None:
         season = daily if daily > 1 else (season_for_interval(interval / 1e9) if interval else 1)
     if season < 1:
-        raise ValueError(f"season must be >= 1 (1 = no seasonality), got {season}")
+        raise InvalidInput(f"season must be >= 1 (1 = no seasonality), got {season}")
     grid = np.full(int(slots[-1]) + 1, np.nan)
     grid[slots] = np.where(np.isfinite(values), values, np.nan)
     # A season of one day: the weekday effect is estimated too, as for the hourly bands.

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from promptops.detection.root_cause.localization import check_columns, localize
+from promptops.errors import InvalidInput
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,14 +51,14 @@ def read_cube_csv(path: str) -> dict[str, np.ndarray]:
         reader = csv.reader(fh)
         header = next(reader, None)
         if not header:
-            raise ValueError(f"{path} is empty; expected a header row and one row per leaf")
+            raise InvalidInput(f"{path} is empty; expected a header row and one row per leaf")
         rows = list(reader)
     if len(set(header)) != len(header):
-        raise ValueError(f"{path}: column names repeat in the header: {', '.join(header)}")
+        raise InvalidInput(f"{path}: column names repeat in the header: {', '.join(header)}")
     widths = {len(r) for r in rows}
     if widths - {len(header)}:
         line = next(i + 2 for i, r in enumerate(rows) if len(r) != len(header))
-        raise ValueError(f"{path}: line {line} has a different number of fields than the "
+        raise InvalidInput(f"{path}: line {line} has a different number of fields than the "
                          f"header ({len(header)})")
     if not rows:
         return {name: np.array([], dtype=object) for name in header}

@@ -22,6 +22,7 @@ from promptops.detection.root_cause.localization import (
     Measure,
     localize,
 )
+from promptops.errors import InvalidInput, MissingData
 
 if TYPE_CHECKING:  # pandas and the lake load slowly; the command starts without them
     import pandas as pd
@@ -45,7 +46,7 @@ def baseline_hours(hour: datetime, baseline: str) -> list[datetime]:
     same hour of each of the last k days)."""
     match = _BASELINE.match(baseline)
     if not match:
-        raise ValueError(f"unknown baseline {baseline!r}; use previous_hour, previous_day, "
+        raise InvalidInput(f"unknown baseline {baseline!r}; use previous_hour, previous_day, "
                          f"previous_week or same_hour_avg_<k>d (e.g. same_hour_avg_7d)")
     if baseline == "previous_hour":
         return [hour - timedelta(hours=1)]
@@ -55,7 +56,7 @@ def baseline_hours(hour: datetime, baseline: str) -> list[datetime]:
         return [hour - timedelta(days=7)]
     days = int(match.group(2))
     if not 1 <= days <= 60:
-        raise ValueError(f"baseline {baseline!r}: k must be between 1 and 60 days")
+        raise InvalidInput(f"baseline {baseline!r}: k must be between 1 and 60 days")
     return [hour - timedelta(days=k) for k in range(1, days + 1)]
 
 
@@ -143,22 +144,22 @@ def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
 
     spec = MEASURES[measure] if isinstance(measure, str) and measure in MEASURES else measure
     if not isinstance(spec, Measure):
-        raise ValueError(f"unknown measure {measure!r}; known: {', '.join(MEASURES)}")
+        raise InvalidInput(f"unknown measure {measure!r}; known: {', '.join(MEASURES)}")
     unknown = [d for d in dims if d not in CUBE_DIMENSIONS]
     if unknown:
-        raise ValueError(f"unknown dimension(s) {', '.join(unknown)}; a leaf cube cuts by "
+        raise InvalidInput(f"unknown dimension(s) {', '.join(unknown)}; a leaf cube cuts by "
                          f"{', '.join(CUBE_DIMENSIONS)}")
     hour = hour_floor(hour)
     quantities = [q for q in (spec.numerator, spec.denominator) if q is not None]
     bad = [q for q in quantities if q not in CALL_QUANTITIES]
     if bad:
-        raise ValueError(f"measure {spec.name!r} sums {', '.join(bad)}, which calls do not "
+        raise InvalidInput(f"measure {spec.name!r} sums {', '.join(bad)}, which calls do not "
                          f"have; use one of {', '.join(CALL_QUANTITIES)}")
     columns = _columns_for(dims, quantities)
 
     calls = lake.read_partition(CALLS, hour, columns=columns)
     if calls is None:
-        raise LookupError(f"no calls partition for {hour:%Y-%m-%d %H:00} in "
+        raise MissingData(f"no calls partition for {hour:%Y-%m-%d %H:00} in "
                           f"{lake.partition_dir(CALLS, hour)}; ingest the hour first")
     current = _hour_cube(calls, dims, quantities, prices)
     past = []
@@ -168,7 +169,7 @@ def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
         if table is not None:
             past.append(_hour_cube(table, dims, quantities, prices))
     if not past:
-        raise LookupError(
+        raise MissingData(
             f"baseline {baseline!r} of {hour:%Y-%m-%d %H:00} has no calls partition (looked "
             f"for {', '.join(f'{h:%Y-%m-%d %H:00}' for h in wanted)}); choose a baseline "
             f"the lake covers, e.g. previous_hour")
@@ -193,7 +194,7 @@ def explain_hour(lake: Lake, hour: datetime, measure: str, dims: Sequence[str] =
     :func:`localize` (``max_layer``, ``max_causes``, ``min_share``, ``alpha``)."""
     spec = MEASURES.get(measure)
     if spec is None:
-        raise ValueError(f"unknown measure {measure!r}; known: {', '.join(MEASURES)}")
+        raise InvalidInput(f"unknown measure {measure!r}; known: {', '.join(MEASURES)}")
     cube = leaf_cube(lake, hour, spec, dims, baseline, prices)
     ratio = {"actual_den": "actual_den", "expected_den": "expected_den"} if spec.is_ratio else {}
     return localize(cube, dims, measure=spec, **ratio, **options)

@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from promptops.errors import InvalidInput
+
 #: A leaf cube: a pandas DataFrame, a pyarrow Table or a dict of columns (name -> values).
 Cube = Any
 
@@ -126,7 +128,7 @@ def measure(name: str) -> Measure:
     try:
         return MEASURES[name]
     except KeyError:
-        raise ValueError(f"unknown measure {name!r}; known: {', '.join(MEASURES)}") from None
+        raise InvalidInput(f"unknown measure {name!r}; known: {', '.join(MEASURES)}") from None
 
 
 def format_value(value: float, unit: str = "") -> str:
@@ -258,12 +260,12 @@ def _numbers(cube: Cube, column: str, role: str, row: Callable[[int], Any]) -> n
     bad = ~np.isfinite(values)
     if bad.any():
         rows = ", ".join(str(row(int(i))) for i in np.flatnonzero(bad)[:5])
-        raise ValueError(f"column {column!r} ({role}) has {int(bad.sum())} value(s) that are "
+        raise InvalidInput(f"column {column!r} ({role}) has {int(bad.sum())} value(s) that are "
                          f"missing or not numbers, e.g. at row(s) {rows}; give a number for "
                          f"every leaf")
     if (values < 0).any():
         rows = ", ".join(str(row(int(i))) for i in np.flatnonzero(values < 0)[:5])
-        raise ValueError(f"column {column!r} ({role}) has negative values, e.g. at row(s) "
+        raise InvalidInput(f"column {column!r} ({role}) has negative values, e.g. at row(s) "
                          f"{rows}; the measure must be non-negative")
     return values
 
@@ -298,7 +300,7 @@ def check_columns(cube: Cube, columns: dict[str, str], what: str = "the cube") -
     present = _column_names(cube)
     missing = [f"{c!r} (given by {role})" for c, role in columns.items() if c not in present]
     if missing:
-        raise ValueError(f"{what} has no column {' or '.join(missing)}; columns present: "
+        raise InvalidInput(f"{what} has no column {' or '.join(missing)}; columns present: "
                          f"{', '.join(present) or 'none'}")
 
 
@@ -322,7 +324,7 @@ def _leaves(cube: Cube, dims: Sequence[str], actual: str, expected: str,
     den_exp = _numbers(cube, expected_den, "expected denominator", row)
     total_den, total_den_exp = den.sum(), den_exp.sum()
     if total_den <= 0 or total_den_exp <= 0:
-        raise ValueError(f"the denominators sum to {total_den:g} (actual) and "
+        raise InvalidInput(f"the denominators sum to {total_den:g} (actual) and "
                          f"{total_den_exp:g} (expected); a ratio needs both above 0")
     ratio_exp = num_exp.sum() / total_den_exp
     # A leaf without expected traffic (new this hour) is expected at the aggregate's ratio.
@@ -449,16 +451,16 @@ def _check_arguments(cube: Cube, dims: tuple[str, ...], actual: str, expected: s
                      max_causes: int, min_share: float, alpha: float) -> None:
     """Raise ``ValueError`` for arguments :func:`localize` cannot work with."""
     if not dims:
-        raise ValueError("localize needs at least one dimension")
+        raise InvalidInput("localize needs at least one dimension")
     if len(set(dims)) != len(dims):
-        raise ValueError(f"dimensions repeat: {', '.join(dims)}")
+        raise InvalidInput(f"dimensions repeat: {', '.join(dims)}")
     if (actual_den is None) != (expected_den is None):
-        raise ValueError("a ratio measure needs both actual_den and expected_den")
+        raise InvalidInput("a ratio measure needs both actual_den and expected_den")
     if max_layer < 1 or max_causes < 1:
-        raise ValueError(f"max_layer and max_causes must be at least 1, got {max_layer} and "
+        raise InvalidInput(f"max_layer and max_causes must be at least 1, got {max_layer} and "
                          f"{max_causes}")
     if not (0 <= min_share < 1 and 0 < alpha < 1):
-        raise ValueError(f"min_share must be in [0, 1) and alpha in (0, 1), got {min_share} "
+        raise InvalidInput(f"min_share must be in [0, 1) and alpha in (0, 1), got {min_share} "
                          f"and {alpha}")
     needed = {d: "dims" for d in dims}
     needed |= {actual: "actual", expected: "expected"}
