@@ -71,6 +71,8 @@ class PlatformError(PromptOpsError):
     """An error answer (or a broken answer) from the monitored platform's API."""
 
     code: int = 5000
+    # None only when the platform never answered (PlatformReadTimeout).
+    http_status: int | None
 
     def __init__(self, detail: str = "", *, http_status: int | None = None,
                  endpoint: str | None = None) -> None:

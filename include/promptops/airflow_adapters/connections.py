@@ -149,7 +149,9 @@ class AirflowSlackWebhooks:
         from promptops.alerts.slack import SlackConnectionMissing, secret_parts
 
         try:
-            hook = SlackWebhookHook(slack_webhook_conn_id=conn_id, timeout=timeout,
+            # The hook annotates ``timeout`` int; it reaches urllib, which takes float seconds.
+            hook = SlackWebhookHook(slack_webhook_conn_id=conn_id,
+                                    timeout=timeout,  # type: ignore[arg-type]
                                     retry_handlers=retry_handlers, logger=logger)
             client = hook.get_conn()
         except AirflowNotFoundException as exc:

@@ -9,12 +9,16 @@ task runs.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseNotifier
 
 from promptops.airflow_adapters.context import run_url
 from promptops.heal.approval import answer_from_event
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ class HealApprovalNotifier(BaseNotifier):
         self.plan_task_id = plan_task_id
         self.gate_task_id = gate_task_id
 
-    def notify(self, context) -> None:
+    def notify(self, context: Context) -> None:
         try:
             from promptops.airflow_adapters.resources import slack_webhooks
             from promptops.heal.flow import report_message, send_heal_message

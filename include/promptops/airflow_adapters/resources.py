@@ -11,7 +11,7 @@ Cheap to import: the library modules are imported by the functions that need the
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from promptops.airflow_adapters import connections
 
@@ -37,7 +37,9 @@ def storage_path(uri: str, conn_id: str | None = None) -> UPath:
     (``s3://conn@bucket/prefix``, or ``conn_id``), file access recorded for lineage."""
     from airflow.sdk import ObjectStoragePath
 
-    return ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
+    path = ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
+    # A ProxyUPath: a UPath at runtime (issubclass says so), not in its annotations.
+    return cast("UPath", path)
 
 
 def lake(base_uri: str | None = None, conn_id: str | None = None) -> Lake:

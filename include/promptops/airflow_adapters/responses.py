@@ -6,6 +6,8 @@ Shared by the hourly and the health DAGs so both read the same in the UI. Cheap 
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import task
@@ -13,7 +15,8 @@ from airflow.sdk import task
 HEAL_DAG_ID = "promptops_heal"
 
 
-def respond(outcome, scope: str) -> None:
+# ``outcome`` is an XComArg; Airflow types a task's call by the value it resolves to (a dict).
+def respond(outcome: Any, scope: str) -> None:
     """Wire the response tasks after ``outcome`` (the alert engine's outcome XCom);
     ``scope`` names the evaluation (``hourly`` or ``health``) in the heals it triggers."""
 
@@ -24,7 +27,7 @@ def respond(outcome, scope: str) -> None:
         return response_for(outcome)
 
     @task(task_display_name="Request heal")
-    def request_heal(outcome: dict, **context) -> list[dict]:
+    def request_heal(outcome: dict, **context: Any) -> list[dict]:
         """Keep the heal requests in the lake and say which heal runs to trigger."""
         from promptops.airflow_adapters.resources import lake, platform_client
         from promptops.heal.flow import heal_triggers, platform_clock

@@ -264,7 +264,8 @@ class _Counting:
         self.counter = counter
 
     def prepare_for_next_attempt(self, **kwargs: Any) -> None:
-        super().prepare_for_next_attempt(**kwargs)
+        # A mixin: the slack_sdk handler after it in the MRO defines the method.
+        super().prepare_for_next_attempt(**kwargs)  # type: ignore[misc]
         self.counter.retries += 1
 
 

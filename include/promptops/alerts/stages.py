@@ -398,10 +398,11 @@ def plan_gap_fill(state: AlertState, findings: dict[str, Finding], now: datetime
 
     The latest evaluation's decisions stand: nothing resolves, no alert state changes except
     a pending alert whose streak this evaluation completes, which fires."""
-    if state.last_evaluated_at is None:
+    last_evaluated_at = state.last_evaluated_at
+    if last_evaluated_at is None:
         raise InvalidInput("a gap fill needs the latest evaluation; this state has none")
     state = state.copy()
-    latest = parse_iso(state.last_evaluated_at)
+    latest = parse_iso(last_evaluated_at)
     state.remember(now, findings, config.replay_window)
     history = _History(state.evaluations or {})
 

@@ -389,7 +389,7 @@ _TIME_COLUMNS = ("evaluated_at", "active_since", "fired_at", "resolved_at")
 
 
 def _log_row(row: dict[str, Any]) -> dict[str, Any]:
-    out = {name: row.get(name) for name in ALERT_LOG_SCHEMA.names}
+    out: dict[str, Any] = {name: row.get(name) for name in ALERT_LOG_SCHEMA.names}
     for name in _TIME_COLUMNS:
         if isinstance(out[name], str):
             out[name] = datetime.fromisoformat(out[name]).astimezone(UTC)

@@ -45,11 +45,13 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from upath import UPath
 
 from promptops.contracts import metric_table as mt
 from promptops.contracts.datasets import ANOMALY_MODELS as MODEL_DIR
@@ -123,7 +125,7 @@ class AnomalyModel:
 
     info: ModelInfo
     #: scikit-learn Pipeline: SimpleImputer(add_indicator=True) -> IsolationForest.
-    pipeline: object
+    pipeline: Any  # untyped library
     #: Per (dimension, slice): ``<feature>_median`` and ``<feature>_scale`` columns.
     slice_stats: pd.DataFrame
     #: The same per dimension, for slices the training window did not see.
@@ -223,7 +225,7 @@ def _z_scores(frame: pd.DataFrame, slice_stats: pd.DataFrame,
 
 # -- training ----------------------------------------------------------------------------------
 
-def _pipeline(contamination: float, random_state: int, n_estimators: int):
+def _pipeline(contamination: float, random_state: int, n_estimators: int) -> Any:
     from sklearn.ensemble import IsolationForest
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
@@ -303,11 +305,11 @@ def _dump(obj: object) -> bytes:
     return buffer.getvalue()
 
 
-def _version_dir(lake: Lake, version: str):
+def _version_dir(lake: Lake, version: str) -> UPath:
     return lake.root / MODEL_DIR / f"version={version}"
 
 
-def _write_bytes(lake: Lake, path, data: bytes) -> None:
+def _write_bytes(lake: Lake, path: UPath, data: bytes) -> None:
     """Whole-file replace: a temp file renamed into place on local disk, one object upload
     on an object store (visible whole)."""
     path.parent.mkdir(parents=True, exist_ok=True)

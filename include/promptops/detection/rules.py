@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import reduce
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -54,9 +54,11 @@ from promptops.contracts.metric_table import (
 from promptops.detection.thresholds import (
     BASELINE_OFFSETS,
     BudgetRule,
+    Change,
     ComparisonRule,
     CompositeRule,
     Condition,
+    Level,
     Source,
     ThresholdRule,
     ThresholdsConfig,
@@ -185,7 +187,8 @@ class MetricHistory:
                 if table is not None:
                     frames[as_utc(hour)] = MetricFrame(table, _what(hour))
             return cls(frames)
-        for table in tables:
+        # Not a Mapping here; mypy cannot narrow a union of two iterables with isinstance.
+        for table in cast("Iterable[pa.Table]", tables):
             hours = table.column("hour")
             for hour in pc.unique(hours).to_pylist():
                 part = table.filter(pc.equal(hours, pa.scalar(hour, hours.type)))
@@ -289,7 +292,7 @@ def _threshold_findings(name: str, rule: ThresholdRule, frame: MetricFrame) -> l
     out = []
     for i in np.flatnonzero(warn):
         (dim, slc), row = rows.index[i], rows.iloc[i]
-        severity = "critical" if crit[i] else "warning"
+        severity: Level = "critical" if crit[i] else "warning"
         level = rule.level(severity)
         value = float(row["value"])
         shown = format_value(value, rule.unit)
@@ -319,7 +322,7 @@ def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
     cur = joined["value"].to_numpy(dtype="float64")
     base = joined["value_base"].to_numpy(dtype="float64")
 
-    def holds(level) -> np.ndarray:
+    def holds(level: Change | None) -> np.ndarray:
         if level is None:
             return np.zeros(len(cur), dtype=bool)
         if rule.direction == "above":
@@ -332,8 +335,9 @@ def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
     out = []
     for i in np.flatnonzero(warn):
         dim, slc = joined.index[i]
-        severity = "critical" if crit[i] else "warning"
+        severity: Level = "critical" if crit[i] else "warning"
         level = rule.level(severity)
+        assert level is not None  # holds(None) marks no row
         now_v, base_v = float(cur[i]), float(base[i])
         factor = f"x{now_v / base_v:.1f}" if base_v else "new"
         change = f"{format_value(base_v, rule.unit)} -> {format_value(now_v, rule.unit)}"
@@ -422,8 +426,9 @@ def _budget_findings(name: str, rule: BudgetRule, frame: MetricFrame,
     out = []
     for i in np.flatnonzero(warn):
         dim, slc = union[i]
-        severity = "critical" if crit[i] else "warning"
+        severity: Level = "critical" if crit[i] else "warning"
         share = rule.level(severity)
+        assert share is not None  # crit is all False without a critical level
         unknown = [h for h in table.columns if pd.isna(table.iloc[i][h])]
         gaps = sorted(missing + unknown)
         fmt = lambda v: format_value(v, rule.unit)  # noqa: E731

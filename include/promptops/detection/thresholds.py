@@ -33,7 +33,7 @@ import copy
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -297,7 +297,8 @@ class ThresholdsConfig(_Strict):
             return data
         rules = {}
         for name, rule in data["rules"].items():
-            klass = RULE_CLASSES.get(rule.get("kind")) if isinstance(rule, dict) else None
+            klass = (RULE_CLASSES.get(rule["kind"])
+                     if isinstance(rule, dict) and "kind" in rule else None)
             if klass is not None:
                 accepted = {f.alias or n for n, f in klass.model_fields.items()} | set(
                     klass.model_fields)
@@ -446,7 +447,8 @@ def _apply_override(name: str, data: dict, layer: Mapping[str, Any], origin: str
             touched[("rules", *path, key)] = origin
 
 
-def _flatten(fields: Mapping[str, Any], prefix: tuple[str, ...] = ()):
+def _flatten(fields: Mapping[str, Any],
+             prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     for key, value in fields.items():
         if isinstance(value, Mapping):
             yield from _flatten(value, (*prefix, str(key)))
@@ -462,7 +464,7 @@ def _match_key(mapping: Mapping[str, Any], key: str) -> str | None:
 
 
 def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, Mapping[str, Any]]]:
-    layers = []
+    layers: list[tuple[str, Mapping[str, Any]]] = []
     for var in sorted(env):
         if not var.upper().startswith(OVERRIDE_ENV_PREFIX):
             continue
@@ -497,7 +499,7 @@ def parse_variable_overrides(raw: Any) -> Mapping[str, Any] | None:
 
 
 def _describe(name: str, exc: ValidationError, touched: dict[tuple[str, ...], str]) -> str:
-    lines = []
+    lines: list[str] = []
     for err in exc.errors():
         # Drop the union tag pydantic inserts after the rule name (rules.x.threshold.warning).
         loc = [str(p) for p in err["loc"]]

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -91,7 +91,7 @@ def plan_heal(conf: Mapping[str, Any], run_id: str, now: datetime, *,
             raise HealConfError(f"heal request: {problems}") from None
     request = parse_request(conf, policy, playbook_names=tuple(books.playbooks))
     fingerprint = request.alert_fingerprint or (alert.fingerprint if alert else None)
-    steps: list[tuple[HealRequest, str]]
+    steps: list[tuple[HealRequest, Literal["platform", "script"]]]
     if request.action is Action.run_playbook and request.target in books.playbooks:
         labels = {**(alert.labels if alert else {}), **request.params.get("labels", {})}
         expanded = expand_playbook(request.target, labels, dry_run=request.dry_run,
@@ -170,7 +170,8 @@ def gate(plan: HealPlan | Mapping[str, Any], history: list[Any], now: datetime,
             seen.append(AuditRecord(idempotency_key=step.key, requested_at=now,
                                     action=req.action.value, target=req.target,
                                     decision="planned", dry_run=False, action_id="planned"))
-    verdict = "denied" if denied else "approval" if needs else "auto"
+    verdict: Literal["auto", "approval", "denied"] = (
+        "denied" if denied else "approval" if needs else "auto")
     return GateResult(verdict=verdict, reasons=reasons, denied_steps=denied,
                       needs_approval=needs).to_xcom()
 
@@ -444,6 +445,7 @@ def outcome_of(plan: HealPlan | Mapping[str, Any] | None,
                verified: Verification | Mapping[str, Any] | None) -> dict[str, Any]:
     """What became of the heal, from whatever its tasks left (any of them may be missing)."""
     verdict = GateResult.of(gate_result).verdict if gate_result else None
+    decided_by: str | None  # a person's name, or None when nobody answered
     decision, decided_by = "auto_approved", "policy"
     if verdict == "denied":
         decision, decided_by = "denied", "policy"
@@ -546,6 +548,7 @@ def finish_audit(lake: Any, plan: HealPlan | Mapping[str, Any],
     for i, step in enumerate(plan.steps):
         rec = mine.get(step.key)
         if rec is None:
+            assert outcome.decision is not None  # outcome_of always decides
             req = request_of(step, policy)
             decision = outcome.decision if outcome.decision != "auto_approved" else "not_run"
             why = reasons[i] if i < len(reasons) else outcome.status
@@ -577,8 +580,8 @@ def invalid_audit(lake: Any, conf: Mapping[str, Any], run_id: str, now: datetime
     def text(value: Any) -> str:
         return value if isinstance(value, str) else json.dumps(value, default=str)
 
-    params = conf.get("params") if isinstance(conf.get("params"), dict) else {
-        "raw": conf.get("params")}
+    raw_params = conf.get("params")
+    params = raw_params if isinstance(raw_params, dict) else {"raw": raw_params}
     rec = AuditRecord(idempotency_key=idempotency_key(run_id, "conf"), requested_at=now,
                       action=text(conf.get("action", ""))[:200],
                       target=text(conf.get("target", ""))[:500], decision="invalid",

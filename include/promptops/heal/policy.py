@@ -53,7 +53,7 @@ from promptops.timeutil import as_utc
 
 if TYPE_CHECKING:  # the audit and price table pull in pyarrow; DAG files import this module
     from promptops.heal.audit import AuditRecord
-    from promptops.metrics.pricing import PriceTable
+    from promptops.metrics.pricing import ModelPrice, PriceTable
 
 POLICY_PATH = PROJECT_ROOT / "include" / "config" / "heal_policy.yaml"
 PLAYBOOKS_PATH = PROJECT_ROOT / "include" / "config" / "playbooks.yaml"
@@ -541,9 +541,16 @@ def load_playbooks(path: str | Path | None = None,
     return books
 
 
+def _price(table: PriceTable, model: str) -> ModelPrice:
+    """The price of a model the caller has checked is in the table."""
+    p = table.get(model)
+    assert p is not None
+    return p
+
+
 def _unit_cost(table: PriceTable, model: str) -> float:
     """Input plus output price per token: a simple 'which is cheaper' yardstick."""
-    p = table.get(model)
+    p = _price(table, model)
     return p.input_cost_per_token + p.output_cost_per_token
 
 
@@ -557,7 +564,7 @@ def cheaper_model(model: str, books: Playbooks, table: PriceTable,
     if price is None:
         return None
     pool = [m for m in (candidates or table.models) if m != model and m in table
-            and table.get(m).litellm_provider == price.litellm_provider
+            and _price(table, m).litellm_provider == price.litellm_provider
             and _unit_cost(table, m) < _unit_cost(table, model)]
     return min(pool, key=lambda m: (_unit_cost(table, m), m), default=None)
 

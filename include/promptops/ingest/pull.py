@@ -204,6 +204,7 @@ def ingest_hour(source: CallRecordSource, lake: Lake, hour: datetime, *, run_id:
     if result.kept_existing:
         return result
     result.written = writer.rows
+    assert writer.info is not None  # the writer was not discarded (kept_existing above)
     result.calls_uri = writer.info.uri
     if rejects:
         now = datetime.now(UTC)

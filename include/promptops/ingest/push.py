@@ -271,8 +271,9 @@ def ingest_batch(path: str, *, lake: Lake | None = None, landing_uri: str | None
         if hour == anchor:
             rejects = rejects + [{"reason": INVALID_JSON, "field": None, "call_id": None,
                                   "raw": text} for text in batch.invalid]
-        detail = {"hour": hour.isoformat(), "received": len(groups[hour]), "written": 0,
-                  "duplicates": 0, "rejected": {}, "calls_uri": None, "quarantine_uri": None}
+        detail: dict[str, Any] = {
+            "hour": hour.isoformat(), "received": len(groups[hour]), "written": 0,
+            "duplicates": 0, "rejected": {}, "calls_uri": None, "quarantine_uri": None}
         _merge_calls(lake, hour, checked.good, detail)
         _merge_quarantine(lake, hour, end, rejects, detail, run_id=run_id, now=now)
         out["hours"].append(detail)

@@ -111,6 +111,7 @@ class Lake:
     def write_partition(self, dataset: str, hour: datetime, table: pa.Table) -> PartitionInfo:
         with self.partition_writer(dataset, hour, table.schema) as writer:
             writer.write(table)
+        assert writer.info is not None  # set on leaving the block; nothing discards it here
         return writer.info
 
     def delete_partition(self, dataset: str, hour: datetime) -> bool:

@@ -44,6 +44,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import DTypeLike
 
 from promptops.contracts import metric_table as mt
 from promptops.contracts.datasets import CALLS
@@ -128,7 +129,7 @@ class _Rows:
         self.upper.append(np.asarray(upper, dtype=np.float64))
 
     def table(self, hour: datetime) -> pa.Table:
-        def cat(parts: list[np.ndarray], dtype: object) -> np.ndarray:
+        def cat(parts: list[np.ndarray], dtype: DTypeLike) -> np.ndarray:
             return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
         n = sum(len(p) for p in self.metric)
@@ -315,10 +316,10 @@ def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
     priced = req - unpriced
     cost = np.where(priced > 0, total(x.cost), np.nan)
     rows.add(mt.COST_USD, name, labels, cost, priced)
-    some = unpriced > 0 if name != mt.OVERALL else None
-    rows.add(mt.UNPRICED_REQUESTS, name, labels, unpriced, req, keep=some)
+    with_unpriced = unpriced > 0 if name != mt.OVERALL else None
+    rows.add(mt.UNPRICED_REQUESTS, name, labels, unpriced, req, keep=with_unpriced)
     rows.add(mt.UNPRICED_TOKENS, name, labels, subset(x.unpriced, x.unpriced_tokens), unpriced,
-             keep=some)
+             keep=with_unpriced)
 
     labelled = subset(x.labelled)
     has_labels = labelled > 0
@@ -485,12 +486,13 @@ def compute_hourly_metrics(calls: pa.Table, hour: datetime, prices: PriceTable,
     # Abuse: the most calls one user made in one clock minute.
     ts = calls.column("ts").cast(pa.int64()).to_numpy()
     peak = _peak_per_minute(user_codes, len(user_names) + 1, ts // 60_000_000)
+    assert user_dim is not None  # DIMENSION_COLUMNS has "user"
     per_group = np.zeros(len(user_dim.labels), dtype=np.int64)
     # user code -> group code: the user dim's codes are user_group's groups, relabelled.
     group_of_user = np.zeros(len(user_names) + 1, dtype=np.int64)
     group_of_user[user_codes] = user_dim.codes
     np.maximum.at(per_group, group_of_user, peak)
-    rows.add(mt.PEAK_CALLS_PER_MINUTE, mt.OVERALL, overall.labels, [peak.max()],
+    rows.add(mt.PEAK_CALLS_PER_MINUTE, mt.OVERALL, overall.labels, np.array([peak.max()]),
              overall_requests)
     rows.add(mt.PEAK_CALLS_PER_MINUTE, "user", user_dim.labels, per_group, user_requests)
     return _sorted(rows.table(hour))

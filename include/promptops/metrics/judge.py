@@ -29,7 +29,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -234,7 +234,7 @@ _BARE = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+))?\s*\.?\s*")
 _MAX_OBJECT_SCAN = 20
 
 
-def _json_objects(text: str):
+def _json_objects(text: str) -> Iterator[dict[str, Any]]:
     """JSON objects in ``text``: the whole text, else each ``{...}`` that decodes (this
     covers code fences and JSON wrapped in prose)."""
     try:
@@ -447,8 +447,9 @@ class RelevanceJudge:
             retry=retry_any(retry_if_result(lambda a: a.status in _RETRY_STATUSES),
                             retry_if_exception_type(_RETRY_EXCEPTIONS)),
             wait=self._wait,
+            # stop_any calls any callable; its annotation asks for stop_base instances.
             stop=stop_any(stop_after_attempt(self.max_retries + 1),
-                          lambda rs: self._stop_for_time(rs, deadline)),
+                          lambda rs: self._stop_for_time(rs, deadline)),  # type: ignore[arg-type]
             before_sleep=self._log_retry,
             # Out of attempts: hand back the last answer (or raise the last exception).
             retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else None,
@@ -519,8 +520,9 @@ class RelevanceJudge:
                            detail=self._scrub(f"answer is not JSON: {_snippet(answer.body)}"))
         if not isinstance(doc, dict):
             return Verdict("failed", attempts=attempts, detail="answer is not a JSON object")
-        usage = doc.get("usage") if isinstance(doc.get("usage"), dict) else {}
-        tokens = {"prompt_tokens": _int_token(usage.get("prompt_tokens")),
+        raw_usage = doc.get("usage")
+        usage = raw_usage if isinstance(raw_usage, dict) else {}
+        tokens: dict[str, Any] = {"prompt_tokens": _int_token(usage.get("prompt_tokens")),
                   "completion_tokens": _int_token(usage.get("completion_tokens"))}
         choices = doc.get("choices")
         message = (choices[0].get("message") if isinstance(choices, list) and choices

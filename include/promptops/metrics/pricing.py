@@ -24,7 +24,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,7 @@ OVERRIDES_ENV = "PROMPTOPS_PRICE_OVERRIDES"
 #: LiteLLM's documentation entry; not a model.
 _SAMPLE_SPEC = "sample_spec"
 
-_Columnar = pa.Array | pa.ChunkedArray | np.ndarray | Sequence
+_Columnar: TypeAlias = pa.Array | pa.ChunkedArray | np.ndarray | Sequence
 
 
 class PriceTableError(ConfigError):

@@ -65,7 +65,7 @@ def table_of(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(fixed, schema=METRICS_SCHEMA)
 
 
-def gpu_rows_at(at: datetime, client=None) -> dict:
+def gpu_rows_at(at: datetime, client: PlatformClient | None = None) -> dict:
     """GPU rows from NVML, or from the platform when NVML is missing; never raises for a
     missing GPU or an unanswering platform (the health run must not fail on it)."""
     from promptops.metrics.gpu import NvmlUnavailable, collect_gpu_metrics
@@ -79,7 +79,7 @@ def gpu_rows_at(at: datetime, client=None) -> dict:
     return {"source": summary.source, "rows": rows_of(summary.table), "notes": summary.notes}
 
 
-def api_rows_at(at: datetime, client, minutes: int = 5) -> dict:
+def api_rows_at(at: datetime, client: PlatformClient, minutes: int = 5) -> dict:
     """/health plus success, latency and abuse over the last ``minutes`` of call records."""
     from promptops.errors import PERMANENT_ERRORS
     from promptops.metrics.health import api_health_rows, fetch_recent_calls, recent_call_rows

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 _JUDGE_COLUMNS = ("call_id", "status", "relevance_score", "prompt_text", "response_text")
 
 
-def judge_price_lookup(prices: PriceTable):
+def judge_price_lookup(prices: PriceTable) -> Callable[[str], tuple[float, float] | None]:
     """The judge's (input, output) USD per token from the project's price table."""
     def lookup(model: str) -> tuple[float, float] | None:
         price = prices.get(model)
@@ -146,7 +146,7 @@ def with_root_cause(lake: Lake, hour: datetime, findings: list[Finding], *,
             notes["root_cause"] = loc.sentence
             notes["root_cause_set"] = loc.label
             notes["root_cause_table"] = loc.table(max_rows=5)
-        view = moved.get((f.labels.get("dimension"), f.labels.get("slice")))
+        view = moved.get((f.labels.get("dimension", ""), f.labels.get("slice", "")))
         if view:
             notes["moved"] = view
         out.append(replace(f, annotations=notes))

@@ -100,10 +100,16 @@ class BreakerStore(Protocol):
     """Where breaker state lives. Small on purpose: the Redis store needs only these three
     (``update`` as a WATCH/MULTI transaction)."""
 
-    #: Where the state is, for people (no secrets).
-    location: str
-    #: The options that point ``python -m promptops.platform.breaker`` at this store.
-    cli_options: str
+    # Read-only properties: a store may implement them as attributes or properties.
+    @property
+    def location(self) -> str:
+        """Where the state is, for people (no secrets)."""
+        ...
+
+    @property
+    def cli_options(self) -> str:
+        """The options that point ``python -m promptops.platform.breaker`` at this store."""
+        ...
 
     def load(self, name: str) -> BreakerState:
         """The stored state, or a fresh closed state when there is none. May read without

@@ -21,7 +21,7 @@ import re
 import shlex
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -149,8 +149,11 @@ class RedisBreakerStore:
                 pipe.set(key, json.dumps(state.to_dict(), sort_keys=True), ex=self.ttl_s)
             return result
 
+        # With value_from_callable redis-py returns what ``transaction`` returns; its
+        # annotations expect a callable returning None and return a union.
+        run = cast("Callable[[redis.client.Pipeline], None]", transaction)
         return self._call(
-            lambda: self.client.transaction(transaction, key, value_from_callable=True),
+            lambda: cast(T, self.client.transaction(run, key, value_from_callable=True)),
             lambda fb: fb.update(name, fn))
 
     def names(self) -> list[str]:
@@ -197,7 +200,7 @@ class RedisBreakerStore:
     def _scrub(self, text: str) -> str:
         return redact(text, self._secrets)
 
-    def _decode(self, raw: bytes | None, key: str) -> BreakerState:
+    def _decode(self, raw: bytes | str | None, key: str) -> BreakerState:
         if raw is None:
             return BreakerState()
         try:

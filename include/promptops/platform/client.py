@@ -327,8 +327,9 @@ class PlatformClient:
             doc = None
         if not isinstance(doc, dict):
             if code == 200:
-                reason = (f"platform error 3002: /health answered 200 with a body that is not "
-                          f"a JSON object ({self._snippet(resp.body)})")
+                reason: str | None = (
+                    f"platform error 3002: /health answered 200 with a body that is not "
+                    f"a JSON object ({self._snippet(resp.body)})")
                 return HealthStatus(False, "malformed", None, reason, latency_ms, code)
             return HealthStatus(False, "unavailable", None,
                                 f"HTTP {code} without a JSON body", latency_ms, code)
@@ -568,8 +569,8 @@ class PlatformClient:
             )
             resp = retrying(attempt)
         except u3.DecodeError as exc:  # a compressed body that does not decompress
-            err = DataFormatError("the answer's compressed body could not be decoded",
-                                  endpoint=endpoint)
+            err: PlatformError | PlatformUnreachable = DataFormatError(
+                "the answer's compressed body could not be decoded", endpoint=endpoint)
             self._report(ticket, err)
             raise err from exc
         except _TRANSPORT_ERRORS as exc:

@@ -76,7 +76,7 @@ def day_completeness(lake: Lake, day: datetime,
         gaps.update(missing)
     # Consecutive missing hours -> one backfill range each.
     run: list[datetime] = []
-    for h in sorted(gaps) + [None]:  # type: ignore[list-item]
+    for h in sorted(gaps) + [None]:
         if h is not None and run and h == run[-1] + timedelta(hours=1):
             run.append(h)
             continue

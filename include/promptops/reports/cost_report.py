@@ -62,6 +62,10 @@ from promptops.reports.completeness import backfill_command
 from promptops.timeutil import as_utc
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from upath import UPath
+
     from promptops.alerts.slack import SlackWebhooks
     from promptops.detection.thresholds import ThresholdsConfig
 
@@ -403,7 +407,7 @@ def incidents_table(lake: Lake, start: datetime, end: datetime,
 
 # -- charts (matplotlib, Agg, no pyplot: no global state, safe in any process) ---------------
 
-def _figure(width: float = 9.0, height: float = 4.0):
+def _figure(width: float = 9.0, height: float = 4.0) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -412,13 +416,13 @@ def _figure(width: float = 9.0, height: float = 4.0):
     return fig
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
 
 
-def _mark_gaps(ax, hours: list[int], statuses: list[str]) -> None:
+def _mark_gaps(ax: Axes, hours: list[int], statuses: list[str]) -> None:
     """Shade missing (and pending) hours so they read as gaps, not as zero."""
     labelled = set()
     for h, status in zip(hours, statuses, strict=True):
@@ -589,7 +593,7 @@ def compare_cost_movers(lake: Lake, day: date, present: list[datetime], day_rows
     return out
 
 
-def report_folder(lake: Lake, day: date):
+def report_folder(lake: Lake, day: date) -> UPath:
     return lake.root / REPORTS / f"date={day.isoformat()}"
 
 
@@ -968,7 +972,7 @@ def fmt_signed_pct(value: float | None) -> str:
 
 # -- writing and reading report files -------------------------------------------------------
 
-def _write_file(lake: Lake, folder, name: str, data: bytes) -> str:
+def _write_file(lake: Lake, folder: UPath, name: str, data: bytes) -> str:
     """Write one file so that a reader sees the old one or the new one, never half."""
     target = folder / name
     if lake.is_local:

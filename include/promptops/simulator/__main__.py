@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from promptops.simulator.scenario import ScenarioError
 from promptops.simulator.timeutil import SimClock, parse_rfc3339
 
 
-def _ts(value: str):
+def _ts(value: str) -> datetime:
     try:
         return parse_rfc3339(value)
     except ValueError as exc:

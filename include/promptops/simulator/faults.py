@@ -8,6 +8,7 @@ decremented; rules come from ``--faults``, a scenario's ``faults:`` or ``POST /_
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -81,7 +82,7 @@ class CountedRules:
         with self._lock:
             return [r.model_dump() for r in self._rules]
 
-    def _take_first(self, matches) -> Any:
+    def _take_first(self, matches: Callable[[Any], bool]) -> Any:
         with self._lock:
             for i, rule in enumerate(self._rules):
                 if not matches(rule):

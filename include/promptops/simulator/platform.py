@@ -209,7 +209,8 @@ class Platform:
         now_ms = to_ms(now)
         window_ms = 5 * 60_000
         counts = dict.fromkeys(GPU_NODES, 0)
-        hour_total = node_total = None
+        hour_total = 0
+        node_total: dict[str, int] = {}
         for hour in sorted({(now_ms - window_ms) // HOUR_MS, now_ms // HOUR_MS}):
             b = self.hour_batch(hour)
             ts_abs = b.cols["ts"].astype(np.int64) + b.start_ms

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -95,7 +95,8 @@ class SimulatorServer(SimHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        # An AF_INET server's address is (str, int); typeshed also allows bytes hosts.
+        host, port = cast("tuple[str, int]", self.server_address[:2])
         return f"http://{host}:{port}"
 
 
@@ -457,7 +458,7 @@ class SimulatorHandler(JsonHandler):
             self.send_json(404, error_body(3002, f"no such control endpoint: {path}"))
 
 
-def serve_forever(server) -> None:
+def serve_forever(server: SimHTTPServer) -> None:
     """Serve until Ctrl-C / SIGTERM, then close the socket (simulator and Slack sink)."""
     try:
         server.serve_forever()

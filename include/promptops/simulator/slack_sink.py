@@ -27,7 +27,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -203,7 +203,8 @@ class SlackSinkServer(SimHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        # An AF_INET server's address is (str, int); typeshed also allows bytes hosts.
+        host, port = cast("tuple[str, int]", self.server_address[:2])
         return f"http://{host}:{port}"
 
 

@@ -37,7 +37,7 @@ from promptops.errors import InvalidInput
 from promptops.timeutil import as_utc, hour_floor
 
 if TYPE_CHECKING:
-    from promptops.lake.store import Lake
+    from promptops.lake.store import Lake, PartitionInfo
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _chosen_slices(df: pd.DataFrame, config: BaselineConfig) -> np.ndarray:
 # -- fitting ---------------------------------------------------------------------------------
 
 
-def _fit_chunk(rows: list[tuple[np.ndarray, str]], last_ts: datetime,
+def _fit_chunk(rows: list[tuple[np.ndarray, str | None]], last_ts: datetime,
                config: BaselineConfig) -> list[BaselineFit]:
     """Worker entry point (top level so a process pool can pickle it)."""
     return [fit_series(values, last_ts, config, metric=metric) for values, metric in rows]
@@ -209,7 +209,7 @@ def _jsonable(value):
 # -- the lake --------------------------------------------------------------------------------
 
 
-def write_bands(lake: Lake, day: date | datetime, table: pa.Table):
+def write_bands(lake: Lake, day: date | datetime, table: pa.Table) -> PartitionInfo:
     """Store the bands for ``day`` (replaces that day's partition). Every row's hour must
     fall inside the day."""
     start = day_start(day)

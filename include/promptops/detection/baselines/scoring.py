@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -282,7 +282,7 @@ def write_scores_csv(path: str | Path | None, series: Series, scores: np.ndarray
         _write(fh, rows)
 
 
-def _write(fh, rows) -> None:
+def _write(fh: IO[str], rows: Iterable[tuple[Any, Any, float]]) -> None:
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(["timestamp", "value", "anomaly_score"])
     for ts, value, score in rows:

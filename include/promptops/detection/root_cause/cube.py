@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from promptops.errors import InvalidInput, MissingData
 
 if TYPE_CHECKING:  # pandas and the lake load slowly; the command starts without them
     import pandas as pd
+    import pyarrow as pa
 
     from promptops.lake.store import Lake
     from promptops.metrics.pricing import PriceTable
@@ -60,7 +61,8 @@ def baseline_hours(hour: datetime, baseline: str) -> list[datetime]:
     return [hour - timedelta(days=k) for k in range(1, days + 1)]
 
 
-def _call_quantities(calls, prices: PriceTable | None, wanted: set[str]) -> dict[str, np.ndarray]:
+def _call_quantities(calls: pa.Table, prices: PriceTable | None,
+                     wanted: set[str]) -> dict[str, np.ndarray]:
     """Per-call values of the quantities a measure sums."""
     import pyarrow.compute as pc
 
@@ -87,7 +89,7 @@ def _call_quantities(calls, prices: PriceTable | None, wanted: set[str]) -> dict
     return out
 
 
-def _dimension_column(calls, dim: str):
+def _dimension_column(calls: pa.Table, dim: str) -> pa.ChunkedArray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -99,7 +101,7 @@ def _dimension_column(calls, dim: str):
     return pc.fill_null(calls.column(CUBE_DIMENSIONS[dim]).cast(pa.string()), NONE_VALUE)
 
 
-def _hour_cube(calls, dims: Sequence[str], quantities: Sequence[str],
+def _hour_cube(calls: pa.Table, dims: Sequence[str], quantities: Sequence[str],
                prices: PriceTable | None) -> pd.DataFrame:
     import pandas as pd
 
@@ -188,7 +190,7 @@ def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
 
 def explain_hour(lake: Lake, hour: datetime, measure: str, dims: Sequence[str] = DEFAULT_DIMS,
                  baseline: str = "same_hour_avg_7d", prices: PriceTable | None = None,
-                 **options) -> Localization:
+                 **options: Any) -> Localization:
     """Leaf cube plus localisation for one hour: ``result.sentence`` goes into the alert's
     ``root_cause`` annotation, ``result.table()`` into its details. ``options`` go to
     :func:`localize` (``max_layer``, ``max_causes``, ``min_share``, ``alpha``)."""
@@ -196,5 +198,6 @@ def explain_hour(lake: Lake, hour: datetime, measure: str, dims: Sequence[str] =
     if spec is None:
         raise InvalidInput(f"unknown measure {measure!r}; known: {', '.join(MEASURES)}")
     cube = leaf_cube(lake, hour, spec, dims, baseline, prices)
-    ratio = {"actual_den": "actual_den", "expected_den": "expected_den"} if spec.is_ratio else {}
+    ratio: dict[str, Any] = ({"actual_den": "actual_den", "expected_den": "expected_den"}
+                             if spec.is_ratio else {})
     return localize(cube, dims, measure=spec, **ratio, **options)

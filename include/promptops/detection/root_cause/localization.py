@@ -283,11 +283,13 @@ def _factorize(values: Any) -> tuple[np.ndarray, np.ndarray]:
         import pandas as pd
 
         codes, uniques = pd.factorize(values, use_na_sentinel=False)
-        labels = [NONE_VALUE if pd.isna(x) else str(x) for x in uniques]
-        return codes.astype(np.int64), np.array(labels, dtype=object)
+        names = [NONE_VALUE if pd.isna(x) else str(x) for x in uniques]
+        return codes.astype(np.int64), np.array(names, dtype=object)
     arr = np.asarray(values)
     if arr.dtype == object:
-        arr = np.where(np.equal(arr, None), NONE_VALUE, arr).astype(str)
+        # numpy's stubs reject None as an operand; on object arrays it compares elementwise.
+        is_none = np.equal(arr, None)  # type: ignore[call-overload]
+        arr = np.where(is_none, NONE_VALUE, arr).astype(str)
     labels, codes = np.unique(arr, return_inverse=True)
     return codes.ravel().astype(np.int64), labels.astype(str).astype(object)
 
@@ -314,7 +316,7 @@ def _leaves(cube: Cube, dims: Sequence[str], actual: str, expected: str,
         labels.append(u)
     num = _numbers(cube, actual, "actual value", row)
     num_exp = _numbers(cube, expected, "expected value", row)
-    if actual_den is None:
+    if actual_den is None or expected_den is None:  # both or neither (_check_arguments)
         # Additive: quasi-Poisson noise, variance proportional to the value.
         excess, weight = num - num_exp, (num + num_exp) / 2
         return _Leaves(codes, labels, excess, weight, num_exp, excess, weight,
@@ -464,7 +466,7 @@ def _check_arguments(cube: Cube, dims: tuple[str, ...], actual: str, expected: s
                          f"and {alpha}")
     needed = {d: "dims" for d in dims}
     needed |= {actual: "actual", expected: "expected"}
-    if actual_den is not None:
+    if actual_den is not None and expected_den is not None:
         needed |= {actual_den: "actual_den", expected_den: "expected_den"}
     check_columns(cube, needed)
 
@@ -500,6 +502,7 @@ def _search(leaves: _Leaves, spec: Measure, dims: tuple[str, ...], total: float,
         best = _best_element(cuboids, e, w, sign)
         if best is None:
             break
+        cuboid: _Cuboid | None  # None once the change is everywhere (below)
         raw, excess, cuboid, element = best
         members = remaining & (cuboid.group == element)
         outside = remaining & ~members
@@ -593,7 +596,7 @@ def _dispersion(leaves: _Leaves, e: np.ndarray, remaining: np.ndarray,
 def _value(leaves: _Leaves, mask: np.ndarray) -> tuple[float, float]:
     """Actual and expected value of the measure over the masked leaves."""
     num, num_exp = float(leaves.num[mask].sum()), float(leaves.num_exp[mask].sum())
-    if leaves.den is None:
+    if leaves.den is None or leaves.den_exp is None:  # both or neither
         return num, num_exp
     den, den_exp = float(leaves.den[mask].sum()), float(leaves.den_exp[mask].sum())
     return (num / den if den > 0 else math.nan, num_exp / den_exp if den_exp > 0 else math.nan)
@@ -601,7 +604,7 @@ def _value(leaves: _Leaves, mask: np.ndarray) -> tuple[float, float]:
 
 def _traffic(leaves: _Leaves, mask: np.ndarray) -> tuple[float, float] | None:
     """Actual and expected denominator over the masked leaves (ratio measures)."""
-    if leaves.den is None:
+    if leaves.den is None or leaves.den_exp is None:  # both or neither
         return None
     return float(leaves.den[mask].sum()), float(leaves.den_exp[mask].sum())
 
