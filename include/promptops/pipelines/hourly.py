@@ -94,7 +94,8 @@ def findings_for_hour(lake: Lake, hour: datetime,
     history = MetricHistory.from_lake(lake, hour, config)
     findings = evaluate(config, current, history, hour)
     if baselines:
-        from promptops.detection.baselines import band_findings, read_bands
+        from promptops.detection.baselines.band_findings import band_findings
+        from promptops.detection.baselines.bands import read_bands
 
         findings += band_findings(current, read_bands(lake, hour), hour)
     if root_cause and findings:

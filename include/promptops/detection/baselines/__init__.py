@@ -8,7 +8,8 @@ and a causal scorer for any ``timestamp,value`` CSV.
   in parallel), stored in the lake dataset ``baselines`` (:func:`write_bands`,
   :func:`read_bands`, :func:`refit_baselines` for the daily DAG).
 - :mod:`~promptops.detection.baselines.band_findings`: an hour's metrics against its bands ->
-  findings (:func:`band_findings`, :func:`baseline_findings_for_hour` for the hourly DAG).
+  findings (``band_findings.band_findings``, :func:`baseline_findings_for_hour` for the hourly
+  DAG).
 - :mod:`~promptops.detection.baselines.scoring`: :func:`score_series` / :func:`score_csv`, also
   ``python -m promptops.detection.baselines score IN.csv -o OUT.csv [--season N]``.
 
@@ -24,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    "band_findings": "band_findings", "baseline_findings_for_hour": "band_findings",
+    # Not ``band_findings`` itself: once its submodule is imported, the package attribute
+    # of that name is the module, so callers import the function from the submodule.
+    "baseline_findings_for_hour": "band_findings",
     "BANDS": "bands", "BANDS_SCHEMA": "bands", "fit_all": "bands", "fit_many": "bands",
     "history_series": "bands", "read_bands": "bands", "read_history": "bands",
     "refit_baselines": "bands", "write_bands": "bands",
@@ -36,17 +39,13 @@ _EXPORTS = {
 }
 __all__ = [
     "BANDS", "BANDS_SCHEMA", "HOLT_WINTERS", "MEDIAN_MAD", "BaselineConfig",
-    "BaselineConfigError", "BaselineFit", "CsvError", "band_findings",
-    "baseline_findings_for_hour", "fit_all", "fit_many", "fit_series", "history_series",
+    "BaselineConfigError", "BaselineFit", "CsvError", "baseline_findings_for_hour", "fit_all", "fit_many", "fit_series", "history_series",
     "load_baseline_config", "read_bands", "read_history", "refit_baselines", "score_csv",
     "score_series", "write_bands",
 ]
 
 if TYPE_CHECKING:
-    from promptops.detection.baselines.band_findings import (
-        band_findings,
-        baseline_findings_for_hour,
-    )
+    from promptops.detection.baselines.band_findings import baseline_findings_for_hour
     from promptops.detection.baselines.bands import (
         BANDS,
         BANDS_SCHEMA,
