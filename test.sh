@@ -5,4 +5,6 @@ cd "$(dirname "$0")"
 scripts/bootstrap.sh
 .venv/bin/ruff check .
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+# Two workers: many tests wait on processes they started. Tests of the shared Airflow stack
+# go to one worker together (see tests/conftest.py).
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"

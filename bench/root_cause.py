@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/root_cause.py [--seeds 10] [--leaves 20000]
 
-For each case, ``--seeds`` synthetic cubes (``tests/root_cause/rchelpers.py``: leaves of
+For each case, ``--seeds`` synthetic cubes (``tests/helpers/root_cause.py``: leaves of
 uneven size, noisy baseline and actual, anomalies injected into one- or two-dimension
 elements) are localised with :func:`promptops.detection.root_cause.localize`. Printed per case:
 seconds per cube (median and worst, the cube already in memory, cuboids included) and
@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "root_cause"))
-
-from rchelpers import as_set, element_label, synthetic_cube  # noqa: E402
+# The synthetic cubes are the root-cause tests' own (tests.helpers.root_cause).
+sys.path.insert(0, str(ROOT))
 
 from promptops.detection.root_cause import localize  # noqa: E402
+from tests.helpers.root_cause import as_set, element_label, synthetic_cube  # noqa: E402
 
 FULL = {"model": 10, "app": 10, "region": 5, "team": 8, "template": 5}
 WIDE = {"model": 8, "app": 6, "region": 5, "team": 5, "template": 4, "provider": 4,

@@ -17,8 +17,8 @@ from promptops.errors import (
     PromptOpsError,
     StepIncomplete,
 )
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "include" / "promptops"
 #: The builtins an operator-facing error used to be. TypeError and KeyError stay Python's
 #: own signals for a wrong type and a missing key (json's ``default`` hook, dict lookups).

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from alerthelpers import SECRET_PATH, slack_connection
 
 from promptops.simulator.slack_sink import SlackSinkServer
+from tests.helpers.alerts import SECRET_PATH, slack_connection
 
 
 @pytest.fixture()

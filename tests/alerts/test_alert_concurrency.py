@@ -5,11 +5,10 @@ from __future__ import annotations
 import multiprocessing as mp
 from datetime import timedelta
 
-from alerthelpers import T0, config, engine, evaluate_in_subprocess, finding, sink_messages
-
 from promptops.alerts.store import AlertStore
 from promptops.lake.store import Lake
 from promptops.simulator import SlackSinkProcess
+from tests.helpers.alerts import T0, config, engine, evaluate_in_subprocess, finding, sink_messages
 
 
 def test_two_concurrent_processes_post_once(lake):

@@ -6,7 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from alerthelpers import (
+
+from promptops.alerts.silences import Silence
+from tests.helpers.alerts import (
     T0,
     Clock,
     config,
@@ -15,8 +17,6 @@ from alerthelpers import (
     header,
     sink_messages,
 )
-
-from promptops.alerts.silences import Silence
 
 
 def test_pending_then_firing_then_resolved(sink, lake):
@@ -216,7 +216,7 @@ def test_send_resolved_false(sink, lake):
 
 def test_severity_routing_prefers_the_critical_connection_when_it_exists(
         sink, lake, monkeypatch):
-    from alerthelpers import slack_connection
+    from tests.helpers.alerts import slack_connection
 
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS_CRITICAL",
                        slack_connection(sink + "/services/CRITICAL/ONCALL/pager00token"))
@@ -268,7 +268,7 @@ def test_naive_evaluation_time_is_refused(sink, lake):
 
 
 def test_a_resolved_message_that_failed_is_sent_at_the_next_evaluation(sink, lake):
-    from alerthelpers import set_faults
+    from tests.helpers.alerts import set_faults
 
     clock = Clock()
     f = finding(pending_for=2)

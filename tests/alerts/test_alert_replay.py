@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from alerthelpers import T0, config, engine, finding, header, sink_messages
-
 from promptops.alerts.store import AlertStore
 from promptops.lake.store import Lake
+from tests.helpers.alerts import T0, config, engine, finding, header, sink_messages
 
 H = timedelta(hours=1)
 

@@ -13,12 +13,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from alerthelpers import T0, config, finding
 
 from promptops.alerts.engine import AlertEngine, Delivery, Notification
 from promptops.alerts.state import AlertState
 from promptops.alerts.store import AlertStore
 from promptops.lake.store import Lake
+from tests.helpers.alerts import T0, config, finding
 
 FIXTURE = Path(__file__).with_name("alert_state_v1.json")
 H = timedelta(hours=1)

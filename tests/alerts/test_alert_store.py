@@ -8,10 +8,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from alerthelpers import T0, engine, finding, sink_messages
 
 from promptops.alerts.store import AlertStore, FsspecBlobStore, StateConflict, StoreUnavailable
 from promptops.lake.store import Lake
+from tests.helpers.alerts import T0, engine, finding, sink_messages
+from tests.helpers.lake import writes_wait_for_each_other
 
 
 def _memory_blobs(name: str) -> FsspecBlobStore:
@@ -113,16 +114,7 @@ def test_overlapping_writers_keep_every_alert_log_row_once(tmp_path, monkeypatch
     the schedule): each has read what it reads before either writes."""
     import threading
 
-    both_ready = threading.Barrier(2, timeout=60)
-
-    def after_both_read(write):
-        def paused(self, *args, **kwargs):
-            both_ready.wait()
-            return write(self, *args, **kwargs)
-        return paused
-
-    for name in ("write_partition", "write_record"):
-        monkeypatch.setattr(Lake, name, after_both_read(getattr(Lake, name)))
+    writes_wait_for_each_other(monkeypatch)
 
     store = AlertStore(Lake(f"file://{tmp_path}"), "health")
     first, second = T0 + timedelta(minutes=5), T0 + timedelta(minutes=10)

@@ -9,17 +9,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from alerthelpers import (
-    SECRET_PATH,
-    T0,
-    config,
-    engine,
-    finding,
-    header,
-    set_faults,
-    sink_messages,
-    slack_connection,
-)
 from slack_sdk.models.blocks import Block
 
 from promptops.airflow_adapters.resources import slack_webhooks
@@ -30,6 +19,17 @@ from promptops.alerts.slack import (
     format_value,
     render_message,
     send_message,
+)
+from tests.helpers.alerts import (
+    SECRET_PATH,
+    T0,
+    config,
+    engine,
+    finding,
+    header,
+    set_faults,
+    sink_messages,
+    slack_connection,
 )
 
 TOKEN = SECRET_PATH.rsplit("/", 1)[1]

@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from alerthelpers import set_faults, sink_messages
+
+from tests.helpers.alerts import set_faults, sink_messages
 
 HOOK = "/services/T000/B000/XXXX"
 

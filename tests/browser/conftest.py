@@ -1,5 +1,6 @@
 """Fixtures for the browser tests: Debian's chromium, the README's stack (simulator, Slack
-sink, ``airflow standalone``) and one logged-out Playwright page on it, shared by the module.
+sink, ``airflow standalone``: the stack tests' shared one, the hourly DAG unpaused for this
+module) and one logged-out Playwright page on it, shared by the module.
 
 Playwright drives the system chromium (``/usr/bin/chromium``); ``playwright install``
 downloads a browser of its own, which does not work on these machines.
@@ -11,28 +12,20 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-# The stack helpers and the report fixture lake live next to their own tests.
-for _helpers in ("integration", "report"):
-    if str(ROOT / "tests" / _helpers) not in sys.path:
-        sys.path.insert(0, str(ROOT / "tests" / _helpers))
-
-from stackhelpers import AirflowRest, LocalStack  # noqa: E402
+from tests.helpers import ROOT
+from tests.helpers.stack import AirflowRest, SharedStack
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
-SCENARIO = ROOT / "include/config/scenarios/quiet.yaml"
-# health and daily stay paused: on a 2-core box they would slow everything else down.
-UNPAUSED = ("promptops_heal", "promptops_hourly")
+HOURLY = "promptops_hourly"
 UI_TIMEOUT_MS = 60_000
 
 
@@ -40,13 +33,19 @@ UI_TIMEOUT_MS = 60_000
 class UiStack:
     """What the UI tests share: the running stack, its REST client and the browser page."""
 
-    stack: LocalStack
+    stack: SharedStack
     api: AirflowRest
     page: object  # playwright.sync_api.Page
     artifacts: Path
     lake_dir: Path
     staged_reports: Path  # reports/ of a lake with one built report, published on demand
     admin_password: str = field(repr=False)
+    earlier_actions: set[str] = field(default_factory=set)  # the other stack tests'
+
+    def new_actions(self) -> list[dict]:
+        """The simulated platform's actions since the module started."""
+        return [a for a in self.stack.sim("/_sim/truth")["actions"]
+                if a["action_id"] not in self.earlier_actions]
 
 
 def _apt_install_chromium() -> str:
@@ -87,23 +86,11 @@ def artifacts() -> Path:
     return folder
 
 
-def _approval_policy(tmp: Path) -> Path:
-    """The shipped heal policy with dry runs sent to a person, so the UI has something
-    to approve."""
-    text = (ROOT / "include/config/heal_policy.yaml").read_text()
-    line = "dry_run_needs_approval: false"
-    assert text.count(line) == 1, f"heal_policy.yaml no longer has the line {line!r}"
-    policy = tmp / "heal_policy.yaml"
-    policy.write_text(text.replace(line, "dry_run_needs_approval: true"))
-    return policy
-
-
 def _stage_report(staging: Path) -> Path:
     """A real daily report (the report tests' fixture lake, built by build_report) in a
     lake of its own; the test copies it into the stack's lake when it wants one to exist."""
-    from reporthelpers import DAY, NOW, build_fixture_lake
-
     from promptops.reports.cost_report import build_report
+    from tests.helpers.reports import DAY, NOW, build_fixture_lake
 
     lake = build_fixture_lake(f"file://{staging}")
     build_report(lake, DAY, budget_tokens=100_000, budget_cost_usd=1000, now=NOW)
@@ -111,22 +98,21 @@ def _stage_report(staging: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ui(chromium: Path, artifacts: Path, tmp_path_factory) -> Iterator[UiStack]:
+def ui(chromium: Path, artifacts: Path, airflow_stack: SharedStack,
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
+    """The shared stack (its heal policy sends dry runs to a person, so the UI has something
+    to approve) with the hourly DAG running, and a browser page."""
     from playwright.sync_api import sync_playwright
 
-    tmp = tmp_path_factory.mktemp("browser")
-    lake_dir = tmp / "lake"
-    stack = LocalStack(tmp / "airflow_home", scenario=SCENARIO, unpause=UNPAUSED,
-                       env={"PROMPTOPS_LAKE_URI": f"file://{lake_dir}",
-                            "PROMPTOPS_STATE_DIR": str(tmp / "state"),
-                            "PROMPTOPS_HEAL_POLICY_FILE": str(_approval_policy(tmp))})
+    stack, api = airflow_stack, airflow_stack.api
+    assert api is not None
+    staged_reports = _stage_report(tmp_path_factory.mktemp("browser") / "staged-lake")
+    password = json.loads((stack.home / "simple_auth_manager_passwords.json.generated")
+                          .read_text())["admin"]
+    earlier_actions = stack.sim_action_ids()
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(stack.stop)
-        # Built while Airflow starts (it waits on I/O most of that time).
-        staged_reports = _stage_report(tmp / "staged-lake")
-        api = stack.wait_ready()
-        password = json.loads((stack.home / "simple_auth_manager_passwords.json.generated")
-                              .read_text())["admin"]
+        api.set_paused(HOURLY, False)
+        cleanup.callback(api.set_paused, HOURLY, True)
         pw = cleanup.enter_context(sync_playwright())
         browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         cleanup.callback(browser.close)
@@ -136,5 +122,5 @@ def ui(chromium: Path, artifacts: Path, tmp_path_factory) -> Iterator[UiStack]:
         page.set_default_timeout(UI_TIMEOUT_MS)
         page.set_default_navigation_timeout(UI_TIMEOUT_MS)
         yield UiStack(stack=stack, api=api, page=page, artifacts=artifacts,
-                      lake_dir=lake_dir, staged_reports=staged_reports,
-                      admin_password=password)
+                      lake_dir=stack.lake_dir, staged_reports=staged_reports,
+                      admin_password=password, earlier_actions=earlier_actions)

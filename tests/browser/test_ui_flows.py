@@ -36,7 +36,7 @@ HEAL_RUN = "ui-heal-dry-run"
 HEAL_REASON = "browser test: is the gateway restart wired up?"
 HEAL_SUBJECT = "Approve heal: [dry run] restart_service api_gateway"
 REPORTS_FRAME = "iframe[title='promptops reports']"
-REPORT_DAY = "2026-11-09"  # the day of the staged report (tests/report/reporthelpers.DAY)
+REPORT_DAY = "2026-11-09"  # the day of the staged report (tests.helpers.reports.DAY)
 EXPECT_MS = 60_000
 # The box is shared and loaded: give the UI time (Playwright's default is 5 s).
 expect.set_options(timeout=EXPECT_MS)
@@ -181,7 +181,7 @@ def test_heal_triggered_from_form_and_approved_in_required_actions(ui):
         expect(page.get_by_text(f"Reason: {HEAL_REASON}")).to_be_visible()
         shot(ui, "05-approval-request")
         # Nothing reached the platform before the approval.
-        assert ui.stack.sim("/_sim/truth")["actions"] == []
+        assert ui.new_actions() == []
         page.get_by_role("button", name="Approve", exact=True).click()
         expect(page.get_by_text("approve response successful").first).to_be_visible()
         expect(page.get_by_text(re.compile(r"Response received at .* from admin"))) \
@@ -206,7 +206,7 @@ def test_heal_triggered_from_form_and_approved_in_required_actions(ui):
     assert (outcome["status"], outcome["decision"], outcome["decided_by"]) == \
         ("dry_run", "approved", "admin"), outcome
     # The platform got exactly the approved dry run, which changes nothing.
-    actions = ui.stack.sim("/_sim/truth")["actions"]
+    actions = ui.new_actions()
     assert [(a["action"], a["target"], a["dry_run"], a["reason"]) for a in actions] == [
         ("restart_service", "api_gateway", True, HEAL_REASON)], actions
 

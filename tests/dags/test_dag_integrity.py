@@ -6,11 +6,11 @@ import ast
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
+
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 HEAVY = {"pandas", "numpy", "pyarrow", "sklearn", "statsmodels", "scipy", "requests",
          "urllib3", "slack_sdk", "pynvml", "matplotlib", "orjson", "psutil"}

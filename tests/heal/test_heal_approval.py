@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,8 @@ from promptops.heal.approval import (
     applying_decision,
     approval_body,
 )
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 ALICE = {"id": "7", "name": "alice"}
 
 

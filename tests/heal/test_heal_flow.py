@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,6 @@ from promptops.heal.flow import (
 from promptops.heal.policy import HealConfError, idempotency_key, load_policy
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 
 from promptops.lake.store import Lake
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = Path(__file__).parent / "scenarios" / "model_error_burst.yaml"
 MODEL = "claude-3-5-sonnet"
 FIRST_HOUR = datetime(2026, 11, 20, 2, tzinfo=UTC)   # one healthy hour before the burst

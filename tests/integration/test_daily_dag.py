@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -16,8 +15,8 @@ from promptops.contracts.records import validate_page
 from promptops.lake.store import Lake
 from promptops.pipelines.hourly import analyse_hour
 from promptops.simulator import Platform, SimConfig, SlackSinkProcess
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 FIRST_DAY = datetime(2026, 11, 16, tzinfo=UTC)
 REPORT_DAY = FIRST_DAY + timedelta(days=2)
 MISSING = REPORT_DAY + timedelta(hours=5)

@@ -23,8 +23,8 @@ import psutil
 import pytest
 
 from promptops.simulator.httpbase import JsonHandler, SimHTTPServer
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import dev_stack  # noqa: E402

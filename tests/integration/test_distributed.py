@@ -14,16 +14,17 @@ import subprocess
 import sys
 from collections import Counter
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import boto3
 import psycopg2
 import pyarrow.parquet as pq
 import pytest
 import redis
-from stackhelpers import processes_using
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
+from tests.helpers.s3 import moto_server
+from tests.helpers.stack import processes_using
+
 SCRIPT = ROOT / "scripts" / "distributed_stack.py"
 BUCKET, PREFIX = "promptops-lake", "lake"
 WORKERS = {"worker-a", "worker-b"}
@@ -31,18 +32,10 @@ WORKERS = {"worker-a", "worker-b"}
 
 @pytest.fixture
 def moto_s3():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    try:
-        yield endpoint, client
-    finally:
-        server.stop()
+    with moto_server() as endpoint:
+        yield endpoint, boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                     aws_access_key_id="testing",
+                                     aws_secret_access_key="testing")
 
 
 def require_services() -> None:

@@ -25,8 +25,8 @@ import pytest
 from promptops.heal.audit import read_audit
 from promptops.lake.store import Lake
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 HOUR = datetime(2026, 11, 20, 13, tzinfo=UTC)
 RO_KEY = "sk-canary-readonly-5150"
 WRONG_KEY = "sk-canary-wrong-6262"

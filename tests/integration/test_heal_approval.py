@@ -1,11 +1,12 @@
 """Human approval of heals, for real: the README's stack (airflow standalone, the scheduler,
-the simulator, the Slack sink), heal runs triggered and answered through Airflow's REST API.
+the simulator, the Slack sink; the stack tests' shared one, its simulator's clock set to
+SIM_NOW for this module), heal runs triggered and answered through Airflow's REST API.
 
 Three heals that the policy sends to a person, side by side:
 - approved: the api_timeouts playbook for an error burst; the restart ends the burst, each
   step is posted exactly once, and the verification says recovered;
 - rejected: nothing is posted;
-- no answer: the approval times out (the policy's approval_timeout, 90 s here), counts as a
+- no answer: the approval times out (the policy's approval_timeout, 3 minutes here), counts as a
   rejection, and nothing is posted.
 Each one announces in Slack that it waits for approval, and each ends in the audit.
 """
@@ -16,23 +17,13 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from stackhelpers import LocalStack
-from test_heal_dag import SIM_NOW, short_policy
 
 from promptops.heal.audit import read_audit
-from promptops.lake.store import Lake
+from tests.helpers.heal import SIM_NOW
+from tests.helpers.stack import SharedStack
 
 HEAL = "promptops_heal"
-SCENARIO = """
-seed: 9
-calls_per_hour: 60000
-data_faults: {malformed_rate: 0.0, duplicate_rate: 0.0, late_rate: 0.0}
-incidents:
-  - {name: mini-errors, kind: error_burst, start: 2026-11-20T10:00:00Z,
-     end: 2026-11-20T12:00:00Z, slice: {model: gpt-4o-mini},
-     params: {error_rate: 0.3, error_codes: [5000]}}
-faults: []
-"""
+RUNS = ("approved", "rejected", "unanswered")
 ALERT = {"rule": "success_rate", "scope": "hourly", "severity": "critical",
          "fingerprint": "feedfacefeedface",
          "labels": {"metric": "success_rate", "dimension": "model", "slice": "gpt-4o-mini",
@@ -42,24 +33,14 @@ ALERT = {"rule": "success_rate", "scope": "hourly", "severity": "critical",
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("approval")
-    scenario = tmp / "scenario.yaml"
-    scenario.write_text(SCENARIO)
-    policy = short_policy(tmp, **{"approval_timeout: 30m": "approval_timeout: 90s"})
-    lake_uri = f"file://{tmp / 'lake'}"
-    stack = LocalStack(tmp / "airflow_home", scenario=scenario, unpause=(HEAL,),
-                       simulator_args=(f"--now={SIM_NOW.isoformat()}", "--action-duration-s=1"),
-                       env={"PROMPTOPS_LAKE_URI": lake_uri,
-                            "PROMPTOPS_STATE_DIR": str(tmp / "state"),
-                            "PROMPTOPS_HEAL_POLICY_FILE": str(policy),
-                            # The approval-timeout sweep: look every 2 s, not every 15 s.
-                            "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2"})
+def stack(airflow_stack: SharedStack):
+    """The shared stack (its heal policy: short timings, a 3-minute approval timeout), the
+    platform's clock at SIM_NOW while the error burst is on."""
+    airflow_stack.set_sim_clock(SIM_NOW)
     try:
-        stack.wait_ready()
-        yield stack, Lake(lake_uri)
+        yield airflow_stack, airflow_stack.lake
     finally:
-        stack.stop()
+        airflow_stack.set_sim_clock(None)
 
 
 @pytest.mark.slow
@@ -67,6 +48,11 @@ def stack(tmp_path_factory):
 def test_approved_rejected_and_unanswered_heals(stack):
     stack, lake = stack
     api = stack.api
+    stack.forget()
+    earlier = stack.sim_action_ids()  # the other stack tests'
+
+    def actions() -> list[dict]:
+        return [a for a in stack.sim("/_sim/truth")["actions"] if a["action_id"] not in earlier]
     approved = {"action": "run_playbook", "target": "api_timeouts", "dry_run": False,
                 "reason": "gpt-4o-mini failing", "alert": ALERT}
     rejected = {"action": "restart_service", "target": "intent_classifier", "dry_run": False,
@@ -77,13 +63,12 @@ def test_approved_rejected_and_unanswered_heals(stack):
     with pytest.raises(AssertionError, match="HTTP 400") as err:
         api.trigger(HEAL, "bad-action", {**rejected, "action": "reboot_everything"})
     assert "action" in str(err.value)
-    for run_id, conf in (("approved", approved), ("rejected", rejected),
-                         ("unanswered", unanswered)):
+    for run_id, conf in zip(RUNS, (approved, rejected, unanswered), strict=True):
         api.trigger(HEAL, run_id, conf)
-    for run_id in ("approved", "rejected", "unanswered"):
+    for run_id in RUNS:
         api.wait_task(HEAL, run_id, "approve", {"awaiting_input"}, timeout=240)
     # Nothing reached the platform while the three wait for a person.
-    assert stack.sim("/_sim/truth")["actions"] == []
+    assert actions() == []
 
     api.respond(HEAL, "approved", "approve", "Approve")
     api.respond(HEAL, "rejected", "approve", "Reject")
@@ -92,8 +77,7 @@ def test_approved_rejected_and_unanswered_heals(stack):
     assert api.wait_run(HEAL, "approved", timeout=400) == "success", stack.tail()
 
     # Exactly the approved heal's two steps reached the platform, once each.
-    actions = stack.sim("/_sim/truth")["actions"]
-    assert sorted((a["action"], a["target"], a["status"]) for a in actions) == [
+    assert sorted((a["action"], a["target"], a["status"]) for a in actions()) == [
         ("restart_service", "api_gateway", "succeeded"),
         ("scale_out", "api_workers", "succeeded")]
     posts = [r for r in stack.sim("/_sim/requests")["requests"]
@@ -105,7 +89,7 @@ def test_approved_rejected_and_unanswered_heals(stack):
 
     verified = api.xcom(HEAL, "approved", "verify_heal")
     assert verified["verification"] == "recovered", verified
-    outcomes = {r: api.xcom(HEAL, r, "report") for r in ("approved", "rejected", "unanswered")}
+    outcomes = {r: api.xcom(HEAL, r, "report") for r in RUNS}
     assert outcomes["approved"]["status"] == "recovered"
     assert outcomes["approved"]["decided_by"] == "admin"
     assert (outcomes["rejected"]["status"], outcomes["rejected"]["decided_by"]) == \
@@ -121,7 +105,7 @@ def test_approved_rejected_and_unanswered_heals(stack):
 
     # The audit: who decided what, per step.
     records = read_audit(lake, SIM_NOW - timedelta(days=30), datetime.now(UTC) + timedelta(1))
-    by_target = {r.target: r for r in records}
+    by_target = {r.target: r for r in records if r.run_id in RUNS}
     assert by_target["api_gateway"].decision == "approved"
     assert by_target["api_gateway"].decided_by == "admin"
     assert by_target["api_gateway"].verification == "recovered"

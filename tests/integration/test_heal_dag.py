@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -26,10 +25,9 @@ from promptops.lake.store import Lake
 from promptops.metrics.health import fetch_recent_calls
 from promptops.platform.client import PlatformClient
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
+from tests.helpers import ROOT
+from tests.helpers.heal import SIM_NOW, short_policy
 
-ROOT = Path(__file__).resolve().parents[2]
-#: The simulated clock starts here: the flood and the error burst are both going on.
-SIM_NOW = datetime(2026, 11, 20, 10, 12, tzinfo=UTC)
 SCENARIO = """
 seed: 9
 calls_per_hour: 15000
@@ -42,18 +40,6 @@ incidents:
      params: {error_rate: 0.3, error_codes: [5000]}}
 faults: []
 """
-
-
-def short_policy(tmp_path: Path, **changes: str) -> Path:
-    text = (ROOT / "include/config/heal_policy.yaml").read_text()
-    for old, new in {"settle: 2m": "settle: 0s", "window: 5m": "window: 1m",
-                     "poke_interval: 30s": "poke_interval: 3s",
-                     "ingest_lag: 60s": "ingest_lag: 5s", **changes}.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    path = tmp_path / "heal_policy.yaml"
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture()

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from promptops.lake.store import Lake
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 AT = datetime(2026, 11, 20, 10, 10, tzinfo=UTC)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +13,7 @@ from promptops.ingest.pull import ingest_hour, ingest_interval
 from promptops.lake.store import Lake
 from promptops.platform.client import PlatformClient
 from promptops.simulator import Platform, SimConfig, SimulatorProcess
+from tests.helpers import ROOT
 
 SEED = 21
 FLAGS = dict(calls_per_hour=3000, malformed_rate=0.01, duplicate_rate=0.01, late_rate=0.02)
@@ -102,7 +102,7 @@ def test_hourly_dag_under_dag_test(sim, airflow_db, monkeypatch):
 
     monkeypatch.setenv("AIRFLOW_CONN_PROMPT_PLATFORM", json.dumps(
         {"conn_type": "http", "host": sim.url, "password": sim.api_key}))
-    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).dags[
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags[
         "promptops_hourly"]
     run = dag.test(logical_date=HOUR)
     assert run.state == "success"

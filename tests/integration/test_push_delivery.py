@@ -1,5 +1,5 @@
-"""Push delivery for real: the README's stack (airflow standalone, its scheduler and REST API),
-a batch written into the landing area and announced twice as an asset event through
+"""Push delivery for real: the README's stack (airflow standalone, its scheduler and REST API;
+the stack tests' shared one), a batch written into the landing area and announced twice as an asset event through
 Airflow's REST API, exactly as a platform would. The asset-triggered runs of promptops_push
 put each record in its hour's partition once; bad announcements fail with their reason."""
 
@@ -12,20 +12,12 @@ from urllib.parse import quote
 
 import orjson
 import pytest
-from stackhelpers import AirflowRest, LocalStack
 
-from promptops.lake.store import Lake
+from tests.helpers.stack import AirflowRest, SharedStack
 
 PUSH = "promptops_push"
 TASK = "ingest_pushed_batches"
 LANDING = "promptops://landing/call_records"
-SCENARIO = """
-seed: 3
-calls_per_hour: 600
-data_faults: {malformed_rate: 0.0, duplicate_rate: 0.0, late_rate: 0.0}
-incidents: []
-faults: []
-"""
 
 
 def rec(call_id: str, ts: datetime, **kw) -> dict:
@@ -88,21 +80,9 @@ class PushApi:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("push")
-    scenario = tmp / "scenario.yaml"
-    scenario.write_text(SCENARIO)
-    landing, lake_uri = tmp / "landing", f"file://{tmp / 'lake'}"
-    landing.mkdir()
-    stack = LocalStack(tmp / "airflow_home", scenario=scenario, unpause=(PUSH,),
-                       env={"PROMPTOPS_LAKE_URI": lake_uri,
-                            "PROMPTOPS_LANDING_URI": f"file://{landing}",
-                            "PROMPTOPS_STATE_DIR": str(tmp / "state")})
-    try:
-        stack.wait_ready()
-        yield stack, landing, Lake(lake_uri)
-    finally:
-        stack.stop()
+def stack(airflow_stack: SharedStack):
+    """The shared stack: the push DAG runs, its landing area, its lake."""
+    return airflow_stack, airflow_stack.landing_dir, airflow_stack.lake
 
 
 @pytest.mark.slow

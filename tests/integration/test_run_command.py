@@ -17,11 +17,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from stackhelpers import AirflowRest, free_port, processes_using
 
 from promptops.lake.store import Lake
+from tests.helpers import ROOT
+from tests.helpers.stack import AirflowRest, free_port, processes_using
 
-ROOT = Path(__file__).resolve().parents[2]
 HOURLY = "promptops_hourly"
 
 

@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = Path(__file__).parent / "scenarios" / "model_error_burst.yaml"
 BURST_HOUR = datetime(2026, 11, 20, 4, tzinfo=UTC)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from simhelpers import NOW
 
 from promptops.simulator import Platform, SimClock, SimConfig, SimulatorProcess
+from tests.helpers.simulator import NOW
 
 SCENARIO = """
 seed: 7

@@ -11,9 +11,9 @@ from statistics import median
 
 import pytest
 import requests
-from simhelpers import clean, ts, walk
 
 from promptops.simulator import SimulatorProcess
+from tests.helpers.simulator import clean, ts, walk
 
 
 def post(sim, body, key):

@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
-from simhelpers import NOW, get_records
 
 from promptops.simulator import Platform, ScenarioError, SimConfig, SimulatorProcess
 from promptops.simulator.scenario import parse_scenario
 from promptops.simulator.timeutil import SimClock, parse_rfc3339
+from tests.helpers import ROOT
+from tests.helpers.simulator import NOW, get_records
 
 START = NOW - timedelta(hours=5)
 END = START + timedelta(hours=1)
@@ -153,7 +154,6 @@ def test_slack_sink_process(tmp_path):
 
 
 def test_shipped_scenarios_are_valid():
-    from pathlib import Path
 
     from promptops.simulator.scenario import (
         PARAMS_BY_KIND,
@@ -161,7 +161,7 @@ def test_shipped_scenarios_are_valid():
         resolve_incidents,
     )
 
-    root = Path(__file__).resolve().parents[2] / "include" / "config" / "scenarios"
+    root = ROOT / "include" / "config" / "scenarios"
     anchor = datetime(2026, 11, 20, 16, tzinfo=UTC)
     demo = load_scenario(root / "demo.yaml")
     incidents = resolve_incidents(demo.incidents, anchor)

@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import pytest
 import requests
-from simhelpers import NOW, get_records, iso, problems, ts, walk
 
 from promptops.errors import ERROR_CODES
 from promptops.simulator import REJECT_REASONS
+from tests.helpers.simulator import NOW, get_records, iso, problems, ts, walk
 
 W_START = NOW.replace(hour=11, minute=0)
 W_END = W_START + timedelta(hours=1)

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 import requests
-from simhelpers import NOW, get_records
 
 from promptops.errors import ERROR_CODES
+from tests.helpers.simulator import NOW, get_records
 
 START = NOW - timedelta(hours=3)
 END = START + timedelta(hours=1)

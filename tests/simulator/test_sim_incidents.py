@@ -7,7 +7,8 @@ from datetime import timedelta
 from statistics import mean, median
 
 import pytest
-from simhelpers import NOW, clean, ts, walk
+
+from tests.helpers.simulator import NOW, clean, ts, walk
 
 DAY = NOW.replace(hour=0, minute=0)
 

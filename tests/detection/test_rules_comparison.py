@@ -1,0 +1,100 @@
+"""Comparison rules: previous hour, same hour yesterday, same hour last week; ratio AND change
+on enough volume at both ends."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from promptops.detection.rules import MetricHistory, evaluate
+from tests.helpers.rules import HOUR, config, metrics
+
+
+def rule(against: str, **extra) -> dict:
+    return {"kind": "comparison", "metric": "latency_mean_ms", "direction": "above",
+            "against": against, "unit": "ms", "warning": {"ratio": 1.5, "change": 20},
+            "critical": {"ratio": 3.0, "change": 25}, "min_samples": 100, **extra}
+
+
+@pytest.mark.parametrize(("against", "offset", "words"), [
+    ("previous_hour", timedelta(hours=1), "previous hour"),
+    ("same_hour_yesterday", timedelta(days=1), "same hour yesterday"),
+    ("same_hour_last_week", timedelta(weeks=1), "same hour last week"),
+])
+def test_each_baseline(against, offset, words):
+    then = HOUR - offset
+    history = MetricHistory.from_tables([metrics([
+        ("latency_mean_ms", "model", "gpt-4o", 12.0, 500),
+        ("latency_mean_ms", "model", "mini", 12.0, 500)], then)])
+    now = metrics([("latency_mean_ms", "model", "gpt-4o", 38.4, 1234),
+                   ("latency_mean_ms", "model", "mini", 12.5, 1234)])
+    (f,) = evaluate(config(lat=rule(against)), now, history, HOUR)
+    assert (f.rule, f.kind, f.severity, f.labels["model"]) == ("lat", "comparison", "critical",
+                                                              "gpt-4o")
+    assert f.annotations["comparison"] == f"x3.2 vs {words}: 12.0 ms -> 38.4 ms"
+    assert f.annotations["baseline_hour"] == f"{then:%Y-%m-%dT%H:%MZ}"
+    assert f.summary == (f"mean latency 38.4 ms is x3.2 the {words} (12.0 ms) on "
+                         "model=gpt-4o (1,234 calls)")
+    assert (f.value, f.threshold) == (38.4, 36.0)
+    # Other baselines are not consulted: the same history is an hour the rule does not read.
+    other = "previous_hour" if against != "previous_hour" else "same_hour_last_week"
+    assert evaluate(config(lat=rule(other)), now, history, HOUR) == []
+
+
+def test_ratio_and_change_must_both_be_exceeded():
+    history = MetricHistory.from_tables({HOUR - timedelta(hours=1): metrics([
+        ("latency_mean_ms", "model", "small_base", 2.0, 500),     # x10 but only +18 ms
+        ("latency_mean_ms", "model", "big_base", 1000.0, 500),    # +300 ms but only x1.3
+        ("latency_mean_ms", "model", "both", 20.0, 500),          # x2 and +20: warning
+    ], HOUR - timedelta(hours=1))})
+    now = metrics([("latency_mean_ms", "model", "small_base", 20.0, 500),
+                   ("latency_mean_ms", "model", "big_base", 1300.0, 500),
+                   ("latency_mean_ms", "model", "both", 40.0, 500)])
+    found = evaluate(config(lat=rule("previous_hour")), now, history, HOUR)
+    assert [(f.labels["slice"], f.severity) for f in found] == [("both", "warning")]
+
+
+def test_minimum_volume_on_both_sides():
+    then = HOUR - timedelta(days=1)
+    history = MetricHistory.from_tables([metrics([
+        ("latency_mean_ms", "app", "thin_then", 10.0, 99),
+        ("latency_mean_ms", "app", "thin_now", 10.0, 500),
+        ("latency_mean_ms", "app", "thick", 10.0, 100)], then)])
+    now = metrics([("latency_mean_ms", "app", "thin_then", 100.0, 500),
+                   ("latency_mean_ms", "app", "thin_now", 100.0, 99),
+                   ("latency_mean_ms", "app", "thick", 100.0, 100)])
+    found = evaluate(config(lat=rule("same_hour_yesterday")), now, history, HOUR)
+    assert [f.labels["slice"] for f in found] == ["thick"]
+
+
+def test_direction_below_traffic_drop_and_missing_baseline():
+    drop = {"kind": "comparison", "metric": "requests", "direction": "below",
+            "against": "same_hour_last_week", "unit": "count",
+            "warning": {"ratio": 2.0, "change": 500}, "min_samples": 100}
+    then = HOUR - timedelta(weeks=1)
+    history = MetricHistory.from_tables([metrics([
+        ("requests", "overall", "*", 6000.0, 6000), ("requests", "app", "chat", 400.0, 400)],
+        then)])
+    now = metrics([("requests", "overall", "*", 2500.0, 2500),   # x0.42, -3,500
+                   ("requests", "app", "chat", 150.0, 150)])      # x0.38 but only -250
+    (f,) = evaluate(config(drop=drop), now, history, HOUR)
+    assert f.labels["dimension"] == "overall" and f.severity == "warning"
+    assert f.annotations["comparison"] == "x0.4 vs same hour last week: 6,000 -> 2,500"
+    assert f.threshold == 3000.0
+    # No partition for the baseline hour: nothing to compare, no finding.
+    assert evaluate(config(drop=drop), now, MetricHistory(), HOUR) == []
+
+
+def test_zero_baseline_and_unknown_values():
+    then = HOUR - timedelta(hours=1)
+    err = {"kind": "comparison", "metric": "error_rate", "direction": "above",
+           "against": "previous_hour", "unit": "ratio",
+           "warning": {"ratio": 3.0, "change": 0.02}, "min_samples": 100}
+    history = MetricHistory.from_tables([metrics([
+        ("error_rate", "model", "a", 0.0, 1000), ("error_rate", "model", "b", None, 1000)], then)])
+    now = metrics([("error_rate", "model", "a", 0.05, 1000),
+                   ("error_rate", "model", "b", 0.5, 1000)])
+    (f,) = evaluate(config(err=err), now, history, HOUR)
+    assert f.labels["slice"] == "a"
+    assert f.annotations["comparison"] == "new vs previous hour: 0.0% -> 5.0%"

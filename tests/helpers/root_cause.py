@@ -1,0 +1,107 @@
+"""Synthetic leaf cubes with injected anomalies, for the root-cause tests and
+``bench/root_cause.py``.
+
+Leaves are every combination of the dimension values. Each leaf has a true level (lognormal,
+so leaves differ in size as real slices do); the expected value is a baseline estimated from
+``baseline_days`` noisy earlier hours and the actual value one noisy draw, so both carry
+sampling noise. An anomaly multiplies the true level of every leaf inside its element (the
+calls for an additive cube, the error rate for a ratio cube).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+def dimension_values(cards: dict[str, int]) -> dict[str, list[str]]:
+    return {d: [f"{d}{i}" for i in range(k)] for d, k in cards.items()}
+
+
+def _inside(frame: pd.DataFrame, element: dict[str, str]) -> np.ndarray:
+    mask = np.ones(len(frame), dtype=bool)
+    for d, v in element.items():
+        mask &= (frame[d] == v).to_numpy()
+    return mask
+
+
+def synthetic_cube(cards: dict[str, int], anomalies: list[tuple[dict[str, str], float]], *,
+                   ratio: bool = False, seed: int = 0, mean: float = 40.0,
+                   error_rate: float = 0.02, baseline_days: int = 7,
+                   traffic: list[tuple[dict[str, str], float]] = (),
+                   rate_of: dict[str, float] | None = None) -> pd.DataFrame:
+    """A leaf cube: dimension columns, ``actual`` and ``expected``; for ``ratio`` the value
+    columns are errors and ``actual_den`` / ``expected_den`` are calls.
+
+    ``anomalies``: ``(element, factor)`` pairs, e.g. ``({"model": "model1"}, 3.0)``.
+    ``traffic`` (ratio cubes): the same for the calls of the hour (a traffic shift);
+    ``rate_of``: ``{"dim=value": factor}`` makes some slices' usual error rate higher.
+    """
+    rng = np.random.default_rng(seed)
+    values = dimension_values(cards)
+    rows = list(itertools.product(*values.values()))
+    frame = pd.DataFrame(rows, columns=list(values))
+    n = len(frame)
+    level = mean * rng.lognormal(0.0, 0.8, n)
+    factor = np.ones(n)
+    for element, k in anomalies:
+        factor[_inside(frame, element)] *= k
+    if not ratio:
+        frame["expected"] = rng.poisson(level, (baseline_days, n)).mean(axis=0)
+        frame["actual"] = rng.poisson(level * factor)
+        return frame
+    rate = error_rate * rng.lognormal(0.0, 0.3, n)
+    for key, k in (rate_of or {}).items():
+        d, v = key.split("=")
+        rate[_inside(frame, {d: v})] *= k
+    rate = np.clip(rate, 0, 1)
+    shift = np.ones(n)
+    for element, k in traffic:
+        shift[_inside(frame, element)] *= k
+    base_calls = rng.poisson(level, (baseline_days, n))
+    base_errors = rng.binomial(base_calls, rate)
+    calls = rng.poisson(level * shift)
+    frame["expected"] = base_errors.mean(axis=0)
+    frame["expected_den"] = base_calls.mean(axis=0)
+    frame["actual"] = rng.binomial(calls, np.clip(rate * factor, 0, 1))
+    frame["actual_den"] = calls
+    return frame
+
+
+def as_set(label: str) -> set[str]:
+    """``"a=1&b=2;c=3"`` -> ``{"a=1&b=2", "c=3"}``."""
+    return set(label.split(";")) if label else set()
+
+
+def element_label(element: dict[str, str], dims: list[str]) -> str:
+    """An element as :func:`promptops.detection.root_cause.localize` labels it (dimension order)."""
+    return "&".join(f"{d}={element[d]}" for d in dims if d in element)
+
+
+# -- call records and metric tables for lake fixtures -------------------------------------------
+
+def call_records(hour, rows: list[dict]) -> pa.Table:
+    """Records (``model``, ``app``, ``region``, ``status``... plus defaults) -> a calls table
+    in the lake schema, through the real record validation."""
+    from datetime import timedelta
+
+    from promptops.contracts.records import validate_page
+
+    records = []
+    for i, row in enumerate(rows):
+        rec = {"call_id": f"{hour:%Y%m%d%H}-{i}",
+               "ts": (hour + timedelta(seconds=i % 3600)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+               "user_id": "u1", "app": "chat", "model": "gpt-4o", "status": "success",
+               "latency_ms": 100.0, "prompt_tokens": 100, "completion_tokens": 50}
+        rec.update(row)
+        records.append(rec)
+    page = validate_page(records, hour, hour + timedelta(hours=1))
+    assert not page.rejects, page.rejects[:3]
+    return page.good
+
