@@ -1,4 +1,5 @@
-"""promptops daily DAG: completeness, baselines, root-cause model, cost report, retention."""
+"""promptops daily DAG: completeness, baselines, root-cause model, caller profiles, cost
+report, retention."""
 
 from __future__ import annotations
 
@@ -40,12 +41,16 @@ def promptops_daily():
        in `baselines/`. The hourly run flags values outside them.
     3. **Retrain the root-cause model**: IsolationForest on per-hour, per-slice features,
        versioned in `models/anomaly/`.
-    4. **Cost report**: HTML with charts and CSVs in `reports/date=.../` (Browse ›
+    4. **Caller profiles**: each caller's busiest minute by time of day over the last 7
+       days of health evaluations, in `caller_profiles/`. The per-caller rules (abusive
+       caller, token burst) alert only on a caller unusual against it, so a nightly batch
+       that recurs at the same time is not paged.
+    5. **Cost report**: HTML with charts and CSVs in `reports/date=.../` (Browse ›
        promptops reports in the UI), summary to Slack (`slack_alerts`).
-    5. **Retention**: partitions older than `PROMPTOPS_RETENTION_<DATASET>_DAYS` go. It
+    6. **Retention**: partitions older than `PROMPTOPS_RETENTION_<DATASET>_DAYS` go. It
        runs once the steps before it are done, whether they succeeded or not: a failed
        report must not let the lake grow, least of all on the days ingest failed.
-    6. **Flag failed steps**: fails the run, naming the steps that failed, so a run
+    7. **Flag failed steps**: fails the run, naming the steps that failed, so a run
        whose report (or any step) failed still ends red after retention ran.
     """
 
@@ -77,6 +82,15 @@ def promptops_daily():
             print(f"root-cause model not retrained: {exc}")
             return {"trained": False, "reason": str(exc)}
         return {"trained": True, **info.to_dict()}
+
+    @task(task_display_name="Build caller profiles")
+    def caller_profiles(**context) -> dict:
+        from promptops.airflow_adapters import resources
+        from promptops.pipelines.daily import build_caller_profiles
+
+        # The profile for the next day, from the health evaluations up to this day's end.
+        return build_caller_profiles(resources.lake(), context["data_interval_end"],
+                                     resources.thresholds())
 
     @task(task_display_name="Build and send cost report")
     def cost_report(completeness: dict, **context) -> dict:
@@ -126,7 +140,7 @@ def promptops_daily():
 
     completeness = check_completeness()
     steps = [refit_baselines(completeness), retrain_root_cause_model(completeness),
-             cost_report(completeness)]
+             caller_profiles(), cost_report(completeness)]
     steps >> apply_retention() >> flag_failed_steps()
 
 

@@ -37,7 +37,9 @@ def promptops_health():
     2. **API**: `/health` and its latency; success rate, mean and p95 latency and calls per
        minute per user over the last 5 minutes of call records.
     3. **Evaluate**: rows go to `health_metrics/`, the `source: health` rules of
-       `thresholds.yaml` judge them (their own pending counts), the alert engine posts
+       `thresholds.yaml` judge them (their own pending counts; a caller's load that
+       recurs at this time of day, per the daily run's caller profile, is not alerted),
+       the alert engine posts
        (scope `health`), and the run branches to nothing, alerts sent or a heal request.
 
     Runs never overlap (`max_active_runs=1`) and nothing waits while holding a worker.
@@ -85,7 +87,8 @@ def promptops_health():
                                   webhooks=resources.slack_webhooks(),
                                   variable_reader=resources.variable_reader)
         print(f"health: {outcome['findings']} findings, {len(outcome['firing'])} firing, "
-              f"{len(outcome['notifications'])} notifications")
+              f"{len(outcome['notifications'])} notifications, "
+              f"{outcome['recurring_load_suppressed']} recurring caller load(s) not alerted")
         return outcome
 
     outcome = evaluate(gpu_metrics(), api_metrics())

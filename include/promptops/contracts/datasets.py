@@ -18,6 +18,9 @@ PUSH_BATCHES = "push_batches"
 # Metrics and what is learned from them.
 METRICS = "metrics"
 HEALTH_METRICS = "health_metrics"
+#: Per-caller peaks by time of day over the last days, built daily from ``health_metrics``
+#: (one record file ``profile.parquet`` in the folder of the day it is for, hour 00).
+CALLER_PROFILES = "caller_profiles"
 BASELINES = "baselines"
 #: Versioned root-cause models (``version=YYYY-MM-DD/``), not hourly partitions.
 ANOMALY_MODELS = "models/anomaly"

@@ -4,6 +4,9 @@ Whether the day is complete is :mod:`promptops.reports.completeness`.
 
 - :func:`apply_retention`: delete hourly partitions older than each dataset's age.
 - :func:`failed_steps`: which steps of a run failed (the run's last step fails it on them).
+- :func:`build_caller_profiles`: the per-caller peaks by time of day the health sensor and
+  the hourly run judge per-caller rules against (from
+  :mod:`promptops.detection.caller_history`).
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from promptops.contracts.datasets import REPORTS
+from promptops.detection.caller_history import build_caller_profiles
 from promptops.lake.store import Lake
 from promptops.reports.completeness import day_start
 
 log = logging.getLogger(__name__)
+
+__all__ = ["RetentionConfig", "apply_retention", "build_caller_profiles", "failed_steps"]
 
 
 class RetentionConfig(BaseSettings):
@@ -33,6 +39,8 @@ class RetentionConfig(BaseSettings):
     heal_requests_days: int = Field(default=400, ge=0)
     baselines_days: int = Field(default=60, ge=0)
     reports_days: int = Field(default=400, ge=0)
+    #: One small file a day; only the newest two are read.
+    caller_profiles_days: int = Field(default=30, ge=0)
 
     def ages(self) -> dict[str, int]:
         return {name.removesuffix("_days"): days for name, days in self.model_dump().items()}

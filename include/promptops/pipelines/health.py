@@ -2,8 +2,9 @@
 
 Tasks hand each other small lists of metric rows (a few hundred at most), never tables;
 :func:`evaluate_health` writes them to ``health_metrics`` in one step, judges them with the
-``source: health`` rules of ``thresholds.yaml`` and runs the alert engine (scope
-``health``).
+``source: health`` rules of ``thresholds.yaml`` (:func:`judge_health`: per-caller rules
+against the caller's own history too) and runs the alert engine (scope ``health``).
+:func:`health_findings` is the judging alone, for callers without Slack (the quality bench).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from promptops.timeutil import as_utc
 
 if TYPE_CHECKING:
     from promptops.alerts.slack import SlackWebhooks
+    from promptops.contracts.findings import Finding
+    from promptops.detection.caller_history import CallerHistoryConfig
     from promptops.detection.thresholds import ThresholdsConfig
     from promptops.platform.client import PlatformClient
 
@@ -97,16 +100,49 @@ def api_rows_at(at: datetime, client: PlatformClient, minutes: int = 5) -> dict:
             "notes": notes}
 
 
+@dataclass(frozen=True)
+class HealthJudgement:
+    """What one health evaluation's rows amount to, before any alerting."""
+
+    findings: list[Finding]
+    #: Per-caller findings dropped as the caller's recurring load (JSON-safe, logged).
+    recurring_load_suppressed: list[dict]
+
+
+def judge_health(lake: Lake, at: datetime, table: pa.Table,
+                 config: ThresholdsConfig | None = None, *,
+                 caller_history: CallerHistoryConfig | None = None) -> HealthJudgement:
+    """The ``source: health`` rules on one evaluation's rows, with the per-caller rules
+    judged against the caller's own history (:mod:`promptops.detection.caller_history`).
+    Reads the caller profile only; writes nothing."""
+    from promptops.detection.caller_history import apply_own_history
+    from promptops.detection.rules import MetricHistory, evaluate
+    from promptops.detection.thresholds import load_thresholds
+
+    at = as_utc(at)
+    config = config if config is not None else load_thresholds()
+    findings = evaluate(config, table, MetricHistory.from_tables({}), at, source="health")
+    judged = apply_own_history(lake, findings, at, at, config, caller_history)
+    return HealthJudgement(judged.findings, judged.suppressed)
+
+
+def health_findings(lake: Lake, at: datetime, table: pa.Table,
+                    config: ThresholdsConfig | None = None) -> list[Finding]:
+    """The findings of one health evaluation (see :func:`judge_health`); no Slack, no
+    writes: the quality bench calls it after storing the rows itself."""
+    return judge_health(lake, at, table, config).findings
+
+
 def evaluate_health(lake: Lake, at: datetime, rows: list[dict], *, run_id: str,
                     webhooks: SlackWebhooks,
                     variable_reader: Callable[[str], str | None] | None = None,
                     thresholds_loader: Callable[[], ThresholdsConfig] | None = None,
                     run_url: str | None = None) -> dict:
-    """Store the evaluation's rows, judge them, alert; returns the engine's outcome.
+    """Store the evaluation's rows, judge them (:func:`judge_health`), alert; returns the
+    engine's outcome plus ``findings`` and ``recurring_load_suppressed`` (counts).
     ``thresholds_loader`` loads the rules once the rows are stored (default: the file's; a
     DAG task's adds the Variable's overrides); ``webhooks`` and ``variable_reader`` go to
     :func:`promptops.pipelines.hourly.alert_on_findings`."""
-    from promptops.detection.rules import MetricHistory, evaluate
     from promptops.detection.thresholds import load_thresholds
     from promptops.metrics.health import write_health_metrics
     from promptops.pipelines.hourly import alert_on_findings
@@ -114,10 +150,10 @@ def evaluate_health(lake: Lake, at: datetime, rows: list[dict], *, run_id: str,
     at = as_utc(at)
     table = table_of(rows)
     write_health_metrics(lake, at, table)
-    findings = evaluate((thresholds_loader or load_thresholds)(), table,
-                        MetricHistory.from_tables({}), at, source="health")
-    outcome = alert_on_findings(lake, findings, at, run_id=run_id, run_url=run_url,
+    judged = judge_health(lake, at, table, (thresholds_loader or load_thresholds)())
+    outcome = alert_on_findings(lake, judged.findings, at, run_id=run_id, run_url=run_url,
                                 scope="health", webhooks=webhooks,
                                 variable_reader=variable_reader)
-    outcome["findings"] = len(findings)
+    outcome["findings"] = len(judged.findings)
+    outcome["recurring_load_suppressed"] = len(judged.recurring_load_suppressed)
     return outcome

@@ -93,6 +93,11 @@ def findings_for_hour(lake: Lake, hour: datetime,
                           f"{lake.partition_dir(METRICS, hour)}; run the metrics task first")
     history = MetricHistory.from_lake(lake, hour, config)
     findings = evaluate(config, current, history, hour)
+    # Per-caller rules: a caller's recurring load at this time of day is not abuse.
+    from promptops.detection.caller_history import apply_own_history
+
+    findings = apply_own_history(lake, findings, hour, hour + timedelta(hours=1),
+                                 config).findings
     if baselines:
         from promptops.detection.baselines.band_findings import band_findings
         from promptops.detection.baselines.bands import read_bands
