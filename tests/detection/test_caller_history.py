@@ -3,16 +3,20 @@ unusual against its own history at this time of day (``detection.caller_history`
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from promptops.contracts.datasets import CALLER_PROFILES
 from promptops.detection.caller_history import (
     PROFILE_RECORD,
+    PROFILE_SCHEMA,
     CallerHistoryConfig,
+    CallerProfile,
     Usual,
     build_caller_profiles,
     is_unusual,
@@ -242,3 +246,27 @@ def test_a_caller_seen_once_in_a_week_at_this_time_is_not_recurring(lake):
     build_caller_profiles(lake, TODAY, THRESHOLDS)
     judged = judge(lake, AT_BATCH, batch_users(AT_BATCH))
     assert per_caller(judged.findings) == [("token_burst_5m", BATCH_USER, "warning")]
+
+
+def test_the_time_of_day_window_crosses_midnight():
+    """A batch at 23:50-00:20 every day: at 00:10 its usual peak includes the minutes it ran
+    before midnight on each previous day."""
+    times = []
+    for k in range(1, 4):
+        start = TODAY - timedelta(days=k) - timedelta(minutes=10)
+        times += [start + timedelta(minutes=5 * i) for i in range(7)]
+    table = pa.table({"user": [BATCH_USER] * len(times), "metric": ["m"] * len(times),
+                      "at": times, "peak": [90.0 + (t.minute % 7) for t in times]},
+                     schema=PROFILE_SCHEMA)
+    hours = sorted({TODAY - timedelta(hours=h) for h in range(1, 72)})
+    meta = {"built_for": TODAY.isoformat(), "covered_hours": [h.isoformat() for h in hours]}
+    profile = CallerProfile.from_table(
+        table.replace_schema_metadata({"promptops": json.dumps(meta)}))
+    at = TODAY + timedelta(minutes=10)
+    usual = profile.usual(BATCH_USER, "m", at, at, days=7, window=timedelta(hours=1))
+    assert usual.days_seen == 3 and usual.days_covered == 3  # 3 days of history only
+    assert usual.peak == max(90.0 + (t.minute % 7) for t in times)
+    # Far from the batch's time, the same days are covered and the caller is not seen.
+    noon = TODAY + timedelta(hours=12)
+    assert profile.usual(BATCH_USER, "m", noon, noon, days=7,
+                         window=timedelta(hours=1)) == Usual(0.0, 0, 3)
