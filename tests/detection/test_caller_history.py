@@ -270,3 +270,15 @@ def test_the_time_of_day_window_crosses_midnight():
     noon = TODAY + timedelta(hours=12)
     assert profile.usual(BATCH_USER, "m", noon, noon, days=7,
                          window=timedelta(hours=1)) == Usual(0.0, 0, 3)
+
+
+def test_an_unreadable_profile_never_fails_the_evaluation(lake, caplog):
+    write_batch_days(lake, 1)
+    info = build_caller_profiles(lake, TODAY, THRESHOLDS)
+    with open(info["uri"].removeprefix("file://"), "wb") as fh:
+        fh.write(b"not parquet")
+    table = health_rows(AT_BATCH, batch_users(AT_BATCH))
+    with caplog.at_level(logging.WARNING, logger="promptops.detection.caller_history"):
+        findings = health_findings(lake, AT_BATCH, table, THRESHOLDS)
+    assert per_caller(findings) == [("token_burst_5m", BATCH_USER, "warning")]
+    assert "could not be read" in caplog.text

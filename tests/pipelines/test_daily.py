@@ -76,3 +76,12 @@ def test_retention_deletes_old_reports(tmp_path):
     assert deleted["reports"] == 1
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
         f"date={DAY - timedelta(days=3):%Y-%m-%d}"]
+
+
+def test_retention_deletes_old_caller_profiles(tmp_path):
+    lake = Lake(f"file://{tmp_path}")
+    for days_back in (1, 29, 31):
+        lake.write_record("caller_profiles", DAY - timedelta(days=days_back), "profile", TINY)
+    deleted = apply_retention(lake, DAY, RetentionConfig())
+    assert deleted["caller_profiles"] == 1
+    assert len(lake.list_partitions("caller_profiles")) == 2

@@ -359,10 +359,17 @@ def apply_own_history(lake: Lake, findings: list[Finding], start: datetime, end:
                       thresholds: ThresholdsConfig,
                       config: CallerHistoryConfig | None = None) -> OwnHistoryOutcome:
     """:func:`judge_findings` with the lake's profile (read only when a per-caller finding
-    needs it)."""
+    needs it). A profile that cannot be read never fails the evaluation: the ceiling alone
+    decides, and the log says why."""
     config = config or CallerHistoryConfig()
     rules = set(per_caller_rules(thresholds, config)) if config.enabled else set()
     if not any(f.rule in rules for f in findings):
         return OwnHistoryOutcome(list(findings), [])
-    return judge_findings(findings, read_caller_profile(lake, start), start, end, thresholds,
-                          config)
+    try:
+        profile = read_caller_profile(lake, start)
+    except Exception as exc:  # context for the alert, never a reason to lose it
+        log.warning("caller history: the caller profile could not be read (%s); per-caller "
+                    "rules are judged by their ceiling alone until the daily run rebuilds "
+                    "it (clear its 'Build caller profiles' task to rebuild now)", exc)
+        profile = None
+    return judge_findings(findings, profile, start, end, thresholds, config)
