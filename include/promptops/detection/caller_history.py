@@ -61,7 +61,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from promptops.contracts.datasets import CALLER_PROFILES, HEALTH_METRICS
 from promptops.contracts.findings import Finding
 from promptops.detection.rules import format_value
-from promptops.detection.thresholds import ThresholdRule, ThresholdsConfig
+from promptops.detection.thresholds import ThresholdRule, ThresholdsConfig, load_thresholds
 from promptops.lake.store import Lake
 from promptops.timeutil import as_utc, hour_floor
 
@@ -247,8 +247,6 @@ def build_caller_profiles(lake: Lake, day: datetime, thresholds: ThresholdsConfi
     """Build the profile for ``day`` (its start) from the ``days`` days of ``health_metrics``
     before it, and store it in ``caller_profiles`` (replacing that day's). Idempotent per
     day. Returns a JSON-safe summary."""
-    from promptops.detection.thresholds import load_thresholds
-
     config = config or CallerHistoryConfig()
     thresholds = thresholds if thresholds is not None else load_thresholds()
     day = as_utc(day).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -259,7 +257,9 @@ def build_caller_profiles(lake: Lake, day: datetime, thresholds: ThresholdsConfi
         table = lake.read_records(HEALTH_METRICS, h, h + HOUR)
         if table is not None:
             covered.append(h)
-            tables += [t for t in (_keep(table, floors),) if t.num_rows]
+            kept = _keep(table, floors)
+            if kept.num_rows:
+                tables.append(kept)
         h += HOUR
     profile = (pa.concat_tables(tables) if tables else PROFILE_SCHEMA.empty_table())
     meta = {"built_for": day.isoformat(), "days": config.days,
