@@ -1,7 +1,8 @@
 """The daily DAG end to end under dag.test(): a lake with three simulated days (one hour of
-the report day missing), then completeness, baselines, the root-cause model, the cost report
-(delivered to a real Slack sink) and retention. And a day when ingest failed and the summary
-could not be sent: the report says the day is empty, retention still runs, the run fails."""
+the report day missing), then completeness, baselines, the root-cause model, the caller
+profiles, the cost report (delivered to a real Slack sink) and retention. And a day when
+ingest failed and the summary could not be sent: the report says the day is empty, retention
+still runs, the run fails."""
 
 from __future__ import annotations
 
@@ -91,6 +92,12 @@ def test_daily_dag_under_dag_test(airflow_db, tmp_path, monkeypatch):
     assert bands is not None and bands.num_rows > 0
     assert [v.version for v in list_versions(lake)] == [f"{REPORT_DAY:%Y-%m-%d}"]
 
+    # Tomorrow's caller profile is written (empty: no health evaluations in this lake).
+    from promptops.detection.caller_history import read_caller_profile
+
+    profile = read_caller_profile(lake, REPORT_DAY + timedelta(days=1, hours=2))
+    assert profile is not None and profile.built_for == REPORT_DAY + timedelta(days=1)
+
     # Retention removed the 90-day-old raw partition and nothing recent.
     assert not lake.has_partition("calls", FIRST_DAY - timedelta(days=90))
     assert lake.has_partition("calls", FIRST_DAY)
@@ -112,7 +119,8 @@ def test_an_empty_day_and_a_failed_summary_still_run_retention(airflow_db, tmp_p
 
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states == {"check_completeness": "success", "refit_baselines": "success",
-                      "retrain_root_cause_model": "success", "cost_report": "failed",
+                      "retrain_root_cause_model": "success", "caller_profiles": "success",
+                      "cost_report": "failed",
                       "apply_retention": "success", "flag_failed_steps": "failed"}
     assert run.state == "failed"
     # The run's failure names the step, for the UI and the failure notice.
