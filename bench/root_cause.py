@@ -29,7 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from promptops.detection.root_cause import localize  # noqa: E402
-from tests.helpers.root_cause import as_set, element_label, synthetic_cube  # noqa: E402
+from tests.helpers.root_cause import (  # noqa: E402
+    as_set,
+    element_label,
+    set_f1,
+    squeeze_cube,
+    synthetic_cube,
+)
 
 FULL = {"model": 10, "app": 10, "region": 5, "team": 8, "template": 5}
 WIDE = {"model": 8, "app": 6, "region": 5, "team": 5, "template": 4, "provider": 4,
@@ -87,6 +93,72 @@ def run_case(name: str, seeds: int, leaves: int) -> dict:
             "accuracy": hits / seeds}
 
 
+def run_squeeze(seeds: int) -> list[dict]:
+    """F1 per (causes, dimensions per cause) on Squeeze-style cubes (sums of TP/FP/FN)."""
+    rows = []
+    for n_causes in (1, 2, 3):
+        for n_dims in (1, 2, 3):
+            tp = fp = fn = 0
+            times, cpu = [], []
+            against = [0, 0]  # causes moving against the total: found, injected
+            for seed in range(seeds):
+                cube, truth = squeeze_cube(n_causes, n_dims, seed=1000 * n_causes + 100 * n_dims
+                                           + seed)
+                dims = [c for c in cube.columns if c not in ("actual", "expected")]
+                start, start_cpu = time.perf_counter(), time.process_time()
+                result = localize(cube, dims)
+                times.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
+                found = as_set(result.label)
+                a, b, c = set_f1(found, truth)
+                tp, fp, fn = tp + a, fp + b, fn + c
+                total = float((cube["actual"] - cube["expected"]).sum())
+                for label in truth:
+                    mask = _mask(cube, label)
+                    moved = float((cube["actual"] - cube["expected"])[mask].sum())
+                    if moved * total < 0:
+                        against[1] += 1
+                        against[0] += label in found
+            rows.append({"causes": n_causes, "dims": n_dims, "tp": tp, "fp": fp, "fn": fn,
+                         "cpu_s": statistics.mean(cpu), "max_s": max(times),
+                         "against": tuple(against)})
+    return rows
+
+
+def _mask(cube, label: str):
+    mask = None
+    for part in label.split("&"):
+        d, v = part.split("=")
+        m = cube[d] == v
+        mask = m if mask is None else mask & m
+    return mask
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+
+
+def print_squeeze(seeds: int) -> None:
+    rows = run_squeeze(seeds)
+    print(f"\nSqueeze-style cubes (4 dims, 21,600 leaves, {seeds} per case): F1 per "
+          f"(causes, dims per cause)")
+    print(f"{'causes':>6} {'dims':>4} {'F1':>6} {'prec':>6} {'recall':>6} "
+          f"{'against total found':>20} {'cpu s/cube':>10} {'max wall s':>10}")
+    for r in rows:
+        prec = r["tp"] / (r["tp"] + r["fp"]) if r["tp"] + r["fp"] else 1.0
+        rec = r["tp"] / (r["tp"] + r["fn"]) if r["tp"] + r["fn"] else 1.0
+        got, of = r["against"]
+        print(f"{r['causes']:>6} {r['dims']:>4} {_f1(r['tp'], r['fp'], r['fn']):>6.3f} "
+              f"{prec:>6.3f} {rec:>6.3f} {f'{got}/{of}':>20} {r['cpu_s']:>10.4f} "
+              f"{r['max_s']:>10.4f}")
+    tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+    by_dims = {d: _f1(*(sum(r[k] for r in rows if r["dims"] == d) for k in ("tp", "fp", "fn")))
+               for d in (1, 2, 3)}
+    print(f"overall F1 {_f1(tp, fp, fn):.3f} (1 dim {by_dims[1]:.3f}, 2 dims {by_dims[2]:.3f}, "
+          f"3 dims {by_dims[3]:.3f}); {statistics.mean(r['cpu_s'] for r in rows):.4f} s CPU "
+          f"per cube on average (target F1 >= 0.97 at <= 0.2 s)")
+
+
 def run_command(leaves: int, repeat: int = 5) -> tuple[float, float, str]:
     cards, anomalies, ratio, extra = CASES["ratio, 2 dims (model&region x8)"]
     cube = make_cube(cards, anomalies, ratio, extra, 0, leaves)
@@ -108,7 +180,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--leaves", type=int, default=20_000)
+    parser.add_argument("--squeeze-seeds", type=int, default=20,
+                        help="Squeeze-style cubes per (causes, dims) case")
+    parser.add_argument("--squeeze-only", action="store_true")
     args = parser.parse_args()
+    if args.squeeze_only:
+        print_squeeze(args.squeeze_seeds)
+        return
 
     print(f"{'case':44} {'dims':>4} {'leaves':>7} {'median s':>9} {'max s':>8} {'accuracy':>8}")
     rows = [run_case(name, args.seeds, args.leaves) for name in CASES]
@@ -118,6 +196,7 @@ def main() -> None:
     worst = max(r["max_s"] for r in rows)
     print(f"\nworst case: {worst:.4f} s per cube (target <= 0.2 s); mean accuracy "
           f"{statistics.mean(r['accuracy'] for r in rows):.0%} over {args.seeds} seeds per case")
+    print_squeeze(args.squeeze_seeds)
     median, best, out = run_command(args.leaves)
     print(f"command on a {args.leaves}-leaf CSV: {median:.2f} s wall median, {best:.2f} s best "
           f"(process start and imports included); printed {out!r}")

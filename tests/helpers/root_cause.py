@@ -74,6 +74,52 @@ def synthetic_cube(cards: dict[str, int], anomalies: list[tuple[dict[str, str], 
     return frame
 
 
+#: Squeeze-style cube shape: 4 dimensions of 10-24 values, 21,600 leaves.
+SQUEEZE_CARDS = {"a": 10, "b": 12, "c": 15, "d": 12}
+
+
+def squeeze_cube(n_causes: int, n_dims: int, *, seed: int = 0,
+                 cards: dict[str, int] | None = None, noise: float = 0.05
+                 ) -> tuple[pd.DataFrame, set[str]]:
+    """A Squeeze/RiskLoc-style additive cube and its injected root-cause labels.
+
+    Every leaf of ``cards`` has a real value (lognormal, heavy-tailed). The forecast
+    (``expected``) is the real value with multiplicative noise ``N(0, noise)``; inside each of
+    ``n_causes`` disjoint elements of one ``n_dims``-dimension cuboid the real value
+    (``actual``) is instead scaled up (x1.5-3) or down (x0.2-0.7), the direction drawn per
+    cause, so some causes move against the total. Each anomalous leaf keeps its own noise.
+    """
+    rng = np.random.default_rng(seed)
+    cards = cards or SQUEEZE_CARDS
+    values = dimension_values(cards)
+    frame = pd.DataFrame(list(itertools.product(*values.values())), columns=list(values))
+    n = len(frame)
+    real = np.round(rng.lognormal(3.0, 1.2, n) + 1.0, 1)
+    forecast = real * np.clip(1 + rng.normal(0.0, noise, n), 0.05, None)
+    dims = list(cards)
+    chosen = sorted(rng.choice(len(dims), n_dims, replace=False).tolist())
+    causes: list[dict[str, str]] = []
+    while len(causes) < n_causes:
+        element = {dims[d]: values[dims[d]][int(rng.integers(cards[dims[d]]))] for d in chosen}
+        if element not in causes:
+            causes.append(element)
+    actual = real.copy()
+    for element in causes:
+        inside = _inside(frame, element)
+        up = rng.random() < 0.5
+        factor = rng.uniform(1.5, 3.0) if up else rng.uniform(0.2, 0.7)
+        actual[inside] = forecast[inside] * factor * (1 + rng.normal(0.0, noise, inside.sum()))
+    frame["actual"] = np.round(np.clip(actual, 0.0, None), 1)
+    frame["expected"] = np.round(forecast, 1)
+    return frame, {element_label(e, dims) for e in causes}
+
+
+def set_f1(found: set[str], truth: set[str]) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of one cube's answer."""
+    tp = len(found & truth)
+    return tp, len(found - truth), len(truth - found)
+
+
 def as_set(label: str) -> set[str]:
     """``"a=1&b=2;c=3"`` -> ``{"a=1&b=2", "c=3"}``."""
     return set(label.split(";")) if label else set()
