@@ -95,34 +95,32 @@ def run_case(name: str, seeds: int, leaves: int) -> dict:
 
 def run_squeeze(seeds: int) -> list[dict]:
     """F1 per (causes, dimensions per cause) on Squeeze-style cubes (sums of TP/FP/FN)."""
-    rows = []
-    for n_causes in (1, 2, 3):
-        for n_dims in (1, 2, 3):
-            tp = fp = fn = 0
-            times, cpu = [], []
-            against = [0, 0]  # causes moving against the total: found, injected
-            for seed in range(seeds):
-                cube, truth = squeeze_cube(n_causes, n_dims, seed=1000 * n_causes + 100 * n_dims
-                                           + seed)
-                dims = [c for c in cube.columns if c not in ("actual", "expected")]
-                start, start_cpu = time.perf_counter(), time.process_time()
-                result = localize(cube, dims)
-                times.append(time.perf_counter() - start)
-                cpu.append(time.process_time() - start_cpu)
-                found = as_set(result.label)
-                a, b, c = set_f1(found, truth)
-                tp, fp, fn = tp + a, fp + b, fn + c
-                total = float((cube["actual"] - cube["expected"]).sum())
-                for label in truth:
-                    mask = _mask(cube, label)
-                    moved = float((cube["actual"] - cube["expected"])[mask].sum())
-                    if moved * total < 0:
-                        against[1] += 1
-                        against[0] += label in found
-            rows.append({"causes": n_causes, "dims": n_dims, "tp": tp, "fp": fp, "fn": fn,
-                         "cpu_s": statistics.mean(cpu), "max_s": max(times),
-                         "against": tuple(against)})
-    return rows
+    cases = [(0, 0)] + [(c, d) for c in (1, 2, 3) for d in (1, 2, 3)]  # (0, 0): noise only
+    return [_squeeze_case(n_causes, n_dims, seeds) for n_causes, n_dims in cases]
+
+
+def _squeeze_case(n_causes: int, n_dims: int, seeds: int) -> dict:
+    tp = fp = fn = 0
+    times, cpu = [], []
+    against = [0, 0]  # causes moving against the total: found, injected
+    for seed in range(seeds):
+        cube, truth = squeeze_cube(n_causes, n_dims, seed=1000 * n_causes + 100 * n_dims + seed)
+        dims = [c for c in cube.columns if c not in ("actual", "expected")]
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = localize(cube, dims)
+        times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+        found = as_set(result.label)
+        a, b, c = set_f1(found, truth)
+        tp, fp, fn = tp + a, fp + b, fn + c
+        excess = cube["actual"] - cube["expected"]
+        total = float(excess.sum())
+        for label in truth:
+            if float(excess[_mask(cube, label)].sum()) * total < 0:
+                against[1] += 1
+                against[0] += label in found
+    return {"causes": n_causes, "dims": n_dims, "tp": tp, "fp": fp, "fn": fn,
+            "cpu_s": statistics.mean(cpu), "max_s": max(times), "against": tuple(against)}
 
 
 def _mask(cube, label: str):
@@ -151,7 +149,7 @@ def print_squeeze(seeds: int) -> None:
         print(f"{r['causes']:>6} {r['dims']:>4} {_f1(r['tp'], r['fp'], r['fn']):>6.3f} "
               f"{prec:>6.3f} {rec:>6.3f} {f'{got}/{of}':>20} {r['cpu_s']:>10.4f} "
               f"{r['max_s']:>10.4f}")
-    tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+    tp, fp, fn = (sum(r[k] for r in rows if r["causes"]) for k in ("tp", "fp", "fn"))
     by_dims = {d: _f1(*(sum(r[k] for r in rows if r["dims"] == d) for k in ("tp", "fp", "fn")))
                for d in (1, 2, 3)}
     print(f"overall F1 {_f1(tp, fp, fn):.3f} (1 dim {by_dims[1]:.3f}, 2 dims {by_dims[2]:.3f}, "

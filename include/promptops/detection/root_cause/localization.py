@@ -229,7 +229,8 @@ class _Leaves:
     weight: np.ndarray  # variance unit for element scores
     null_weight: np.ndarray  # variance unit under "nothing happened", for the dispersion
     rate_excess: np.ndarray  # the part of the excess from leaves' own values moving (no mix)
-    rate_weight: np.ndarray  # its variance unit
+    rate_weight: np.ndarray  # what it scales with under a change everywhere
+    shape: np.ndarray  # how a leaf's excess scales under a proportional change of the element
     num: np.ndarray  # actual numerator (additive: actual)
     num_exp: np.ndarray
     den: np.ndarray | None  # actual denominator (ratio measures)
@@ -317,9 +318,15 @@ def _leaves(cube: Cube, dims: Sequence[str], actual: str, expected: str,
     num = _numbers(cube, actual, "actual value", row)
     num_exp = _numbers(cube, expected, "expected value", row)
     if actual_den is None or expected_den is None:  # both or neither (_check_arguments)
-        # Additive: quasi-Poisson noise, variance proportional to the value.
-        excess, weight = num - num_exp, (num + num_exp) / 2
-        return _Leaves(codes, labels, excess, weight, num_exp, excess, weight,
+        # Additive: variance a power of the value, 1 (quasi-Poisson: counts) to 2
+        # (multiplicative noise: forecasts off by a percentage), read off the leaves.
+        excess, level = num - num_exp, (num + num_exp) / 2
+        power = _variance_power(excess, num_exp)
+        unit = float(np.median(level[level > 0])) if (level > 0).any() else 1.0
+        weight = unit * (level / unit) ** power
+        null_weight = unit * (num_exp / unit) ** power
+        # A change everywhere moves every leaf in proportion to its level (the spread test).
+        return _Leaves(codes, labels, excess, weight, null_weight, excess, level, level,
                        num, num_exp, None, None)
 
     den = _numbers(cube, actual_den, "actual denominator", row)
@@ -350,8 +357,35 @@ def _leaves(cube: Cube, dims: Sequence[str], actual: str, expected: str,
         rate_var, rate_null = den * mean_ratio, den * leaf_ratio_exp
     weight = rate_var + (den + scale * den_exp) / 2 * mix_weight
     null_weight = rate_null + scale * den_exp * mix_weight
-    return _Leaves(codes, labels, excess, weight, null_weight, rate_part, rate_var,
+    return _Leaves(codes, labels, excess, weight, null_weight, rate_part, rate_var, weight,
                    num, num_exp, den, den_exp)
+
+
+def _variance_power(excess: np.ndarray, level: np.ndarray, bins: int = 10) -> float:
+    """The power ``p`` of ``variance ~ level ** p`` of the leaves' noise, in [1, 2].
+
+    ``level`` is the expected value: anomalous leaves stay in their own bins. Once the median
+    relative change is fitted out, the lower quartile of the squared excess in each of
+    ``bins`` quantile bins of the level gives one point; the slope of their logarithms is
+    ``p``. A quartile ignores the minority of anomalous leaves. Small cubes (under 200 leaves
+    a bin) or all-zero excesses keep 1, the quasi-Poisson of counts."""
+    keep = level > 0
+    if keep.sum() < 200 * bins:
+        return 1.0
+    # Fit out a change shared by most leaves (a change everywhere is signal, not noise).
+    common = float(np.median(excess[keep] / level[keep]))
+    lv, sq = np.log(level[keep]), (excess[keep] - common * level[keep]) ** 2
+    order = np.argsort(lv, kind="stable")
+    xs, ys = [], []
+    for part in np.array_split(order, bins):
+        m = float(np.quantile(sq[part], 0.25))
+        if m > 0:
+            xs.append(float(np.median(lv[part])))
+            ys.append(math.log(m))
+    if len(xs) < 3 or max(xs) - min(xs) < 1.0:
+        return 1.0
+    slope = float(np.polyfit(xs, ys, 1)[0])
+    return float(min(max(slope, 1.0), 2.0))
 
 
 # -- cuboids -----------------------------------------------------------------------------------
@@ -513,7 +547,7 @@ def _search(leaves: _Leaves, spec: Measure, dims: tuple[str, ...], total: float,
             raw = excess * excess / weight
         share = excess / total
         significance = raw / _dispersion(leaves, e, remaining, members)
-        if share < min_share or significance < critical:
+        if abs(share) < min_share or significance < critical:
             break
         combination = {} if cuboid is None else _decode(leaves, cuboid, element, dims)
         el_actual, el_expected = _value(leaves, members)
@@ -539,7 +573,7 @@ def _best_element(cuboids: list[_Cuboid], e: np.ndarray, w: np.ndarray, sign: fl
     for cuboid in cuboids:
         se = np.bincount(cuboid.group, weights=e, minlength=cuboid.size)
         sw = np.bincount(cuboid.group, weights=w, minlength=cuboid.size)
-        ok = (se * sign > 0) & (sw > 0)
+        ok = (se != 0) & (sw > 0)
         if not ok.any():
             continue
         score = np.where(ok, se * se / np.where(sw > 0, sw, 1.0), 0.0)
@@ -586,9 +620,11 @@ def _dispersion(leaves: _Leaves, e: np.ndarray, remaining: np.ndarray,
     total_w = float(leaves.null_weight[remaining].sum())
     if total_w <= 0:
         return 1e-300
-    shape = leaves.weight[inside]
-    w_in = float(shape.sum())
-    shift = float(e[inside].sum()) / w_in if w_in > 0 else 0.0
+    # Weighted least squares of the element's excesses on its shape.
+    shape, var = leaves.shape[inside], leaves.weight[inside]
+    safe = np.where(var > 0, var, 1.0)
+    fit = float((shape * shape / safe).sum())
+    shift = float((e[inside] * shape / safe).sum()) / fit if fit > 0 else 0.0
     residual = float((e[outside] ** 2).sum()) + float(((e[inside] - shift * shape) ** 2).sum())
     return max(residual / total_w, 1e-300)
 
@@ -640,4 +676,6 @@ def _clause(spec: Measure, dims: Sequence[str], combination: dict[str, str], sha
             own += (f", {spec.den_label} {format_value(traffic[0], 'count')} vs "
                     f"{format_value(traffic[1], 'count')}")
         own += ")"
+    if share < 0:  # this element moved against the aggregate and offset part of it
+        return f"{_where(dims, combination)}: moved the other way, {-share:.0%} of {what}{own}"
     return f"{_where(dims, combination)}: {share:.0%} of {what}{own}"
