@@ -85,7 +85,8 @@ def squeeze_cube(n_causes: int, n_dims: int, *, seed: int = 0,
 
     Every leaf of ``cards`` has a real value (lognormal, heavy-tailed). The forecast
     (``expected``) is the real value with multiplicative noise ``N(0, noise)``; inside each of
-    ``n_causes`` disjoint elements of one ``n_dims``-dimension cuboid the real value
+    ``n_causes`` disjoint elements of one ``n_dims``-dimension cuboid (``n_dims=0``: each
+    cause in a cuboid of 1-3 dimensions of its own) the real value
     (``actual``) is instead scaled up (x1.5-3) or down (x0.2-0.7), the direction drawn per
     cause, so some causes move against the total. Each anomalous leaf keeps its own noise.
     """
@@ -97,12 +98,18 @@ def squeeze_cube(n_causes: int, n_dims: int, *, seed: int = 0,
     real = np.round(rng.lognormal(3.0, 1.2, n) + 1.0, 1)
     forecast = real * np.clip(1 + rng.normal(0.0, noise, n), 0.05, None)
     dims = list(cards)
-    chosen = sorted(rng.choice(len(dims), n_dims, replace=False).tolist())
+    chosen = sorted(rng.choice(len(dims), n_dims, replace=False).tolist()) if n_dims else []
     causes: list[dict[str, str]] = []
+    taken = np.zeros(n, dtype=bool)
     while len(causes) < n_causes:
+        if not n_dims:  # mixed: each cause its own 1-3 dimensions
+            k = int(rng.integers(1, 4))
+            chosen = sorted(rng.choice(len(dims), k, replace=False).tolist())
         element = {dims[d]: values[dims[d]][int(rng.integers(cards[dims[d]]))] for d in chosen}
-        if element not in causes:
+        inside = _inside(frame, element)
+        if not (inside & taken).any():  # causes are disjoint
             causes.append(element)
+            taken |= inside
     actual = real.copy()
     for element in causes:
         inside = _inside(frame, element)

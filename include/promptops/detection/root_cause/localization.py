@@ -74,6 +74,8 @@ LAYER_FACTOR = 0.9
 SPREAD = 0.7
 #: Elements whose ranked scores are within this fraction of the best count as tied.
 TIE = 0.05
+#: Default ``min_share`` of a ratio measure (an additive one has none).
+RATIO_MIN_SHARE = 0.05
 
 
 # -- measures ----------------------------------------------------------------------------------
@@ -439,7 +441,7 @@ def _chi2_isf(p: float) -> float:
 def localize(cube: Cube, dims: Sequence[str], *, actual: str = "actual",
              expected: str = "expected", actual_den: str | None = None,
              expected_den: str | None = None, measure: Measure | str | None = None,
-             max_layer: int = 3, max_causes: int = 5, min_share: float = 0.05,
+             max_layer: int = 3, max_causes: int = 5, min_share: float | None = None,
              alpha: float = 0.01, bounded: bool | None = None,
              row_name: Callable[[int], Any] | None = None) -> Localization:
     """The ranked root-cause set of one anomalous moment.
@@ -454,13 +456,19 @@ def localize(cube: Cube, dims: Sequence[str], *, actual: str = "actual",
     [0, 1]; by default it is when no numerator exceeds its denominator.
 
     Elements combine up to ``max_layer`` dimensions; at most ``max_causes`` are returned,
-    each explaining at least ``min_share`` of the change and significant at level
-    ``alpha`` (Bonferroni over every candidate element). Raises ``ValueError`` naming the
+    each explaining at least ``min_share`` of the change (in absolute value: an element
+    that moved against the aggregate has a negative share; default 0.05 for a ratio, 0
+    for an additive measure) and significant at level ``alpha`` (Bonferroni over every
+    candidate element). Raises ``ValueError`` naming the
     column for missing columns, missing or non-numeric or negative values; ``row_name`` turns
     a row position into the name errors use (default: the DataFrame index, else the
     position).
     """
     dims = tuple(dims)
+    if min_share is None:
+        # A ratio's traffic-mix part spreads a small echo of a traffic shift over every
+        # other leaf; additive measures have none, and a small cause is still a cause.
+        min_share = RATIO_MIN_SHARE if actual_den is not None else 0.0
     _check_arguments(cube, dims, actual, expected, actual_den, expected_den, max_layer,
                      max_causes, min_share, alpha)
     spec = _measure_spec(measure, actual_den)
