@@ -183,6 +183,8 @@ class Localization:
     expected: float
     causes: list[RootCause] = field(default_factory=list)
     leaves: int = 0
+    #: Candidate elements the search compared (the whole cube included).
+    candidates: int = 1
 
     @property
     def label(self) -> str:
@@ -485,9 +487,10 @@ def localize(cube: Cube, dims: Sequence[str], *, actual: str = "actual",
     if len(leaves.excess) == 0 or total == 0 or not math.isfinite(total):
         return result
 
-    causes = _search(leaves, spec, dims, total, max_layer=max_layer, max_causes=max_causes,
-                     min_share=min_share, alpha=alpha)
-    return Localization(spec, dims, agg_actual, agg_expected, causes, len(leaves.excess))
+    causes, candidates = _search(leaves, spec, dims, total, max_layer=max_layer,
+                                 max_causes=max_causes, min_share=min_share, alpha=alpha)
+    return Localization(spec, dims, agg_actual, agg_expected, causes, len(leaves.excess),
+                        candidates)
 
 
 def _check_arguments(cube: Cube, dims: tuple[str, ...], actual: str, expected: str,
@@ -527,9 +530,10 @@ def _measure_spec(measure: Measure | str | None, actual_den: str | None) -> Meas
 
 def _search(leaves: _Leaves, spec: Measure, dims: tuple[str, ...], total: float, *,
             max_layer: int, max_causes: int, min_share: float, alpha: float
-            ) -> list[RootCause]:
+            ) -> tuple[list[RootCause], int]:
     """The greedy layer-by-layer search over every cuboid of up to ``max_layer`` dimensions
-    (steps 2 and 3 of the module's description); ``total`` is the aggregate excess."""
+    (steps 2 and 3 of the module's description); ``total`` is the aggregate excess. Returns
+    the causes and the number of candidate elements (for Bonferroni corrections)."""
     layers = min(max_layer, len(dims))
     cuboids = [_cuboid(leaves, combo) for k in range(1, layers + 1)
                for combo in itertools.combinations(range(len(dims)), k)]
@@ -541,7 +545,7 @@ def _search(leaves: _Leaves, spec: Measure, dims: tuple[str, ...], total: float,
     for _ in range(max_causes):
         e = np.where(remaining, leaves.excess, 0.0)
         w = np.where(remaining, leaves.weight, 0.0)
-        best = _best_element(cuboids, e, w, sign)
+        best = _best_element(cuboids, e, w, remaining)
         if best is None:
             break
         cuboid: _Cuboid | None  # None once the change is everywhere (below)
@@ -555,6 +559,14 @@ def _search(leaves: _Leaves, spec: Measure, dims: tuple[str, ...], total: float,
             raw = excess * excess / weight
         share = excess / total
         significance = raw / _dispersion(leaves, e, remaining, members)
+        outside = remaining & ~members
+        if significance < critical and outside.any():
+            # Perhaps masked by a second cause: fit the best element outside out as well.
+            found = _best_element(cuboids, np.where(outside, e, 0.0), np.where(outside, w, 0.0),
+                                  outside)
+            if found is not None:
+                rival = outside & (found[2].group == found[3])
+                significance = raw / _dispersion(leaves, e, remaining, members, rival)
         if abs(share) < min_share or significance < critical:
             break
         combination = {} if cuboid is None else _decode(leaves, cuboid, element, dims)
@@ -566,22 +578,29 @@ def _search(leaves: _Leaves, spec: Measure, dims: tuple[str, ...], total: float,
         remaining &= ~members
         if cuboid is None or not remaining.any():
             break
-    return causes
+    return causes, n_tests
 
 
-def _best_element(cuboids: list[_Cuboid], e: np.ndarray, w: np.ndarray, sign: float
+def _best_element(cuboids: list[_Cuboid], e: np.ndarray, w: np.ndarray, remaining: np.ndarray
                   ) -> tuple[float, float, _Cuboid, int] | None:
     """(raw score, excess, cuboid, element) of the best element, or None.
+
+    Elements of either sign compete (a cause may move against the aggregate). An element
+    holding every remaining leaf (a dimension with one value) localises nothing: whether
+    the change is everywhere is :func:`_spread`'s question.
 
     Ranking uses the score times ``LAYER_FACTOR ** layer``. Among near ties (within
     ``TIE`` of the best) the purest element wins: the one whose leaves moved most per
     variance unit, i.e. with the fewest normal leaves inside. The raw score is returned for
     the significance test."""
     tops = []  # per cuboid: ranked score, purity, raw score, excess, cuboid, element
+    left = remaining.astype(np.float64)
+    n_left = float(left.sum())
     for cuboid in cuboids:
         se = np.bincount(cuboid.group, weights=e, minlength=cuboid.size)
         sw = np.bincount(cuboid.group, weights=w, minlength=cuboid.size)
-        ok = (se != 0) & (sw > 0)
+        count = np.bincount(cuboid.group, weights=left, minlength=cuboid.size)
+        ok = (se != 0) & (sw > 0) & (count < n_left)
         if not ok.any():
             continue
         score = np.where(ok, se * se / np.where(sw > 0, sw, 1.0), 0.0)
@@ -614,27 +633,31 @@ def _spread(leaves: _Leaves, remaining: np.ndarray, members: np.ndarray,
 
 
 def _dispersion(leaves: _Leaves, e: np.ndarray, remaining: np.ndarray,
-                members: np.ndarray) -> float:
+                members: np.ndarray, rival: np.ndarray | None = None) -> float:
     """The noise level under the candidate's own explanation: its leaves moved alike (the
     ripple effect), the other remaining leaves did not. Squared residual excess over the
     remaining leaves' variance units under "nothing happened"; the candidate's own signal
-    is fitted out, so it cannot mask itself.
+    is fitted out, so it cannot mask itself, and so is the best element outside it
+    (``rival``), so that a second cause cannot mask the first.
 
-    The fit's shape is the symmetric variance unit ``w``: proportional to the expected value
-    under a proportional change, to the actual one for a leaf that is new (no baseline), and
-    never zero where a sparse baseline happened to see nothing."""
-    inside = remaining & members
-    outside = remaining & ~members
+    The fit's shape is proportional to the level under a proportional change of the element
+    (for a ratio, its variance unit ``w``: the expected value under a proportional change,
+    the actual one for a leaf that is new, never zero where a sparse baseline saw nothing)."""
     total_w = float(leaves.null_weight[remaining].sum())
     if total_w <= 0:
         return 1e-300
-    # Weighted least squares of the element's excesses on its shape.
-    shape, var = leaves.shape[inside], leaves.weight[inside]
-    safe = np.where(var > 0, var, 1.0)
-    fit = float((shape * shape / safe).sum())
-    shift = float((e[inside] * shape / safe).sum()) / fit if fit > 0 else 0.0
-    residual = float((e[outside] ** 2).sum()) + float(((e[inside] - shift * shape) ** 2).sum())
-    return max(residual / total_w, 1e-300)
+    residual = e * e
+    for group in (members, rival):
+        if group is None:
+            continue
+        inside = remaining & group
+        # Weighted least squares of the group's excesses on its shape.
+        shape, var = leaves.shape[inside], leaves.weight[inside]
+        safe = np.where(var > 0, var, 1.0)
+        fit = float((shape * shape / safe).sum())
+        shift = float((e[inside] * shape / safe).sum()) / fit if fit > 0 else 0.0
+        residual = np.where(inside, (e - shift * leaves.shape) ** 2, residual)
+    return max(float(residual[remaining].sum()) / total_w, 1e-300)
 
 
 def _value(leaves: _Leaves, mask: np.ndarray) -> tuple[float, float]:
