@@ -359,7 +359,7 @@ def annotate_findings(lake: Lake, hour: datetime, findings: list[Finding], *,
             if key not in explained:
                 explained[key] = _explain(lake, hour, name, scope, cubes, prices=prices,
                                           min_calls=min_calls, baseline=baseline)
-            notes |= annotations(explained[key])
+            notes |= cause_annotations(explained[key])
         view = moved.get((dimension, slice_))
         if view:
             notes["moved"] = view
@@ -367,7 +367,7 @@ def annotate_findings(lake: Lake, hour: datetime, findings: list[Finding], *,
     return out
 
 
-def annotations(explanation: SliceExplanation | None) -> dict[str, str]:
+def cause_annotations(explanation: SliceExplanation | None) -> dict[str, str]:
     """The finding annotations of one explanation (none without a cause)."""
     if explanation is None or explanation.primary is None:
         return {}
