@@ -163,6 +163,36 @@ def print_squeeze(seeds: int) -> None:
           f"per cube on average (target F1 >= 0.97 at <= 0.2 s)")
 
 
+def run_findings() -> None:
+    """The hourly path: dozens of findings annotated, one leaf cube per measure."""
+    from datetime import UTC, datetime
+
+    from promptops.contracts.findings import Finding
+    from promptops.detection.root_cause.findings import annotate_findings
+    from promptops.lake.store import Lake
+    from tests.helpers.root_cause import lake_week
+
+    hour = datetime(2026, 11, 20, 14, tzinfo=UTC)
+    models, apps, regions = [f"m{i}" for i in range(6)], ["chat", "search-qa", "code", "sql"], \
+        ["eu", "us", "asia"]
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = Lake(f"file://{tmp}/lake")
+        lake_week(lake, hour, error_rate={("m2", "search-qa"): 0.4}, latency={"m4": 2.0},
+                  calls=30.0, models=models, apps=apps, regions=regions)
+        slices = [("overall", "*")] + [("model", m) for m in models] + \
+            [("app", a) for a in apps] + [("region", r) for r in regions]
+        findings = [Finding(rule=f"{metric}_rule", severity="warning", kind="threshold",
+                            labels={"metric": metric, "dimension": d, "slice": v}, summary="")
+                    for metric in ("error_rate", "latency_p95_ms", "requests") for d, v in slices]
+        start, start_cpu = time.perf_counter(), time.process_time()
+        out = annotate_findings(lake, hour, findings)
+        wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    with_cause = sum("root_cause" in f.annotations for f in out)
+    print(f"\nhourly findings: {len(findings)} findings (3 measures) annotated in {wall:.2f} s "
+          f"wall, {cpu:.2f} s CPU (leaf cubes read from the lake included); {with_cause} with "
+          f"a cause")
+
+
 def run_command(leaves: int, repeat: int = 5) -> tuple[float, float, str]:
     cards, anomalies, ratio, extra = CASES["ratio, 2 dims (model&region x8)"]
     cube = make_cube(cards, anomalies, ratio, extra, 0, leaves)
@@ -187,9 +217,13 @@ def main() -> None:
     parser.add_argument("--squeeze-seeds", type=int, default=20,
                         help="Squeeze-style cubes per (causes, dims) case")
     parser.add_argument("--squeeze-only", action="store_true")
+    parser.add_argument("--findings-only", action="store_true")
     args = parser.parse_args()
     if args.squeeze_only:
         print_squeeze(args.squeeze_seeds)
+        return
+    if args.findings_only:
+        run_findings()
         return
 
     print(f"{'case':44} {'dims':>4} {'leaves':>7} {'median s':>9} {'max s':>8} {'accuracy':>8}")
@@ -201,6 +235,7 @@ def main() -> None:
     print(f"\nworst case: {worst:.4f} s per cube (target <= 0.2 s); mean accuracy "
           f"{statistics.mean(r['accuracy'] for r in rows):.0%} over {args.seeds} seeds per case")
     print_squeeze(args.squeeze_seeds)
+    run_findings()
     median, best, out = run_command(args.leaves)
     print(f"command on a {args.leaves}-leaf CSV: {median:.2f} s wall median, {best:.2f} s best "
           f"(process start and imports included); printed {out!r}")

@@ -196,3 +196,11 @@ def test_root_cause_prefers_the_coarsest_sufficient_layer():
     assert _coarsest_explanation(localise).layers == 3
     localise, _ = answers({1: ({"region": "eu"}, 0.1), 2: (mr, 0.2), 3: (mra, 0.3)})
     assert _coarsest_explanation(localise).layers == 3  # nothing sufficient: the deepest
+
+
+def test_findings_of_one_incident_share_their_primary_label(two_failures):
+    # The overall finding, the model's and the app's: one cause, one absolute label (what
+    # the incident grouping keys on).
+    notes = annotate(two_failures, finding(), finding("success_rate", "model", "m2"),
+                     finding("errors", "app", "search-qa"))
+    assert {n["root_cause_primary"] for n in notes} == {"app=search-qa&model=m2"}

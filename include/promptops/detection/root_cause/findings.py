@@ -319,21 +319,24 @@ def _p_value(sub: pd.DataFrame, mask: np.ndarray, spec: Measure, sign: float,
 
 
 def _conditional(now: float, base: float, p: float, sign: float) -> float:
-    from scipy import stats
+    """P(X >= now) (``sign`` > 0) or P(X <= now) for X ~ Binomial(now + base, p)."""
+    from scipy.special import bdtr, bdtrc  # scipy.special: scipy.stats imports for seconds
 
-    k = round(now + base)
+    k, now = round(now + base), round(now)
     if k <= 0 or not 0 < p < 1:
         return 1.0
-    now = round(now)
-    return float(stats.binom.sf(now - 1, k, p) if sign > 0 else stats.binom.cdf(now, k, p))
+    if sign > 0:
+        return 1.0 if now <= 0 else float(bdtrc(now - 1, k, p))
+    return float(bdtr(now, k, p))
 
 
 def _normal(delta: float, se: float) -> float:
-    from scipy import stats
+    """P(Z >= delta / se) for a standard normal Z."""
+    from scipy.special import ndtr
 
     if se <= 0:
         return 0.0 if delta > 0 else 1.0
-    return float(stats.norm.sf(delta / se))
+    return float(ndtr(-delta / se))
 
 
 # -- the hour's findings -----------------------------------------------------------------------
