@@ -204,3 +204,13 @@ def test_findings_of_one_incident_share_their_primary_label(two_failures):
     notes = annotate(two_failures, finding(), finding("success_rate", "model", "m2"),
                      finding("errors", "app", "search-qa"))
     assert {n["root_cause_primary"] for n in notes} == {"app=search-qa&model=m2"}
+
+
+def test_labels_parse_and_nest():
+    from promptops.detection.root_cause.findings import parse_label, within
+
+    assert parse_label("app=search-qa&template=t@v=2") == {"app": "search-qa",
+                                                          "template": "t@v=2"}
+    assert within("app=a&model=m", "model=m") and within("model=m", "model=m")
+    assert not within("model=m", "app=a&model=m") and not within("model=m2", "model=m")
+    assert not within("model=m", "")

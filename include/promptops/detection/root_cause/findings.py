@@ -89,6 +89,18 @@ def absolute_label(parts: dict[str, str]) -> str:
     return "&".join(f"{d}={parts[d]}" for d in sorted(parts))
 
 
+def parse_label(label: str) -> dict[str, str]:
+    """``"app=a&model=m"`` -> ``{"app": "a", "model": "m"}`` (values may hold ``=``)."""
+    return dict(part.split("=", 1) for part in label.split("&") if "=" in part)
+
+
+def within(narrow: str, broad: str) -> bool:
+    """True when the cause ``narrow`` lies inside ``broad`` (``app=a&model=m`` is within
+    ``model=m``): findings on different slices whose causes nest share a root cause."""
+    inner, outer = parse_label(narrow), parse_label(broad)
+    return bool(outer) and outer.items() <= inner.items()
+
+
 @dataclass(frozen=True)
 class Cause:
     """One reported cause, with the numbers its sentence prints."""
