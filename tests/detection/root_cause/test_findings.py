@@ -179,8 +179,9 @@ def test_root_cause_prefers_the_coarsest_sufficient_layer():
         def localise(layers: int):
             asked.append(layers)
             cause = causes[layers]
+            calls = 1000 // 2 ** len(cause[0]) if cause else 0  # a part: fewer calls
             return NS(layers=layers, causes=[] if cause is None else
-                      [NS(parts=cause[0], share=cause[1])])
+                      [NS(parts=cause[0], share=cause[1], calls=calls)])
         return localise, asked
 
     m, mr, mra = {"model": "m"}, {"model": "m", "region": "eu"}, {"model": "m", "region": "eu",
@@ -196,6 +197,12 @@ def test_root_cause_prefers_the_coarsest_sufficient_layer():
     assert _coarsest_explanation(localise).layers == 3
     localise, _ = answers({1: ({"region": "eu"}, 0.1), 2: (mr, 0.2), 3: (mra, 0.3)})
     assert _coarsest_explanation(localise).layers == 3  # nothing sufficient: the deepest
+
+    # A part holding all of the coarse cause's calls is the same cause: keep the short one.
+    def same_calls(layers: int):
+        parts = [m, mr, mra][layers - 1]
+        return NS(layers=layers, causes=[NS(parts=parts, share=0.9, calls=500)])
+    assert _coarsest_explanation(same_calls).layers == 1
 
 
 def test_findings_of_one_incident_share_their_primary_label(two_failures):

@@ -250,9 +250,12 @@ def _coarsest_explanation(localise: Callable[[int], Any]) -> Any:
 
 
 def _narrows(fine: Any, coarse: Any) -> bool:
-    """True when ``fine`` is a strict part of ``coarse`` explaining nearly as much."""
+    """True when ``fine`` is a strict part of ``coarse`` explaining nearly as much (REFINE)
+    on clearly fewer calls (REFINE too): a part holding (almost) all of the coarse cause's
+    calls is the same cause, worded longer."""
     inner, outer = fine.parts.items(), coarse.parts.items()
-    return outer < inner and fine.share >= REFINE * coarse.share
+    return (outer < inner and fine.share >= REFINE * coarse.share
+            and fine.calls <= REFINE * coarse.calls)
 
 
 def _checked_causes(loc: Localization, sub: pd.DataFrame, spec: Measure,

@@ -80,6 +80,8 @@ LAYER_FACTOR = 0.9
 SPREAD = 0.7
 #: Elements whose ranked scores are within this fraction of the best count as tied.
 TIE = 0.05
+#: Among near ties, those explaining less than this fraction of the largest excess are out.
+TIE_EXCESS = 0.75
 #: Default ``min_share`` of a ratio measure (an additive one has none).
 RATIO_MIN_SHARE = 0.05
 
@@ -364,8 +366,8 @@ def _leaves(cube: Cube, dims: Sequence[str], actual: str, expected: str,
         expected_ratio = np.clip(leaf_ratio_exp, 0.0, 1.0)
         rate_var = den * mean_ratio * (1 - mean_ratio)
         rate_null = den * expected_ratio * (1 - expected_ratio)
-    else:  # quasi-Poisson noise of the numerator
-        rate_var, rate_null = den * mean_ratio, den * leaf_ratio_exp
+    else:  # a mean of per-call amounts (latency, cost): their spread scales with the mean
+        rate_var, rate_null = den * mean_ratio ** 2, den * leaf_ratio_exp ** 2
     weight = rate_var + (den + scale * den_exp) / 2 * mix_weight
     null_weight = rate_null + scale * den_exp * mix_weight
     return _Leaves(codes, labels, excess, weight, null_weight, rate_part, rate_var, weight,
@@ -597,7 +599,7 @@ def _best_element(cuboids: list[_Cuboid], e: np.ndarray, w: np.ndarray, remainin
     the change is everywhere is :func:`_spread`'s question.
 
     Ranking uses the score times ``LAYER_FACTOR ** layer``. Among near ties (within
-    ``TIE`` of the best) the purest element wins: the one whose leaves moved most per
+    ``TIE`` of the best) that explain about as much (``TIE_EXCESS``) the purest element wins: the one whose leaves moved most per
     variance unit, i.e. with the fewest normal leaves inside. The raw score is returned for
     the significance test."""
     tops = []  # per cuboid: ranked score, purity, raw score, excess, cuboid, element
@@ -617,7 +619,10 @@ def _best_element(cuboids: list[_Cuboid], e: np.ndarray, w: np.ndarray, remainin
     if not tops:
         return None
     best_ranked = max(t[0] for t in tops)
-    _, _, raw, excess, cuboid, j = max((t for t in tops if t[0] >= (1 - TIE) * best_ranked),
+    ties = [t for t in tops if t[0] >= (1 - TIE) * best_ranked]
+    # Explanatory power first: a near tie explaining clearly less of the change is out.
+    most = max(abs(t[3]) for t in ties)
+    _, _, raw, excess, cuboid, j = max((t for t in ties if abs(t[3]) >= TIE_EXCESS * most),
                                        key=lambda t: t[1])
     return raw, excess, cuboid, j
 
