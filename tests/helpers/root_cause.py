@@ -162,12 +162,13 @@ def call_records(hour, rows: list[dict]) -> pa.Table:
 
 def lake_week(lake, hour, *, error_rate=None, latency=None, extra=(), seed: int = 0,
               calls: float = 40.0, models=("m0", "m1", "m2", "m3"),
-              apps=("chat", "search-qa", "code"), regions=("eu", "us")) -> None:
+              apps=("chat", "search-qa", "code"), regions=("eu", "us"),
+              latency_shape: float = 4.0) -> None:
     """Seven earlier same hours and ``hour`` itself in ``lake``'s calls partitions.
 
     Every (model, app, region) gets Poisson(``calls``) calls an hour at a 1% error rate and
-    about 400 ms. This hour only: ``error_rate`` maps ``(model, app)`` (``app`` None: every
-    app) to another rate, ``latency`` maps a model to a latency factor, and ``extra`` adds
+    400 ms on average (gamma, ``latency_shape`` 1: exponential, heavy-tailed enough). This hour only: ``error_rate`` maps ``(model, app)`` (``app`` None: every
+    app) to another rate, ``latency`` maps a model or a region to a latency factor, and ``extra`` adds
     records as they are (e.g. three failing calls of a tiny model)."""
     from datetime import timedelta
 
@@ -180,11 +181,12 @@ def lake_week(lake, hour, *, error_rate=None, latency=None, extra=(), seed: int 
             rate = 0.01
             if days == 0:
                 rate = error_rate.get((model, app), error_rate.get((model, None), rate))
-            factor = latency.get(model, 1.0) if days == 0 else 1.0
+            factor = latency.get(model, 1.0) * latency.get(region, 1.0) if days == 0 else 1.0
             for _ in range(int(rng.poisson(calls))):
                 rows.append({"model": model, "app": app, "region": region,
                              "status": "error" if rng.random() < rate else "success",
-                             "latency_ms": float(factor * rng.gamma(4.0, 100.0))})
+                             "latency_ms": float(factor * rng.gamma(latency_shape,
+                                                                    400.0 / latency_shape))})
         if days == 0:
             rows += list(extra)
         lake.write_partition("calls", h, call_records(h, rows))

@@ -279,3 +279,18 @@ def test_a_cause_test_catches_a_real_shift(name, shift):
     p = [_p_value(w, one, MEASURES[name], 1.0, 7)
          for w in _windows(rng, 300, shift=shift, **CASES_P[name])]
     assert np.mean(np.array(p) < 1e-4) >= 0.95
+
+
+def test_a_slow_region_is_named_within_each_model(tmp_path):
+    # Exponential latencies on few calls per leaf, four times slower in one region: every
+    # model's finding and the overall one name the region (a mean's noise grows with the
+    # mean squared; a proportional change moves a leaf by its level).
+    lake = Lake(f"file://{tmp_path}/lake")
+    models = ("m0", "m1", "m2")
+    lake_week(lake, HOUR, latency={"eu": 4.0}, seed=3, calls=15.0, models=models,
+              apps=("chat", "search-qa", "code", "sql"), regions=("eu", "us", "asia"),
+              latency_shape=1.0)
+    notes = annotate(lake, finding("latency_mean_ms"),
+                     *(finding("latency_p95_ms", "model", m) for m in models))
+    assert [n.get("root_cause_primary") for n in notes] == [
+        "region=eu", "model=m0&region=eu", "model=m1&region=eu", "model=m2&region=eu"]

@@ -370,7 +370,10 @@ def _leaves(cube: Cube, dims: Sequence[str], actual: str, expected: str,
         rate_var, rate_null = den * mean_ratio ** 2, den * leaf_ratio_exp ** 2
     weight = rate_var + (den + scale * den_exp) / 2 * mix_weight
     null_weight = rate_null + scale * den_exp * mix_weight
-    return _Leaves(codes, labels, excess, weight, null_weight, rate_part, rate_var, weight,
+    # A proportional change of the ratio moves a leaf by its numerator's level; for a rate
+    # that is about its binomial variance, so the variance unit serves as the shape.
+    shape = weight if bounded else den * mean_ratio
+    return _Leaves(codes, labels, excess, weight, null_weight, rate_part, rate_var, shape,
                    num, num_exp, den, den_exp)
 
 
