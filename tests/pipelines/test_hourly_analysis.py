@@ -213,28 +213,6 @@ def test_an_unpriced_model_is_reported_not_free(lake, monkeypatch):
         ("unpriced_model", "mistral-7b-instruct")]
 
 
-def test_root_cause_prefers_the_coarsest_sufficient_layer():
-    from types import SimpleNamespace as NS
-
-    from promptops.pipelines.hourly import _coarsest_explanation
-
-    def answers(shares: dict[int, float | None]):
-        asked = []
-
-        def localise(layers: int):
-            asked.append(layers)
-            share = shares[layers]
-            return NS(causes=[] if share is None else [NS(share=share, layers=layers)])
-        return localise, asked
-
-    localise, asked = answers({1: 0.99, 2: 0.99, 3: 0.99})
-    assert _coarsest_explanation(localise).causes[0].layers == 1 and asked == [1]
-    localise, asked = answers({1: None, 2: 0.7, 3: 0.9})
-    assert _coarsest_explanation(localise).causes[0].layers == 2 and asked == [1, 2]
-    localise, asked = answers({1: 0.1, 2: 0.2, 3: 0.3})  # nothing sufficient: the deepest
-    assert _coarsest_explanation(localise).causes[0].layers == 3 and asked == [1, 2, 3]
-
-
 def test_heal_requests_on_s3_are_created_once(s3_api):
     """The object-store path: fsspec's exclusive create on a real S3 API."""
     s3_api.create_bucket(Bucket="lake")

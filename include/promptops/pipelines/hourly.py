@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -108,91 +107,14 @@ def findings_for_hour(lake: Lake, hour: datetime,
     return findings
 
 
-#: The root-cause measure that explains a finding's metric.
-ROOT_CAUSE_MEASURES = {
-    "success_rate": "error_rate", "error_rate": "error_rate", "errors": "errors",
-    "requests": "calls", "total_tokens": "tokens", "prompt_tokens": "tokens",
-    "completion_tokens": "tokens", "cost_usd": "cost_usd", "latency_mean_ms": "latency_mean_ms",
-    "latency_p95_ms": "latency_mean_ms", "latency_p99_ms": "latency_mean_ms",
-}
-
-
-def _measure_for(metric: str) -> str | None:
-    # A composite's metric label joins its conditions' metrics with "+".
-    return next((ROOT_CAUSE_MEASURES[m] for m in metric.split("+") if m in ROOT_CAUSE_MEASURES),
-                None)
-
-
 def with_root_cause(lake: Lake, hour: datetime, findings: list[Finding], *,
                     prices: PriceTable | None = None) -> list[Finding]:
-    """Annotate findings with the localised root cause of their measure (one localisation per
-    measure and hour, over the hour's leaf cube against the same hour of the last 7 days) and
-    with what the IsolationForest saw move on their slice. Never fails the evaluation."""
-    from promptops.detection.root_cause import DEFAULT_DIMS, explain_hour
+    """Annotate findings with the root cause of their own slice and what the IsolationForest
+    saw move on it (:func:`promptops.detection.root_cause.findings.annotate_findings`).
+    Never fails the evaluation."""
+    from promptops.detection.root_cause.findings import annotate_findings
 
-    hour = hour_floor(hour)
-    explained: dict[str, Any] = {}
-    for measure in sorted({m for f in findings if (m := _measure_for(f.labels.get("metric", "")))}):
-        try:
-            # Volume surges are often one caller: look at users too (a few thousand leaves).
-            dims = DEFAULT_DIMS + ("user",) if measure in ("calls", "tokens") else DEFAULT_DIMS
-            loc = _coarsest_explanation(lambda layers, m=measure, d=dims: explain_hour(
-                lake, hour, m, dims=d, prices=prices, max_layer=layers))
-        except Exception as exc:  # a root cause is context; the alert goes out without it
-            log.warning("root cause for %s at %s skipped: %s", measure, hour.isoformat(), exc)
-            continue
-        if loc.causes:
-            explained[measure] = loc
-    moved = _isolation_forest_view(lake, hour)
-    out = []
-    for f in findings:
-        notes = dict(f.annotations)
-        loc = explained.get(_measure_for(f.labels.get("metric", "")) or "")
-        if loc is not None:
-            notes["root_cause"] = loc.sentence
-            notes["root_cause_set"] = loc.label
-            notes["root_cause_table"] = loc.table(max_rows=5)
-        view = moved.get((f.labels.get("dimension", ""), f.labels.get("slice", "")))
-        if view:
-            notes["moved"] = view
-        out.append(replace(f, annotations=notes))
-    return out
-
-
-#: A cause set that explains at least this share of the change ends the search.
-SUFFICIENT_SHARE = 0.5
-
-
-def _coarsest_explanation(localise):
-    """Single dimension values first, then pairs, then triples: the first layer whose top
-    cause explains most of the change wins. An operator acts on "region=eu-west-1"; a
-    three-way combination that happens to hold the heaviest calls of that region is a
-    worse answer even when its score is higher (means of heavy-tailed measures such as
-    latency favour such cells)."""
-    loc = None
-    for layers in (1, 2, 3):
-        loc = localise(layers)
-        if loc.causes and loc.causes[0].share >= SUFFICIENT_SHARE:
-            return loc
-    return loc
-
-
-def _isolation_forest_view(lake: Lake, hour: datetime) -> dict[tuple[str, str], str]:
-    """(dimension, slice) -> "anomaly score 0.71; moved: error_rate +9.1σ (...)" for the
-    slices the newest model trained before the hour calls anomalous."""
-    from promptops.detection.anomaly_model import load_latest, score_hour
-
-    try:
-        model = load_latest(lake, as_of=hour)
-        if model is None:
-            return {}
-        scored = score_hour(lake, hour, model)
-    except Exception as exc:
-        log.warning("isolation forest scoring at %s skipped: %s", hour.isoformat(), exc)
-        return {}
-    rows = scored[scored["is_anomaly"]]
-    return {(r.dimension, r.slice): f"anomaly score {r.score:.2f}; moved: {r.moved}"
-            for r in rows.itertuples()}
+    return annotate_findings(lake, hour_floor(hour), findings, prices=prices)
 
 
 #: Heal requests raised by alerts (dataset HEAL_REQUESTS): one record file per request, in

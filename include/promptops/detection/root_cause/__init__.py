@@ -4,6 +4,9 @@
   the ranked :class:`Localization` and its words);
 - :mod:`.cube`: the leaf cube of one hour from the lake's ``calls`` partitions
   (:func:`leaf_cube`) and the hourly run's entry point (:func:`explain_hour`);
+- :mod:`.findings`: the hourly findings' root causes, each within its alerted slice, with
+  one primary cause and at most two secondaries (:func:`.findings.annotate_findings`; not
+  imported here, so that the command starts light);
 - :mod:`.cli`: the command ``python -m promptops.detection.root_cause`` on a CSV of leaves.
 """
 

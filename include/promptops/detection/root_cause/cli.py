@@ -37,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="at most this many causes (default 3)")
     p.add_argument("--max-layer", type=int, default=3,
                    help="at most this many dimensions in one cause (default 3)")
-    p.add_argument("--min-share", type=float, default=0.05,
-                   help="a cause explains at least this share of the change (default 0.05)")
+    p.add_argument("--min-share", type=float, default=None,
+                   help="a cause explains at least this share of the change (default: 0.05 "
+                        "for a ratio, none for an additive measure)")
     p.add_argument("--explain", action="store_true",
                    help="also print the sentence and the Markdown table (to stderr)")
     return p

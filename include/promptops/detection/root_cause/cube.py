@@ -38,6 +38,9 @@ CUBE_DIMENSIONS = {"model": "model", "provider": "provider", "app": "app", "team
 #: The default cut for the hourly root cause (``user`` has too many values to be a default).
 DEFAULT_DIMS = ("model", "provider", "app", "region", "team", "template", "gpu_node")
 
+#: Per-call squared latency, summed per leaf for the standard error of a mean latency.
+LATENCY_SQ = "latency_sq_ms"
+
 _BASELINE = re.compile(r"^(previous_hour|previous_day|previous_week|same_hour_avg_(\d+)d)$")
 
 
@@ -84,8 +87,10 @@ def _call_quantities(calls: pa.Table, prices: PriceTable | None,
         costs = prices.cost(calls.column("model"), prompt, completion, cached)
         # The priced part, as in the metric table: an unpriced call adds nothing.
         out["cost_usd"] = np.where(costs.priced, costs.cost, 0.0)
-    if "latency_ms" in wanted:
-        out["latency_ms"] = calls.column("latency_ms").to_numpy().astype(np.float64)
+    if wanted & {"latency_ms", LATENCY_SQ}:
+        latency = calls.column("latency_ms").to_numpy(zero_copy_only=False).astype(np.float64)
+        latency = np.nan_to_num(latency)
+        out["latency_ms"], out[LATENCY_SQ] = latency, latency * latency
     return out
 
 
@@ -117,7 +122,7 @@ def _columns_for(dims: Sequence[str], quantities: Sequence[str]) -> list[str]:
     cols = {"status"} if {"errors", "successes"} & set(quantities) else set()
     if {"tokens", "cost_usd"} & set(quantities):
         cols |= {"prompt_tokens", "completion_tokens", "cached_tokens", "model"}
-    if "latency_ms" in quantities:
+    if {"latency_ms", LATENCY_SQ} & set(quantities):
         cols.add("latency_ms")
     for d in dims:
         cols |= {"prompt_template", "prompt_version"} if d == "template" else {CUBE_DIMENSIONS[d]}
@@ -132,7 +137,9 @@ def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
     One row per combination of ``dims`` values seen in the hour or its baseline (a missing
     value is ``(none)``; ``template`` is ``"<template>@<version>"`` as in the metric table),
     with ``actual`` and ``expected`` (the measure's numerator summed over the leaf's calls)
-    and, for a ratio measure, ``actual_den`` and ``expected_den``. ``expected`` is the mean
+    and, for a ratio measure, ``actual_den`` and ``expected_den``; ``actual_calls`` and
+    ``expected_calls`` are the leaf's calls (the support of a cause) and, for mean latency,
+    ``actual_sq`` / ``expected_sq`` the summed squared latencies (its standard error). ``expected`` is the mean
     over the baseline hours (:func:`baseline_hours`) that have a partition; a leaf absent in
     one of them counts 0 there. Cost is the priced part (``prices``: the project's table by
     default).
@@ -157,6 +164,9 @@ def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
     if bad:
         raise InvalidInput(f"measure {spec.name!r} sums {', '.join(bad)}, which calls do not "
                          f"have; use one of {', '.join(CALL_QUANTITIES)}")
+    # Support columns: every leaf's calls, and squared latencies for a mean latency.
+    support = ["calls"] + ([LATENCY_SQ] if spec.numerator == "latency_ms" else [])
+    quantities = list(dict.fromkeys([*quantities, *support]))
     columns = _columns_for(dims, quantities)
 
     calls = lake.read_partition(CALLS, hour, columns=columns)
@@ -185,6 +195,12 @@ def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
     if spec.denominator is not None:
         result["actual_den"] = out[f"a_{spec.denominator}"].to_numpy()
         result["expected_den"] = out[f"e_{spec.denominator}"].to_numpy()
+    result["actual_calls"] = out["a_calls"].to_numpy()
+    result["expected_calls"] = out["e_calls"].to_numpy()
+    if LATENCY_SQ in quantities:
+        result["actual_sq"] = out[f"a_{LATENCY_SQ}"].to_numpy()
+        result["expected_sq"] = out[f"e_{LATENCY_SQ}"].to_numpy()
+    result.attrs["baseline_hours"] = len(past)  # what the expected values average
     return result
 
 

@@ -14,8 +14,10 @@ dimensions), in the line of HotSpot (Sun et al., 2018), Squeeze (Li et al., 2019
    excesses add up to the aggregate's) and a *variance unit* ``w`` (what its noise scales
    with).
 
-   - Additive measures (calls, tokens, cost): ``e = actual - expected``, ``w = (actual +
-     expected) / 2`` (quasi-Poisson: noise grows with the value).
+   - Additive measures (calls, tokens, cost): ``e = actual - expected``, ``w = level ** p``
+     with ``level = (actual + expected) / 2``. The power ``p`` in [1, 2] is read off the
+     leaves (:func:`_variance_power`): 1 for counts (quasi-Poisson), 2 for forecasts that
+     are off by a percentage (multiplicative noise, as in Squeeze's cubes).
    - Ratio measures ``N / D`` (error rate = errors / calls, cost per call): numerator and
      denominator are localised jointly by splitting the aggregate change exactly into a
      *rate* part (the leaf's ratio moved: ``N - D * r_exp``) and a *mix* part (traffic moved
@@ -23,23 +25,27 @@ dimensions), in the line of HotSpot (Sun et al., 2018), Squeeze (Li et al., 2019
      ``(D - s * D_exp) * (r_exp - R_exp)``, ``s`` the aggregate traffic ratio). Their sum over
      all leaves is ``sum(D) * (R - R_exp)``: the excess errors of the hour.
 
-2. An element's score is ``(sum e)**2 / sum w`` over its leaves, for elements whose excess
-   has the sign of the aggregate change: a chi-square-like statistic that rewards explaining
+2. An element's score is ``(sum e)**2 / sum w`` over its leaves, whatever the sign of its
+   excess (a cause may move against the aggregate, partly offsetting another cause; its
+   share is then negative): a chi-square-like statistic that rewards explaining
    much of the change (explanatory power) and penalises normal leaves inside the element
    (diluting an abnormal element with normal leaves adds variance, not excess), while a
    sub-element that leaves abnormal leaves out loses excess quadratically. It therefore
    peaks at the right granularity. A per-layer factor (``0.9`` per dimension) prefers the
    more succinct element when two explain about as well (the ripple effect: a root cause's
    children all move alike, so the parent explains them at least as well); among near ties
-   the purest element (most change per variance unit) wins. When the leaves outside the
+   the purest element (most change per variance unit) wins. An element that holds every
+   remaining leaf (a dimension with one value) is no candidate. When the leaves outside the
    best element moved about as much as the element itself (their own values, for a ratio
    not the traffic mix), the change is everywhere and the whole cube (``*``) is the answer.
 
 3. Greedy: take the best element, remove its leaves, repeat, while the next element explains
-   at least ``min_share`` of the change and is significant: its score over the noise level
-   passes a Bonferroni-corrected chi-square test over all candidate elements. The noise
-   level (dispersion) is the residual of the remaining leaves once the candidate's own
-   change is fitted out, so it adapts to the unit and to overdispersion of the measure.
+   at least ``min_share`` of the change (none by default for an additive measure) and is
+   significant: its score over the noise level passes a Bonferroni-corrected chi-square
+   test over all candidate elements. The noise level (dispersion) is the residual of the
+   remaining leaves once the candidate's own change is fitted out, so it adapts to the unit
+   and to overdispersion of the measure; when that fails, the best element outside the
+   candidate is fitted out too, so that a second cause cannot mask the first.
 
 Everything is numpy on integer codes: one ``bincount`` per cuboid and step, no Python loop
 over leaves; a 20,000-leaf cube takes milliseconds (``bench/root_cause.py``).
@@ -74,6 +80,10 @@ LAYER_FACTOR = 0.9
 SPREAD = 0.7
 #: Elements whose ranked scores are within this fraction of the best count as tied.
 TIE = 0.05
+#: Among near ties, those explaining less than this fraction of the largest excess are out.
+TIE_EXCESS = 0.75
+#: Default ``min_share`` of a ratio measure (an additive one has none).
+RATIO_MIN_SHARE = 0.05
 
 
 # -- measures ----------------------------------------------------------------------------------
@@ -154,7 +164,8 @@ class RootCause:
 
     #: ``{dim: value}``; empty means the whole cube (the change is everywhere).
     combination: dict[str, str]
-    #: The part of the aggregate change this element explains (beyond earlier causes).
+    #: The part of the aggregate change this element explains (beyond earlier causes);
+    #: negative for an element that moved against the aggregate.
     share: float
     #: The element's own actual and expected value of the measure (a ratio for a ratio).
     actual: float
@@ -181,6 +192,8 @@ class Localization:
     expected: float
     causes: list[RootCause] = field(default_factory=list)
     leaves: int = 0
+    #: Candidate elements the search compared (the whole cube included).
+    candidates: int = 1
 
     @property
     def label(self) -> str:
@@ -229,7 +242,8 @@ class _Leaves:
     weight: np.ndarray  # variance unit for element scores
     null_weight: np.ndarray  # variance unit under "nothing happened", for the dispersion
     rate_excess: np.ndarray  # the part of the excess from leaves' own values moving (no mix)
-    rate_weight: np.ndarray  # its variance unit
+    rate_weight: np.ndarray  # what it scales with under a change everywhere
+    shape: np.ndarray  # how a leaf's excess scales under a proportional change of the element
     num: np.ndarray  # actual numerator (additive: actual)
     num_exp: np.ndarray
     den: np.ndarray | None  # actual denominator (ratio measures)
@@ -317,9 +331,15 @@ def _leaves(cube: Cube, dims: Sequence[str], actual: str, expected: str,
     num = _numbers(cube, actual, "actual value", row)
     num_exp = _numbers(cube, expected, "expected value", row)
     if actual_den is None or expected_den is None:  # both or neither (_check_arguments)
-        # Additive: quasi-Poisson noise, variance proportional to the value.
-        excess, weight = num - num_exp, (num + num_exp) / 2
-        return _Leaves(codes, labels, excess, weight, num_exp, excess, weight,
+        # Additive: variance a power of the value, 1 (quasi-Poisson: counts) to 2
+        # (multiplicative noise: forecasts off by a percentage), read off the leaves.
+        excess, level = num - num_exp, (num + num_exp) / 2
+        power = _variance_power(excess, num_exp)
+        unit = float(np.median(level[level > 0])) if (level > 0).any() else 1.0
+        weight = unit * (level / unit) ** power
+        null_weight = unit * (num_exp / unit) ** power
+        # A change everywhere moves every leaf in proportion to its level (the spread test).
+        return _Leaves(codes, labels, excess, weight, null_weight, excess, level, level,
                        num, num_exp, None, None)
 
     den = _numbers(cube, actual_den, "actual denominator", row)
@@ -346,12 +366,42 @@ def _leaves(cube: Cube, dims: Sequence[str], actual: str, expected: str,
         expected_ratio = np.clip(leaf_ratio_exp, 0.0, 1.0)
         rate_var = den * mean_ratio * (1 - mean_ratio)
         rate_null = den * expected_ratio * (1 - expected_ratio)
-    else:  # quasi-Poisson noise of the numerator
-        rate_var, rate_null = den * mean_ratio, den * leaf_ratio_exp
+    else:  # a mean of per-call amounts (latency, cost): their spread scales with the mean
+        rate_var, rate_null = den * mean_ratio ** 2, den * leaf_ratio_exp ** 2
     weight = rate_var + (den + scale * den_exp) / 2 * mix_weight
     null_weight = rate_null + scale * den_exp * mix_weight
-    return _Leaves(codes, labels, excess, weight, null_weight, rate_part, rate_var,
+    # A proportional change of the ratio moves a leaf by its numerator's level; for a rate
+    # that is about its binomial variance, so the variance unit serves as the shape.
+    shape = weight if bounded else den * mean_ratio
+    return _Leaves(codes, labels, excess, weight, null_weight, rate_part, rate_var, shape,
                    num, num_exp, den, den_exp)
+
+
+def _variance_power(excess: np.ndarray, level: np.ndarray, bins: int = 10) -> float:
+    """The power ``p`` of ``variance ~ level ** p`` of the leaves' noise, in [1, 2].
+
+    ``level`` is the expected value: anomalous leaves stay in their own bins. Once the median
+    relative change is fitted out, the lower quartile of the squared excess in each of
+    ``bins`` quantile bins of the level gives one point; the slope of their logarithms is
+    ``p``. A quartile ignores the minority of anomalous leaves. Small cubes (under 200 leaves
+    a bin) or all-zero excesses keep 1, the quasi-Poisson of counts."""
+    keep = level > 0
+    if keep.sum() < 200 * bins:
+        return 1.0
+    # Fit out a change shared by most leaves (a change everywhere is signal, not noise).
+    common = float(np.median(excess[keep] / level[keep]))
+    lv, sq = np.log(level[keep]), (excess[keep] - common * level[keep]) ** 2
+    order = np.argsort(lv, kind="stable")
+    xs, ys = [], []
+    for part in np.array_split(order, bins):
+        m = float(np.quantile(sq[part], 0.25))
+        if m > 0:
+            xs.append(float(np.median(lv[part])))
+            ys.append(math.log(m))
+    if len(xs) < 3 or max(xs) - min(xs) < 1.0:
+        return 1.0
+    slope = float(np.polyfit(xs, ys, 1)[0])
+    return float(min(max(slope, 1.0), 2.0))
 
 
 # -- cuboids -----------------------------------------------------------------------------------
@@ -405,7 +455,7 @@ def _chi2_isf(p: float) -> float:
 def localize(cube: Cube, dims: Sequence[str], *, actual: str = "actual",
              expected: str = "expected", actual_den: str | None = None,
              expected_den: str | None = None, measure: Measure | str | None = None,
-             max_layer: int = 3, max_causes: int = 5, min_share: float = 0.05,
+             max_layer: int = 3, max_causes: int = 5, min_share: float | None = None,
              alpha: float = 0.01, bounded: bool | None = None,
              row_name: Callable[[int], Any] | None = None) -> Localization:
     """The ranked root-cause set of one anomalous moment.
@@ -420,13 +470,19 @@ def localize(cube: Cube, dims: Sequence[str], *, actual: str = "actual",
     [0, 1]; by default it is when no numerator exceeds its denominator.
 
     Elements combine up to ``max_layer`` dimensions; at most ``max_causes`` are returned,
-    each explaining at least ``min_share`` of the change and significant at level
-    ``alpha`` (Bonferroni over every candidate element). Raises ``ValueError`` naming the
+    each explaining at least ``min_share`` of the change (in absolute value: an element
+    that moved against the aggregate has a negative share; default 0.05 for a ratio, 0
+    for an additive measure) and significant at level ``alpha`` (Bonferroni over every
+    candidate element). Raises ``ValueError`` naming the
     column for missing columns, missing or non-numeric or negative values; ``row_name`` turns
     a row position into the name errors use (default: the DataFrame index, else the
     position).
     """
     dims = tuple(dims)
+    if min_share is None:
+        # A ratio's traffic-mix part spreads a small echo of a traffic shift over every
+        # other leaf; additive measures have none, and a small cause is still a cause.
+        min_share = RATIO_MIN_SHARE if actual_den is not None else 0.0
     _check_arguments(cube, dims, actual, expected, actual_den, expected_den, max_layer,
                      max_causes, min_share, alpha)
     spec = _measure_spec(measure, actual_den)
@@ -443,9 +499,10 @@ def localize(cube: Cube, dims: Sequence[str], *, actual: str = "actual",
     if len(leaves.excess) == 0 or total == 0 or not math.isfinite(total):
         return result
 
-    causes = _search(leaves, spec, dims, total, max_layer=max_layer, max_causes=max_causes,
-                     min_share=min_share, alpha=alpha)
-    return Localization(spec, dims, agg_actual, agg_expected, causes, len(leaves.excess))
+    causes, candidates = _search(leaves, spec, dims, total, max_layer=max_layer,
+                                 max_causes=max_causes, min_share=min_share, alpha=alpha)
+    return Localization(spec, dims, agg_actual, agg_expected, causes, len(leaves.excess),
+                        candidates)
 
 
 def _check_arguments(cube: Cube, dims: tuple[str, ...], actual: str, expected: str,
@@ -485,9 +542,10 @@ def _measure_spec(measure: Measure | str | None, actual_den: str | None) -> Meas
 
 def _search(leaves: _Leaves, spec: Measure, dims: tuple[str, ...], total: float, *,
             max_layer: int, max_causes: int, min_share: float, alpha: float
-            ) -> list[RootCause]:
+            ) -> tuple[list[RootCause], int]:
     """The greedy layer-by-layer search over every cuboid of up to ``max_layer`` dimensions
-    (steps 2 and 3 of the module's description); ``total`` is the aggregate excess."""
+    (steps 2 and 3 of the module's description); ``total`` is the aggregate excess. Returns
+    the causes and the number of candidate elements (for Bonferroni corrections)."""
     layers = min(max_layer, len(dims))
     cuboids = [_cuboid(leaves, combo) for k in range(1, layers + 1)
                for combo in itertools.combinations(range(len(dims)), k)]
@@ -499,7 +557,7 @@ def _search(leaves: _Leaves, spec: Measure, dims: tuple[str, ...], total: float,
     for _ in range(max_causes):
         e = np.where(remaining, leaves.excess, 0.0)
         w = np.where(remaining, leaves.weight, 0.0)
-        best = _best_element(cuboids, e, w, sign)
+        best = _best_element(cuboids, e, w, remaining)
         if best is None:
             break
         cuboid: _Cuboid | None  # None once the change is everywhere (below)
@@ -513,7 +571,15 @@ def _search(leaves: _Leaves, spec: Measure, dims: tuple[str, ...], total: float,
             raw = excess * excess / weight
         share = excess / total
         significance = raw / _dispersion(leaves, e, remaining, members)
-        if share < min_share or significance < critical:
+        outside = remaining & ~members
+        if significance < critical and outside.any():
+            # Perhaps masked by a second cause: fit the best element outside out as well.
+            found = _best_element(cuboids, np.where(outside, e, 0.0), np.where(outside, w, 0.0),
+                                  outside)
+            if found is not None:
+                rival = outside & (found[2].group == found[3])
+                significance = raw / _dispersion(leaves, e, remaining, members, rival)
+        if abs(share) < min_share or significance < critical:
             break
         combination = {} if cuboid is None else _decode(leaves, cuboid, element, dims)
         el_actual, el_expected = _value(leaves, members)
@@ -524,22 +590,29 @@ def _search(leaves: _Leaves, spec: Measure, dims: tuple[str, ...], total: float,
         remaining &= ~members
         if cuboid is None or not remaining.any():
             break
-    return causes
+    return causes, n_tests
 
 
-def _best_element(cuboids: list[_Cuboid], e: np.ndarray, w: np.ndarray, sign: float
+def _best_element(cuboids: list[_Cuboid], e: np.ndarray, w: np.ndarray, remaining: np.ndarray
                   ) -> tuple[float, float, _Cuboid, int] | None:
     """(raw score, excess, cuboid, element) of the best element, or None.
 
+    Elements of either sign compete (a cause may move against the aggregate). An element
+    holding every remaining leaf (a dimension with one value) localises nothing: whether
+    the change is everywhere is :func:`_spread`'s question.
+
     Ranking uses the score times ``LAYER_FACTOR ** layer``. Among near ties (within
-    ``TIE`` of the best) the purest element wins: the one whose leaves moved most per
+    ``TIE`` of the best) that explain about as much (``TIE_EXCESS``) the purest element wins: the one whose leaves moved most per
     variance unit, i.e. with the fewest normal leaves inside. The raw score is returned for
     the significance test."""
     tops = []  # per cuboid: ranked score, purity, raw score, excess, cuboid, element
+    left = remaining.astype(np.float64)
+    n_left = float(left.sum())
     for cuboid in cuboids:
         se = np.bincount(cuboid.group, weights=e, minlength=cuboid.size)
         sw = np.bincount(cuboid.group, weights=w, minlength=cuboid.size)
-        ok = (se * sign > 0) & (sw > 0)
+        count = np.bincount(cuboid.group, weights=left, minlength=cuboid.size)
+        ok = (se != 0) & (sw > 0) & (count < n_left)
         if not ok.any():
             continue
         score = np.where(ok, se * se / np.where(sw > 0, sw, 1.0), 0.0)
@@ -549,7 +622,10 @@ def _best_element(cuboids: list[_Cuboid], e: np.ndarray, w: np.ndarray, sign: fl
     if not tops:
         return None
     best_ranked = max(t[0] for t in tops)
-    _, _, raw, excess, cuboid, j = max((t for t in tops if t[0] >= (1 - TIE) * best_ranked),
+    ties = [t for t in tops if t[0] >= (1 - TIE) * best_ranked]
+    # Explanatory power first: a near tie explaining clearly less of the change is out.
+    most = max(abs(t[3]) for t in ties)
+    _, _, raw, excess, cuboid, j = max((t for t in ties if abs(t[3]) >= TIE_EXCESS * most),
                                        key=lambda t: t[1])
     return raw, excess, cuboid, j
 
@@ -572,25 +648,31 @@ def _spread(leaves: _Leaves, remaining: np.ndarray, members: np.ndarray,
 
 
 def _dispersion(leaves: _Leaves, e: np.ndarray, remaining: np.ndarray,
-                members: np.ndarray) -> float:
+                members: np.ndarray, rival: np.ndarray | None = None) -> float:
     """The noise level under the candidate's own explanation: its leaves moved alike (the
     ripple effect), the other remaining leaves did not. Squared residual excess over the
     remaining leaves' variance units under "nothing happened"; the candidate's own signal
-    is fitted out, so it cannot mask itself.
+    is fitted out, so it cannot mask itself, and so is the best element outside it
+    (``rival``), so that a second cause cannot mask the first.
 
-    The fit's shape is the symmetric variance unit ``w``: proportional to the expected value
-    under a proportional change, to the actual one for a leaf that is new (no baseline), and
-    never zero where a sparse baseline happened to see nothing."""
-    inside = remaining & members
-    outside = remaining & ~members
+    The fit's shape is proportional to the level under a proportional change of the element
+    (for a ratio, its variance unit ``w``: the expected value under a proportional change,
+    the actual one for a leaf that is new, never zero where a sparse baseline saw nothing)."""
     total_w = float(leaves.null_weight[remaining].sum())
     if total_w <= 0:
         return 1e-300
-    shape = leaves.weight[inside]
-    w_in = float(shape.sum())
-    shift = float(e[inside].sum()) / w_in if w_in > 0 else 0.0
-    residual = float((e[outside] ** 2).sum()) + float(((e[inside] - shift * shape) ** 2).sum())
-    return max(residual / total_w, 1e-300)
+    residual = e * e
+    for group in (members, rival):
+        if group is None:
+            continue
+        inside = remaining & group
+        # Weighted least squares of the group's excesses on its shape.
+        shape, var = leaves.shape[inside], leaves.weight[inside]
+        safe = np.where(var > 0, var, 1.0)
+        fit = float((shape * shape / safe).sum())
+        shift = float((e[inside] * shape / safe).sum()) / fit if fit > 0 else 0.0
+        residual = np.where(inside, (e - shift * leaves.shape) ** 2, residual)
+    return max(float(residual[remaining].sum()) / total_w, 1e-300)
 
 
 def _value(leaves: _Leaves, mask: np.ndarray) -> tuple[float, float]:
@@ -640,4 +722,6 @@ def _clause(spec: Measure, dims: Sequence[str], combination: dict[str, str], sha
             own += (f", {spec.den_label} {format_value(traffic[0], 'count')} vs "
                     f"{format_value(traffic[1], 'count')}")
         own += ")"
+    if share < 0:  # this element moved against the aggregate and offset part of it
+        return f"{_where(dims, combination)}: moved the other way, {-share:.0%} of {what}{own}"
     return f"{_where(dims, combination)}: {share:.0%} of {what}{own}"
