@@ -179,6 +179,15 @@ class BaselineConfig(BaseSettings):
     #: paged by the budget rules, abuse by the abuse rule, outages by the success rate.
     warning_only: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: sorted(VOLUME_METRICS))
+    #: A band fitted on less history than this (days since the series' first value) may
+    #: warn but never pages; a median/MAD fallback band never pages either.
+    min_page_history_days: float = Field(default=7.0, ge=0.0)
+    #: Below this much history a band finding is not raised at all (one or two days say
+    #: too little about an hour to warn on).
+    min_warn_history_days: float = Field(default=2.0, ge=0.0)
+    #: Coverage of the metric table's ``lower``/``upper`` (this hour's sampling interval,
+    #: 95% by the metric table's contract); sets the z that turns it into a standard error.
+    sampling_coverage: float = Field(default=0.95, gt=0.5, lt=1.0)
     pending_for: int = Field(default=1, ge=1)
     keep_firing_for: int = Field(default=1, ge=0)
     service: str = Field(default="platform-api", min_length=1)

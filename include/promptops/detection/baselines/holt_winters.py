@@ -156,6 +156,8 @@ def fit_series(values: np.ndarray, last_ts: datetime, config: BaselineConfig | N
         model = fit_values(values, DAILY, DAILY, config, bounds=bounds, week_cycles=7)
         model.reason = f"{model.reason} (weekly seasonality: {weekly})"
     hours = [last_ts + timedelta(hours=h + 1) for h in range(DAILY)]
+    # How much history the band rests on (the hourly check caps a short one at warning).
+    model.params["history_hours"] = int(span)
     return BaselineFit(model.method, model.reason, model.params, hours, model.expected,
                        model.lower, model.upper)
 
