@@ -119,6 +119,20 @@ def test_false_alarm_rate_on_known_noise_is_at_most_the_tail_probability():
     assert above_099 / total <= 0.0005
 
 
+@pytest.mark.parametrize("kind", ["counts", "rounded"])
+def test_quantised_series_do_not_score_every_step_as_a_surprise(kind):
+    """A small counter (Poisson, mean 2) and a slow series rounded to whole units: the
+    forecast is often exact and otherwise a whole step off. Neither is an anomaly."""
+    rng = np.random.default_rng(21)
+    n = 7 * 288
+    cycle = np.sin(2 * np.pi * np.arange(n) / 288)
+    values = (rng.poisson(2 + cycle).astype(float) if kind == "counts"
+              else np.round(50 + 10 * cycle + 0.3 * rng.standard_normal(n)))
+    t = pd.date_range("2024-05-01", periods=n, freq="5min", tz="UTC")
+    scores = score_series(t, values, config=CFG)
+    assert np.mean(scores > 0.99) <= 0.001 and np.mean(scores > 0.9) <= 0.01
+
+
 def test_a_real_shift_is_caught():
     rng = np.random.default_rng(3)
     n = 14 * 24

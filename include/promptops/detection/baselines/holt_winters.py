@@ -472,13 +472,21 @@ def _pooled_sd(y: np.ndarray, season: int, center: np.ndarray, counts: np.ndarra
         base = center[phases][use]
         if np.all(y[finite] > 0) and np.all(center > 0):
             rel = (y[use] / base - 1) * shrink
-            return MAD_TO_SD * float(np.median(np.abs(rel))) * center
+            return _robust_sd(rel) * center
         resid = (y[use] - base) * shrink
-        return np.full(season, MAD_TO_SD * float(np.median(np.abs(resid))))
+        return np.full(season, _robust_sd(resid))
     values = y[finite]
     if len(values) == 0:
         return np.full(season, np.nan)
     return np.full(season, MAD_TO_SD * float(np.median(np.abs(values - np.median(values)))))
+
+
+def _robust_sd(resid: np.ndarray) -> float:
+    """1.4826 x the median |residual|; where most residuals are exactly 0 (a quantised
+    series), 1.2533 x their mean |residual| instead, so the spread is never 0 while the
+    values vary."""
+    mad = MAD_TO_SD * float(np.median(np.abs(resid)))
+    return mad if mad > 0 else 1.2533 * float(np.mean(np.abs(resid)))
 
 
 def _impute(window: np.ndarray, block: np.ndarray, season: int) -> np.ndarray:

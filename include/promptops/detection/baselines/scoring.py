@@ -57,7 +57,7 @@ MAX_DERIVED_SEASON = 1440
 #: Degrees of freedom of the Student t the recalibrated errors are read against.
 TAIL_DF = 5
 #: Slots of recent errors the recalibration looks at (at least; two seasons if longer).
-RECENT_WINDOW = 200
+RECENT_WINDOW = 500
 #: Where the score switches from ``1 - sqrt(p)`` to its log-scale continuation.
 _LOG_TAIL = 1e-12
 #: A grid with more empty slots than this many per row has no usable interval.
@@ -208,20 +208,30 @@ def _forecast_grid(grid: np.ndarray, season: int, config: BaselineConfig,
         start = max(0, pos - window)
         ready = seen[pos] - seen[start] >= need
         end = min(n, pos + (period if ready else warm_block))
-        model = fit_values(grid[start:pos], season, end - pos, config,
-                           week_cycles=week_cycles, simulate=False)
+        history = grid[start:pos]
+        model = fit_values(history, season, end - pos, config, week_cycles=week_cycles,
+                           simulate=False)
         forecast[pos:end], sd[pos:end] = model.one_step(grid[pos:end])
+        # Never finer than the data's own resolution (a counter, values rounded to 0.1):
+        # the rounding error of a uniform quantum q has sd q / sqrt(12).
+        sd[pos:end] = np.fmax(sd[pos:end], _resolution(history) / math.sqrt(12))
         pos = end
     return forecast, sd
+
+
+def _resolution(history: np.ndarray) -> float:
+    """The smallest step between distinct observed values (0 with fewer than two)."""
+    distinct = np.unique(history[np.isfinite(history)])
+    return float(np.min(np.diff(distinct))) if len(distinct) > 1 else 0.0
 
 
 def _recent_scale(grid: np.ndarray, forecast: np.ndarray, sd: np.ndarray, season: int
                   ) -> np.ndarray:
     """Per slot, how much wider the recent standardized errors are than the model says (at
-    least 1):
-    their median |z| over the t's, from the slots before this one (the 90th percentile
-    where the median is 0, as on a quantised series; 1 while fewer than 10 are known).
-    The median, so a burst of anomalies does not widen the scale it is judged by."""
+    least 1): the larger of their median and 80th percentile of |z|, each over its value
+    for the t, from the slots before this one (1 while fewer than 10 are known). The 80th
+    percentile sees a quantised series whose forecast is often exact and otherwise a whole
+    step off; neither moves much for a short burst of anomalies in the window."""
     from scipy.stats import t as student
 
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -229,8 +239,8 @@ def _recent_scale(grid: np.ndarray, forecast: np.ndarray, sd: np.ndarray, season
     window = max(RECENT_WINDOW, 2 * season)
     rolling = z.rolling(window, min_periods=10)
     q50 = rolling.quantile(0.5).shift(1).to_numpy() / student.ppf(0.75, TAIL_DF)
-    q90 = rolling.quantile(0.9).shift(1).to_numpy() / student.ppf(0.95, TAIL_DF)
-    scale = np.where(q50 > 0, q50, q90)
+    q80 = rolling.quantile(0.8).shift(1).to_numpy() / student.ppf(0.9, TAIL_DF)
+    scale = np.fmax(q50, q80)
     # Only ever wider: a model that just moved from a wide fallback to a fitted band would
     # otherwise be sharpened by the fallback's small z's.
     return np.where(np.isfinite(scale), np.fmax(scale, 1.0), 1.0)
