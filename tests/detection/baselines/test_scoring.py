@@ -303,3 +303,15 @@ def test_cli_reads_a_real_export(tmp_path):
     assert len(df) == len(rows)
     assert df["timestamp"].tolist() == [r.split(",")[0] for r in rows]
     assert df["anomaly_score"].between(0, 1, inclusive="left").all()
+
+
+def test_epoch_milliseconds_and_missing_markers(tmp_path):
+    values = seasonal(4, seed=14)
+    rows = [f"{(1_700_000_000 + 3600 * i) * 1000},{v:.2f}" for i, v in enumerate(values)]
+    rows[5] = rows[5].split(",")[0] + ",N/A"
+    rows[6] = rows[6].split(",")[0] + ",-"
+    path = tmp_path / "ms.csv"
+    path.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    series = read_series_csv(path)
+    assert series.times[1] - series.times[0] == 3600 * 10**9
+    assert np.isnan(series.values[5]) and np.isnan(series.values[6])

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score a timestamp,value CSV causally",
                            description="Write timestamp,value,anomaly_score for IN.csv.")
     score.add_argument("input", metavar="IN.csv", help="CSV with a header naming 'timestamp' "
-                       "and 'value' (ISO 8601 or Unix seconds; any order, repeated or "
+                       "and 'value' (ISO 8601, or Unix seconds or milliseconds; any order, repeated or "
                        "jittered stamps are placed on the series' grid)")
     score.add_argument("-o", "--output", metavar="OUT.csv", default="-",
                        help="where to write the scores (default: standard output)")

@@ -29,7 +29,8 @@ Causal by construction: the score of a point depends only on values at earlier t
 (and, for a merged slot, on its own value); changing a later value never changes it. The
 first 10 observed slots score 0 (nothing to compare with yet), and so does a missing value.
 
-:func:`score_csv` reads ``timestamp,value`` CSV files (ISO 8601 date-times or Unix seconds,
+:func:`score_csv` reads ``timestamp,value`` CSV files (ISO 8601 date-times or Unix seconds or
+milliseconds,
 any order, CRLF or LF) and writes ``timestamp,value,anomaly_score``, one line per input line,
 in input order.
 """
@@ -63,6 +64,8 @@ _LOG_TAIL = 1e-12
 #: A grid with more empty slots than this many per row has no usable interval.
 _MAX_EMPTY_PER_ROW = 20
 _DAY = 86_400
+#: Value texts that mean a missing sample (besides an empty field).
+_MISSING = frozenset({"nan", "null", "na", "n/a", "#n/a", "none", "-"})
 #: Intervals a jittered median step is snapped to (seconds).
 _COMMON_INTERVALS = (1, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200,
                      10_800, 14_400, 21_600, 43_200, 86_400, 604_800)
@@ -349,7 +352,7 @@ def _parse_times(path: Path, raw: list[str], lines: list[int]) -> np.ndarray:
             raise CsvError(f"{path} line {lines[i]}: timestamp {raw[i]!r} is not a number like "
                            f"the first one ({raw[0]!r}); use Unix seconds or ISO 8601 "
                            "date-times throughout")
-        return np.round(numeric * 1e9).astype("int64")
+        return np.round(numeric * _epoch_unit(numeric)).astype("int64")
     # ... or date-times.
     parsed = pd.to_datetime(pd.Series(raw), utc=True, format="ISO8601", errors="coerce")
     bad = np.flatnonzero(parsed.isna().to_numpy())
@@ -361,8 +364,18 @@ def _parse_times(path: Path, raw: list[str], lines: list[int]) -> np.ndarray:
     return parsed.astype("datetime64[ns, UTC]").to_numpy("int64", copy=False)
 
 
+def _epoch_unit(numbers: np.ndarray) -> float:
+    """Nanoseconds per unit of numeric stamps: seconds, or milliseconds / microseconds /
+    nanoseconds where the numbers are too large for seconds (past the year 5000)."""
+    top = float(np.max(np.abs(numbers)))
+    for limit, unit in ((1e17, 1.0), (1e14, 1e3), (1e11, 1e6)):
+        if top >= limit:
+            return unit
+    return 1e9
+
+
 def _parse_values(path: Path, raw: list[str], lines: list[int]) -> np.ndarray:
-    empty = np.array([v == "" or v.lower() in ("nan", "null", "na") for v in raw])
+    empty = np.array([v == "" or v.lower() in _MISSING for v in raw])
     numbers = pd.to_numeric(pd.Series(raw).where(~empty, None), errors="coerce").to_numpy(
         dtype="float64", na_value=np.nan)
     bad = np.flatnonzero(~empty & ~np.isfinite(numbers))
