@@ -29,10 +29,9 @@ Causal by construction: the score of a point depends only on values at earlier t
 (and, for a merged slot, on its own value); changing a later value never changes it. The
 first 10 observed slots score 0 (nothing to compare with yet), and so does a missing value.
 
-:func:`score_csv` reads ``timestamp,value`` CSV files (ISO 8601 date-times or Unix seconds or
-milliseconds,
-any order, CRLF or LF) and writes ``timestamp,value,anomaly_score``, one line per input line,
-in input order.
+:func:`score_csv` reads ``timestamp,value`` CSV files (ISO 8601 date-times, or Unix seconds or
+milliseconds; any order; CRLF or LF) and writes ``timestamp,value,anomaly_score``, one line
+per input line, in input order.
 """
 
 from __future__ import annotations
