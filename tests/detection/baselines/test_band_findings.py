@@ -100,7 +100,8 @@ def test_minimum_change_keeps_a_narrow_band_quiet():
 
 def test_relative_change_for_volumes():
     band = ("requests", "overall", "*", 10_000.0, 9_500.0, 10_500.0)
-    small = metric_rows([("requests", "overall", "*", 11_000.0, 11_000)], HOUR)  # +10% < 30%
+    # +45% (a weekend's or a holiday's size of move) < 75%
+    small = metric_rows([("requests", "overall", "*", 14_500.0, 14_500)], HOUR)
     drop = metric_rows([("requests", "overall", "*", 2_000.0, 2_000)], HOUR)
     assert band_findings(small, bands([band]), HOUR) == []
     [f] = band_findings(drop, bands([band]), HOUR)

@@ -78,9 +78,11 @@ _DEFAULT_MIN_CHANGE: dict[str, float] = {
     mt.LATENCY_P95_MS: 250.0, mt.LATENCY_MEAN_MS: 150.0, mt.TOTAL_TOKENS: 50_000.0,
     mt.COST_USD: 1.0, mt.INTENT_ACCURACY: 0.05, mt.RELEVANCE_MEAN: 0.3,
 }
+# Volumes move by about half with weekends and holidays (a weekly cycle a baseline sees only
+# after two weeks): a volume band finding needs a move of three quarters of expected.
 _DEFAULT_MIN_RELATIVE_CHANGE: dict[str, float] = {
-    "*": 0.1, mt.REQUESTS: 0.3, mt.LATENCY_P95_MS: 0.25, mt.LATENCY_MEAN_MS: 0.25,
-    mt.TOTAL_TOKENS: 0.3, mt.COST_USD: 0.3, mt.ERROR_RATE: 0.0, mt.SUCCESS_RATE: 0.0,
+    "*": 0.1, mt.REQUESTS: 0.75, mt.LATENCY_P95_MS: 0.25, mt.LATENCY_MEAN_MS: 0.25,
+    mt.TOTAL_TOKENS: 0.75, mt.COST_USD: 0.75, mt.ERROR_RATE: 0.0, mt.SUCCESS_RATE: 0.0,
     mt.INTENT_ACCURACY: 0.0, mt.RELEVANCE_MEAN: 0.0,
 }
 _DEFAULT_MIN_SAMPLES: dict[str, int] = {

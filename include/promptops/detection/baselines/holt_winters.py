@@ -316,6 +316,11 @@ def _holt_winters(values: np.ndarray, season: int, horizon: int, config: Baselin
     else:
         half = z * sigma * (np.abs(expected) if relative else 1.0)
         lower, upper = expected - half, expected + half
+    # The next day's level is uncertain too: until the weekly cycle is known (or beyond
+    # it), a Monday after a quiet weekend is twice the level the filter ends on.
+    day_sd = _day_level_sd(y, season) if week_cycles == 7 and season >= 2 else 0.0
+    if day_sd > 0:
+        lower, upper = _widen_relative(expected, lower, upper, z * day_sd)
     if days is not None:
         ahead = _day_factor(days, len(y), horizon, season)
         expected, lower, upper = expected * ahead, lower * ahead, upper * ahead
@@ -328,6 +333,8 @@ def _holt_winters(values: np.ndarray, season: int, horizon: int, config: Baselin
         notes.append(f"{n_clipped} outlier(s) clipped")
     if days is not None:
         notes.append(f"day-of-week factors x{days.min():.2f} to x{days.max():.2f}")
+    if day_sd > 0.05:
+        notes.append(f"daily level varies {day_sd:.0%} (band widened for it)")
     notes += [f"optimizer: {w.message}" for w in caught
               if "converge" in str(w.message).lower() or "Convergence" in w.category.__name__]
     params = {
@@ -337,6 +344,7 @@ def _holt_winters(values: np.ndarray, season: int, horizon: int, config: Baselin
         "gamma": _num(p["smoothing_seasonal"]), "phi": _num(p["damping_trend"]),
         "sigma": sigma, "error": "mul" if relative else "add", "sse": _num(res.sse),
         "points": len(y), "filled": filled, "clipped": n_clipped, "z": z,
+        "day_level_sd": round(day_sd, 4),
         # By day, the day forecast first: what the daily cycle is multiplied by.
         "day_factors": None if days is None else [round(float(f), 4) for f in days],
     }
@@ -375,6 +383,33 @@ def _simulated_band(res: Any, errors_seen: np.ndarray, expected: np.ndarray, hor
         raise _Unstable("Holt-Winters simulated paths not finite")
     z = config.z
     return np.fmin(expected - z * sd, q_lo), np.fmax(expected + z * sd, q_hi)
+
+
+def _day_level_sd(y: np.ndarray, season: int) -> float:
+    """Standard deviation of the log of the window's daily means (whole days counted back
+    from its end; after any day-of-week factors are divided out): how far one day's level
+    moves from another's. 0 with fewer than three days or a value that is not positive."""
+    n_days = len(y) // season
+    if n_days < 3 or not np.all(y > 0):
+        return 0.0
+    daily = y[len(y) - n_days * season:].reshape(n_days, season).mean(axis=1)
+    return float(np.std(np.log(daily), ddof=1))
+
+
+def _widen_relative(expected: np.ndarray, lower: np.ndarray, upper: np.ndarray, width: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The band widened by a relative (log-scale) half-width ``width`` in quadrature with its
+    own, on each side where expected and that side are positive."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        up = np.log(upper / expected)
+        down = np.log(expected / lower)
+    ok_up = (expected > 0) & (upper >= expected)
+    ok_down = ok_up & (lower > 0) & (lower <= expected)
+    new_upper = np.where(ok_up, expected * np.exp(np.hypot(np.where(ok_up, up, 0), width)),
+                         upper)
+    new_lower = np.where(ok_down, expected * np.exp(-np.hypot(np.where(ok_down, down, 0), width)),
+                         lower)
+    return new_lower, new_upper
 
 
 def _robust_rms(errors: np.ndarray) -> float:
