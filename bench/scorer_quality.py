@@ -17,7 +17,7 @@ series that look like real exports.
    row), event recall at that threshold (an anomaly counts when one of its rows is above
    it), the share of normal and of all rows scoring above 0.99, the number of rows tied at
    the top score, and the same for a rolling z-score (the previous day's mean and standard
-   deviation, scored as erf(|z|/sqrt 2)); plus CPU seconds per series.
+   deviation, scored as erf(|z|/sqrt 2)); plus CPU seconds per series (imports excluded).
 
 ``scorer_quality(seed=...)`` returns the figures as a dict (bench/detection.py calls it).
 """
@@ -164,6 +164,9 @@ def scorer_quality(seed: int = 13, days: int = 21) -> dict:
     """Per shape and overall, for the scorer and the rolling z-score: the figures of
     :func:`figures`; plus refused files and CPU seconds per series."""
     import warnings
+
+    import scipy.stats  # noqa: F401 - imports are not scoring time
+    import statsmodels.tsa.holtwinters  # noqa: F401
 
     rng = np.random.default_rng(seed)
     result: dict = {"shapes": {}, "refused": 0, "cpu_s": []}
