@@ -51,9 +51,12 @@ def test_error_rate_above_its_band():
     assert f.labels == {"metric": "error_rate", "dimension": "overall", "slice": "*",
                         "service": "platform-api"}
     assert f.severity == "critical"  # 3.5 points above expected: far beyond 2x the band
-    assert f.value == 0.041 and f.threshold == 0.009
-    assert f.annotations["band"] == ("0.3-0.9%, expected 0.6% (Holt-Winters, fitted "
-                                     "2026-11-19 23:30 UTC)")
+    # The band's upper end widened by this hour's sampling error (Wilson, 200,000 calls):
+    # sqrt(0.3^2 + (2.97 / 1.96 x 0.087)^2) = 0.327 points above expected.
+    assert f.value == 0.041 and f.threshold == pytest.approx(0.00927, abs=2e-5)
+    assert f.annotations["band"] == (
+        "0.3-0.9%, expected 0.6% (Holt-Winters, fitted 2026-11-19 23:30 UTC); widened by "
+        "this hour's sampling error (value 4.0-4.2% at 95%, 200,000 samples)")
     assert f.annotations["baseline_method"] == "holt_winters"
 
 
@@ -63,8 +66,10 @@ def test_rates_are_judged_against_their_binomial_noise():
     assert band_findings(chance, bands([zero]), HOUR) == []  # 2 errors in 69 calls
     burst = metric_rows([("error_rate", "team", "research", 20 / 69, 69)], HOUR)
     [f] = band_findings(burst, bands([zero]), HOUR)
-    assert f.summary.startswith("error rate 29.0% outside expected 0.0-11.3% ")
-    assert f.annotations["band"].endswith("widened to the binomial interval for 69 samples")
+    # Widened by the sampling error of 20 in 69 (Wilson 19.6-40.6%) at the band's z.
+    assert f.summary.startswith("error rate 29.0% outside expected 0.0-14.2% ")
+    assert "widened by this hour's sampling error (value 19.6-40.6% at 95%, 69 samples)" in (
+        f.annotations["band"])
     # On a large sample the fitted band itself decides.
     big = metric_rows([("error_rate", "overall", "*", 0.011, 500_000)], HOUR)
     assert len(band_findings(big, bands([ERROR_BAND]), HOUR,
@@ -95,7 +100,8 @@ def test_minimum_change_keeps_a_narrow_band_quiet():
 
 def test_relative_change_for_volumes():
     band = ("requests", "overall", "*", 10_000.0, 9_500.0, 10_500.0)
-    small = metric_rows([("requests", "overall", "*", 11_000.0, 11_000)], HOUR)  # +10% < 30%
+    # +45% (a weekend's or a holiday's size of move) < 75%
+    small = metric_rows([("requests", "overall", "*", 14_500.0, 14_500)], HOUR)
     drop = metric_rows([("requests", "overall", "*", 2_000.0, 2_000)], HOUR)
     assert band_findings(small, bands([band]), HOUR) == []
     [f] = band_findings(drop, bands([band]), HOUR)

@@ -34,6 +34,18 @@ def test_environment(monkeypatch):
     assert cfg.for_metric("min_change", "intent_f1") == 1
 
 
+def test_warm_up_settings_from_the_environment(monkeypatch):
+    cfg = load_baseline_config()
+    assert (cfg.min_page_history_days, cfg.min_warn_history_days) == (7.0, 2.0)
+    monkeypatch.setenv("PROMPTOPS_BASELINE_MIN_PAGE_HISTORY_DAYS", "14")
+    monkeypatch.setenv("PROMPTOPS_BASELINE_MIN_WARN_HISTORY_DAYS", "3")
+    cfg = load_baseline_config()
+    assert (cfg.min_page_history_days, cfg.min_warn_history_days) == (14.0, 3.0)
+    monkeypatch.setenv("PROMPTOPS_BASELINE_MIN_PAGE_HISTORY_DAYS", "-1")
+    with pytest.raises(ValueError, match="PROMPTOPS_BASELINE_MIN_PAGE_HISTORY_DAYS"):
+        load_baseline_config()
+
+
 @pytest.mark.parametrize(("env", "value", "words"), [
     ("PROMPTOPS_BASELINE_HISTORY_DAYS", "2", "PROMPTOPS_BASELINE_HISTORY_DAYS (history_days)"),
     ("PROMPTOPS_BASELINE_METRICS", "requests,eror_rate", "unknown metric(s) eror_rate"),

@@ -147,3 +147,22 @@ def test_quiet_weekends_with_two_weeks_of_history():
     # Without a weekly pattern there is no factor.
     assert fit_series(seasonal(14, seed=14), LAST, CFG).params["day_factors"] is None
 
+
+
+def test_a_monday_after_the_first_quiet_weekend_stays_inside_the_band():
+    """Seven days of history ending on a weekend at 55% of weekday traffic: the weekly
+    cycle is not known yet, so the band allows for the day's level (how much daily levels
+    moved in the window); a 4x surge is still far outside."""
+    values = seasonal(8, seed=12)
+    values[5 * 24:7 * 24] *= 0.55  # Saturday and Sunday
+    history, monday = values[:7 * 24], values[7 * 24:]
+    fit = fit_series(history, LAST, CFG, metric="requests")
+    assert fit.method == HOLT_WINTERS and fit.params["day_level_sd"] > 0.2
+    assert "daily level varies" in fit.reason
+    assert inside(fit, monday).all()
+    assert not inside(fit, monday * 4)[8:20].any()
+
+
+def test_steady_daily_levels_barely_widen_the_band():
+    fit = fit_series(seasonal(14, seed=13), LAST, CFG, metric="requests")
+    assert fit.params["day_level_sd"] < 0.03

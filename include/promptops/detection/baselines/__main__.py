@@ -2,8 +2,8 @@
 
 Scores a ``timestamp,value`` CSV causally (each point from earlier points only) with the
 same fitting code the daily baselines use, and writes ``timestamp,value,anomaly_score``
-(score in [0, 1]). This is how the detector is checked against labelled series from
-outside the project. Settings (history length, band coverage...) come from the
+(score in [0, 1): 0.9 at a 1% tail probability, 0.99 at 1e-4), one line per input line.
+This is how the detector is checked against labelled series from outside the project. Settings (history length, band coverage...) come from the
 ``PROMPTOPS_BASELINE_*`` environment variables.
 """
 
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score a timestamp,value CSV causally",
                            description="Write timestamp,value,anomaly_score for IN.csv.")
     score.add_argument("input", metavar="IN.csv", help="CSV with a header naming 'timestamp' "
-                       "and 'value' (ISO 8601 or Unix seconds, regular interval)")
+                       "and 'value' (ISO 8601, or Unix seconds or milliseconds; any order; "
+                       "repeated or jittered stamps are placed on the series' grid)")
     score.add_argument("-o", "--output", metavar="OUT.csv", default="-",
                        help="where to write the scores (default: standard output)")
     score.add_argument("--season", type=_season, default=None,
@@ -51,9 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     target = "standard output" if args.output == "-" else args.output
-    print(f"scored {done['points']} points (interval {done['interval_s']:g} s, season "
-          f"{done['season']}, {done['missing']} missing) -> {target}; highest score "
-          f"{done['max_score']:.4f}", file=sys.stderr)
+    notes = [f"{done[key]} {word}" for key, word in (
+        ("missing", "missing"), ("unordered", "out of order"),
+        ("snapped", "placed on the grid"), ("merged", "sharing a slot")) if done[key]]
+    interval = ("no regular interval: scored in time order" if done["sequence"]
+                else f"interval {done['interval_s']:g} s")
+    print(f"scored {done['points']} points ({interval}, season {done['season']}"
+          f"{', ' + ', '.join(notes) if notes else ''}) -> {target}; highest score "
+          f"{done['max_score']:.6f}", file=sys.stderr)
     return 0
 
 

@@ -9,18 +9,26 @@ A row fires when all hold:
   ``min_relative_change x |expected|``, so a narrow band around a quiet slice does not page;
 - ``samples >= min_samples`` (counts and sums need none: a drop to nothing is the point).
 
-For rates (error rate, success rate, intent accuracy) the band is first widened to the Wilson
-interval of the expected rate at the hour's sample count, so binomial noise on a small slice
-does not fire.
+The band is the model's prediction interval widened by this hour's sampling error, in
+quadrature at the band's z: ``sqrt(pred_half^2 + (z * sample_se)^2)`` on each side, where
+``sample_se`` comes from the metric table's ``lower``/``upper`` (the 95% sampling interval of
+the hour's value; for a high value its low end, for a low value its high end) and, where
+those are null, for rates from the Wilson interval of the observed rate at ``samples``
+(else no widening). A rate's band is also never narrower than the Wilson interval of the
+expected rate at the hour's sample count, so binomial noise on a small slice does not fire.
 
 Severity is ``critical`` when the value is also outside the band widened ``critical_factor``
 times around expected (``|value - expected| >= critical_factor x`` the half-width on that
 side; a zero-width band, from a constant history, makes every finding critical), else
-``warning``. Rule name ``baseline_<metric>``, kind ``baseline``.
+``warning``. A band that may not page is capped at ``warning`` and its summary says so: a
+median/MAD fallback band, and any band fitted on less than ``min_page_history_days`` (7) of
+history; below ``min_warn_history_days`` (2) there is no finding at all. Rule name
+``baseline_<metric>``, kind ``baseline``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from datetime import datetime
@@ -47,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _KEY = ["metric", "dimension", "slice"]
-_METHOD_WORDS = {HOLT_WINTERS: "Holt-Winters", "median_mad": "median/MAD fallback"}
+_METHOD_WORDS: dict[str, str] = {HOLT_WINTERS: "Holt-Winters", "median_mad": "median/MAD fallback"}
 _SUFFIXES = ("%", " ms", " tokens", "/5", " calls/min")
 
 
@@ -59,9 +67,22 @@ def band_findings(current: pa.Table | None, bands: pa.Table | None, hour: dateti
     hour = hour_floor(hour)
     if current is None or bands is None or current.num_rows == 0 or bands.num_rows == 0:
         return []
-    now = _rows_of_hour(current, hour, ["metric", "dimension", "slice", "value", "samples"])
+    df = _joined(current, bands, hour)
+    if df.empty:
+        return []
+    judged = _judge(df, config)
+    out = [_finding(df.iloc[i], int(i), judged, config)
+           for i in np.flatnonzero(judged["fires"])]
+    return sorted(out, key=lambda f: (f.rule, f.labels["dimension"], f.labels["slice"]))
+
+
+def _joined(current: pa.Table, bands: pa.Table, hour: datetime) -> pd.DataFrame:
+    """The hour's metric rows with their band (rows without a value or band dropped)."""
+    now = _rows_of_hour(current, hour, ["metric", "dimension", "slice", "value", "samples",
+                                        "lower", "upper"])
+    now = now.rename(columns={"lower": "sample_lower", "upper": "sample_upper"})
     band = _rows_of_hour(bands, hour, ["metric", "dimension", "slice", "expected", "lower",
-                                       "upper", "method", "reason", "fitted_at"])
+                                       "upper", "method", "reason", "fitted_at", "params"])
     try:
         df = now.merge(band, on=_KEY, how="inner", validate="one_to_one")
     except pd.errors.MergeError:
@@ -71,10 +92,31 @@ def band_findings(current: pa.Table | None, bands: pa.Table | None, hour: dateti
         raise InvalidInput(f"baseline check for {hour:%Y-%m-%d %H:%M} UTC: duplicate rows for "
                          f"metric={first.metric} {first.dimension}={first.slice}; pass one "
                          "hour's metrics and one day's bands") from None
-    df = df[df["value"].notna() & df["expected"].notna() & df["lower"].notna()
-            & df["upper"].notna()]
-    if df.empty:
-        return []
+    keep = (df["value"].notna() & df["expected"].notna() & df["lower"].notna()
+            & df["upper"].notna())
+    return df[keep].reset_index(drop=True)
+
+
+def _sampling_interval(df: pd.DataFrame, rate: np.ndarray, config: BaselineConfig
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """This hour's sampling interval of each value: the metric table's ``lower``/``upper``,
+    else for a rate the Wilson interval of the observed rate at its samples (same
+    coverage), else the value itself (no sampling error known)."""
+    value = df["value"].to_numpy(dtype="float64")
+    samples = df["samples"].to_numpy(dtype="float64")
+    lo = df["sample_lower"].to_numpy(dtype="float64", na_value=np.nan)
+    hi = df["sample_upper"].to_numpy(dtype="float64", na_value=np.nan)
+    w_lo, w_hi = wilson_interval(np.clip(value, 0, 1) * samples, samples,
+                                 alpha=1 - config.sampling_coverage)
+    lo = np.where(np.isfinite(lo), lo, np.where(rate, w_lo, value))
+    hi = np.where(np.isfinite(hi), hi, np.where(rate, w_hi, value))
+    return np.fmin(lo, value), np.fmax(hi, value)
+
+
+def _judge(df: pd.DataFrame, config: BaselineConfig) -> dict[str, np.ndarray]:
+    """Per row: the widened band, whether it fires, and its severity (see the module doc)."""
+    from scipy.stats import norm
+
     metrics = df["metric"].to_numpy()
     lookup = {m: {f: config.for_metric(f, m) for f in ("direction", "min_change",
                                                        "min_relative_change", "min_samples")}
@@ -83,65 +125,111 @@ def band_findings(current: pa.Table | None, bands: pa.Table | None, hour: dateti
     expected = df["expected"].to_numpy(dtype="float64")
     lower, upper = df["lower"].to_numpy(dtype="float64"), df["upper"].to_numpy(dtype="float64")
     samples = df["samples"].to_numpy(dtype="float64")
-    # A rate on n calls cannot be judged finer than its binomial noise: widen the band to
-    # the Wilson interval of the expected rate at this hour's n (a quiet slice whose usual
-    # error rate is 0 has 2 errors in 69 calls by chance, not an incident).
     rate = np.array([metric_bounds(m) == (0.0, 1.0) for m in metrics])
-    # At the band's own coverage (z); n <= 0 gives [0, 1].
+    # This hour's sampling error on top of the model's prediction error (in quadrature, at
+    # the band's z): for a high value the question is whether the low end of its interval
+    # is still above the band, and the other way round.
+    s_lo, s_hi = _sampling_interval(df, rate, config)
+    ratio = config.z / float(norm.ppf(0.5 + config.sampling_coverage / 2))
+    up = expected + np.hypot(np.fmax(upper - expected, 0), (value - s_lo) * ratio)
+    down = expected - np.hypot(np.fmax(expected - lower, 0), (s_hi - value) * ratio)
+    # A rate is also never judged finer than the binomial noise of the expected rate at
+    # this hour's n (a quiet slice whose usual error rate is 0 has 2 errors in 69 calls).
     w_lo, w_hi = wilson_interval(np.clip(expected, 0, 1) * samples, samples,
                                  alpha=1 - config.coverage)
-    widened = rate & ((w_lo < lower) | (w_hi > upper))
-    lower = np.where(rate, np.fmin(lower, w_lo), lower)
-    upper = np.where(rate, np.fmax(upper, w_hi), upper)
+    up = np.where(rate, np.fmax(up, w_hi), up)
+    down = np.where(rate, np.fmin(down, w_lo), down)
+    bounds = np.array([metric_bounds(m) for m in metrics]).reshape(-1, 2)
+    up, down = np.fmin(up, bounds[:, 1]), np.fmax(down, bounds[:, 0])
+    widened = (up > upper + 1e-12) | (down < lower - 1e-12)
     direction = np.array([lookup[m]["direction"] for m in metrics])
     needed = np.maximum([lookup[m]["min_change"] for m in metrics],
                         np.array([lookup[m]["min_relative_change"] for m in metrics])
                         * np.abs(expected))
-    enough = df["samples"].to_numpy() >= np.array([lookup[m]["min_samples"] for m in metrics])
-    high = (value > upper) & (direction != "below")
-    low = (value < lower) & (direction != "above")
+    enough = samples >= np.array([lookup[m]["min_samples"] for m in metrics])
+    high = (value > up) & (direction != "below")
+    low = (value < down) & (direction != "above")
     change = np.abs(value - expected)
-    fires = (high | low) & (change >= needed) & (change > 0) & enough
-    half = np.where(high, upper - expected, expected - lower)
+    history = _history_days(df)
+    fires = ((high | low) & (change >= needed) & (change > 0) & enough
+             & ~(history < config.min_warn_history_days))
+    half = np.where(high, up - expected, expected - down)
     critical = (change >= config.critical_factor * half) & ~np.isin(metrics, config.warning_only)
+    cap = np.array([_severity_cap(m, d, config) for m, d in
+                    zip(df["method"].to_numpy(), history, strict=True)], dtype=object)
+    return {"value": value, "expected": expected, "lower": down, "upper": up,
+            "samples": samples, "high": high, "fires": fires, "needed": needed,
+            "widened": widened, "critical": critical & (cap == None),  # noqa: E711
+            "cap": cap, "s_lo": s_lo, "s_hi": s_hi}
 
-    out = []
-    for i in np.flatnonzero(fires):
-        row = df.iloc[i]
-        unit = METRIC_UNITS.get(row.metric, "count")
-        fmt = lambda v, unit=unit: format_value(float(v), unit)  # noqa: E731
-        band_text = _range(fmt(lower[i]), fmt(upper[i]))
-        method = _METHOD_WORDS.get(row.method, row.method)
-        summary = (f"{metric_label(row.metric)} {fmt(value[i])} outside expected {band_text} "
-                   f"({method}, same hour's band) {_where(row.dimension, row.slice)} "
-                   f"({_samples(row.metric, row.samples)})")
-        fitted = as_utc(pd.Timestamp(row.fitted_at).to_pydatetime())
-        rel = lookup[row.metric]["min_relative_change"]
-        levels = (f"outside the band and at least {fmt(needed[i])} from expected"
-                  + (f" (the larger of {fmt(lookup[row.metric]['min_change'])} and {rel:.0%} "
-                     "of expected)" if rel else "")
-                  + f"; critical beyond {config.critical_factor:g}x the band's half-width")
-        labels = {"metric": row.metric, "dimension": row.dimension, "slice": row.slice,
-                  "service": config.service}
-        if row.dimension != OVERALL:
-            labels.setdefault(row.dimension, row.slice)
-        annotations = {
-            "window": "1h",
-            "band": f"{band_text}, expected {fmt(expected[i])} ({method}, fitted "
-                    f"{fitted:%Y-%m-%d %H:%M} UTC)",
-            "baseline_method": str(row.method),
-            "baseline_reason": str(row.reason),
-            "levels": levels,
-        }
-        if widened[i]:
-            annotations["band"] += (f"; widened to the binomial interval for "
-                                    f"{int(samples[i]):,} samples")
-        out.append(Finding(
-            rule=f"baseline_{row.metric}", severity="critical" if critical[i] else "warning",
-            kind="baseline", labels=labels, summary=summary, value=float(value[i]),
-            threshold=float(upper[i] if high[i] else lower[i]), pending_for=config.pending_for,
-            keep_firing_for=config.keep_firing_for, annotations=annotations))
-    return sorted(out, key=lambda f: (f.rule, f.labels["dimension"], f.labels["slice"]))
+
+def _history_days(df: pd.DataFrame) -> np.ndarray:
+    """Days of history each band rests on (``history_hours`` in its params; NaN for bands
+    fitted before that was recorded)."""
+    out = np.full(len(df), np.nan)
+    for i, text in enumerate(df["params"].to_numpy()):
+        try:
+            hours = json.loads(text).get("history_hours") if text else None
+        except (TypeError, ValueError, AttributeError):
+            hours = None
+        if isinstance(hours, int | float):
+            out[i] = float(hours) / 24
+    return out
+
+
+def _severity_cap(method: str, days: float, config: BaselineConfig) -> str | None:
+    """Why a band's finding is a warning at most (None: it may page)."""
+    if method != HOLT_WINTERS:
+        return f"{_METHOD_WORDS.get(method, method)} band"
+    if days < config.min_page_history_days:
+        return f"{days:.1f} days of history, pages from {config.min_page_history_days:g}"
+    return None
+
+
+def _finding(row: pd.Series, i: int, j: dict[str, np.ndarray], config: BaselineConfig
+             ) -> Finding:
+    """One band finding from row ``i`` of the joined table and its judgement ``j``."""
+    unit = METRIC_UNITS.get(row.metric, "count")
+    fmt = lambda v: format_value(float(v), unit)  # noqa: E731
+    band_text = _range(fmt(j["lower"][i]), fmt(j["upper"][i]))
+    method = _METHOD_WORDS.get(row.method, row.method)
+    cap = j["cap"][i]
+    summary = (f"{metric_label(row.metric)} {fmt(j['value'][i])} outside expected {band_text} "
+               f"({method}, same hour's band) {_where(row.dimension, row.slice)} "
+               f"({_samples(row.metric, row.samples)}"
+               + (f"; warning only: {cap})" if cap else ")"))
+    fitted = as_utc(pd.Timestamp(row.fitted_at).to_pydatetime())
+    rel = config.for_metric("min_relative_change", row.metric)
+    levels = (f"outside the band and at least {fmt(j['needed'][i])} from expected"
+              + (f" (the larger of {fmt(config.for_metric('min_change', row.metric))} and "
+                 f"{rel:.0%} of expected)" if rel else "")
+              + f"; critical beyond {config.critical_factor:g}x the band's half-width")
+    labels = {"metric": row.metric, "dimension": row.dimension, "slice": row.slice,
+              "service": config.service}
+    if row.dimension != OVERALL:
+        labels.setdefault(row.dimension, row.slice)
+    annotations = {
+        "window": "1h",
+        "band": f"{band_text}, expected {fmt(j['expected'][i])} ({method}, fitted "
+                f"{fitted:%Y-%m-%d %H:%M} UTC)",
+        "baseline_method": str(row.method),
+        "baseline_reason": str(row.reason),
+        "levels": levels,
+    }
+    if j["widened"][i]:
+        annotations["band"] += (f"; widened by this hour's sampling error (value "
+                                f"{_range(fmt(j['s_lo'][i]), fmt(j['s_hi'][i]))} at "
+                                f"{config.sampling_coverage:.0%}, {int(j['samples'][i]):,} "
+                                "samples)")
+    if cap:
+        annotations["severity_cap"] = f"warning only: {cap}"
+    high = bool(j["high"][i])
+    return Finding(
+        rule=f"baseline_{row.metric}", severity="critical" if j["critical"][i] else "warning",
+        kind="baseline", labels=labels, summary=summary, value=float(j["value"][i]),
+        threshold=float(j["upper"][i] if high else j["lower"][i]),
+        pending_for=config.pending_for, keep_firing_for=config.keep_firing_for,
+        annotations=annotations)
 
 
 def baseline_findings_for_hour(lake: Lake, hour: datetime, config: BaselineConfig | None = None,

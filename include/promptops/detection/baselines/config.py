@@ -78,9 +78,11 @@ _DEFAULT_MIN_CHANGE: dict[str, float] = {
     mt.LATENCY_P95_MS: 250.0, mt.LATENCY_MEAN_MS: 150.0, mt.TOTAL_TOKENS: 50_000.0,
     mt.COST_USD: 1.0, mt.INTENT_ACCURACY: 0.05, mt.RELEVANCE_MEAN: 0.3,
 }
+# Volumes move by about half with weekends and holidays (a weekly cycle a baseline sees only
+# after two weeks): a volume band finding needs a move of three quarters of expected.
 _DEFAULT_MIN_RELATIVE_CHANGE: dict[str, float] = {
-    "*": 0.1, mt.REQUESTS: 0.3, mt.LATENCY_P95_MS: 0.25, mt.LATENCY_MEAN_MS: 0.25,
-    mt.TOTAL_TOKENS: 0.3, mt.COST_USD: 0.3, mt.ERROR_RATE: 0.0, mt.SUCCESS_RATE: 0.0,
+    "*": 0.1, mt.REQUESTS: 0.75, mt.LATENCY_P95_MS: 0.25, mt.LATENCY_MEAN_MS: 0.25,
+    mt.TOTAL_TOKENS: 0.75, mt.COST_USD: 0.75, mt.ERROR_RATE: 0.0, mt.SUCCESS_RATE: 0.0,
     mt.INTENT_ACCURACY: 0.0, mt.RELEVANCE_MEAN: 0.0,
 }
 _DEFAULT_MIN_SAMPLES: dict[str, int] = {
@@ -179,6 +181,15 @@ class BaselineConfig(BaseSettings):
     #: paged by the budget rules, abuse by the abuse rule, outages by the success rate.
     warning_only: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: sorted(VOLUME_METRICS))
+    #: A band fitted on less history than this (days since the series' first value) may
+    #: warn but never pages; a median/MAD fallback band never pages either.
+    min_page_history_days: float = Field(default=7.0, ge=0.0)
+    #: Below this much history a band finding is not raised at all (one or two days say
+    #: too little about an hour to warn on).
+    min_warn_history_days: float = Field(default=2.0, ge=0.0)
+    #: Coverage of the metric table's ``lower``/``upper`` (this hour's sampling interval,
+    #: 95% by the metric table's contract); sets the z that turns it into a standard error.
+    sampling_coverage: float = Field(default=0.95, gt=0.5, lt=1.0)
     pending_for: int = Field(default=1, ge=1)
     keep_firing_for: int = Field(default=1, ge=0)
     service: str = Field(default="platform-api", min_length=1)

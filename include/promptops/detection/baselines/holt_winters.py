@@ -11,7 +11,7 @@ Holt-Winters (statsmodels ``ExponentialSmoothing``): additive trend (damped by d
 daily seasonality (weekly once ``weekly_min_days`` of history exist), multiplicative
 seasonality when every value is positive and additive otherwise; heuristic initial states
 and a least-squares fit, which is about ten times faster than the default L-BFGS-B here
-for the same error. The band comes from simulated forecast paths
+for the same error. The band (``simulate=True``, the hourly bands) comes from simulated forecast paths
 (``HoltWintersResults.simulate``) driven by errors drawn from the fit's own one-step
 errors (a bootstrap): the ``coverage`` quantiles of the paths, never thinner than
 ``expected +/- z * sd`` of the same paths; it widens with the horizon and is as skewed as
@@ -21,7 +21,8 @@ day-of-week factor is divided out before the fit and multiplied back into the fo
 
 Before fitting, gaps (up to ``max_gap_share``) are filled with their phase's median
 (never zero) and values more than ``outlier_mads`` robust deviations from their phase's
-median are clipped, so one past incident does not become the expected shape.
+median are clipped (never more than 2% of the points, so a quantised or low-noise series
+keeps its noise), so one past incident does not become the expected shape.
 
 Fallback (``median_mad``): per phase (hour of day) the median of the window's observed
 values, and as spread 1.4826 x their MAD once a phase has five values (before that, the
@@ -50,6 +51,11 @@ DAILY = 24
 WEEKLY = 168
 #: Robust standard deviation from the median absolute deviation (normal data).
 MAD_TO_SD = 1.4826
+#: At most this share of a window's points is clipped as outliers before a fit.
+MAX_CLIP_SHARE = 0.02
+#: Values (in phases seen twice or more) a pooled fallback spread needs; with fewer, the
+#: spread of all values is used (a spread from two or three residuals is mostly luck).
+_MIN_POOLED = 20
 _SEED = 20240607  # fixed: a rerun of the same history gives the same band
 
 
@@ -150,6 +156,8 @@ def fit_series(values: np.ndarray, last_ts: datetime, config: BaselineConfig | N
         model = fit_values(values, DAILY, DAILY, config, bounds=bounds, week_cycles=7)
         model.reason = f"{model.reason} (weekly seasonality: {weekly})"
     hours = [last_ts + timedelta(hours=h + 1) for h in range(DAILY)]
+    # How much history the band rests on (the hourly check caps a short one at warning).
+    model.params["history_hours"] = int(span)
     return BaselineFit(model.method, model.reason, model.params, hours, model.expected,
                        model.lower, model.upper)
 
@@ -168,18 +176,20 @@ def min_points(season: int, config: BaselineConfig) -> int:
 
 def fit_values(values: np.ndarray, season: int, horizon: int, config: BaselineConfig, *,
                bounds: tuple[float, float] = (-math.inf, math.inf),
-               week_cycles: int = 0) -> SeriesModel:
+               week_cycles: int = 0, simulate: bool = True) -> SeriesModel:
     """Fit a regular series (NaN = missing) with period ``season`` (< 2: no seasonality) and
     forecast ``horizon`` points with a band. ``week_cycles=7`` says the season is a day:
     a day-of-week factor is then estimated and applied when it is clear in the history.
-    Never raises on bad history."""
+    ``simulate=False`` skips the simulated forecast paths (the band is then the normal
+    ``expected +/- z * sigma``): the one-step scorer never uses them. Never raises on bad
+    history."""
     y = np.asarray(values, dtype="float64")
     y = np.where(np.isfinite(y), y, np.nan)
     season = int(season) if season and season >= 2 else 1
     reason = _why_not_holt_winters(y, season, config)
     if reason is None:
         try:
-            return _holt_winters(y, season, horizon, config, bounds, week_cycles)
+            return _holt_winters(y, season, horizon, config, bounds, week_cycles, simulate)
         except _Unstable as exc:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - any fit failure falls back, never crashes
@@ -257,8 +267,13 @@ def _prepare(y: np.ndarray, season: int, config: BaselineConfig
     resid = y - med[phases]
     sd = MAD_TO_SD * float(np.median(np.abs(resid - np.median(resid))))
     clipped = np.zeros(len(y), dtype=bool)
-    if sd > 0:
-        lo, hi = med[phases] - config.outlier_mads * sd, med[phases] + config.outlier_mads * sd
+    seen = np.abs(resid[~missing])
+    if sd > 0 and len(seen):
+        # Never more than MAX_CLIP_SHARE of the points: on a quantised or low-noise series
+        # the MAD is tiny and ``outlier_mads`` of it would clip half the window (which then
+        # also hides most of the noise from the band).
+        reach = max(config.outlier_mads * sd, float(np.quantile(seen, 1 - MAX_CLIP_SHARE)))
+        lo, hi = med[phases] - reach, med[phases] + reach
         out = (y < lo) | (y > hi)
         clipped = out & ~missing
         positive = bool(np.all(y > 0))
@@ -269,7 +284,8 @@ def _prepare(y: np.ndarray, season: int, config: BaselineConfig
 
 
 def _holt_winters(values: np.ndarray, season: int, horizon: int, config: BaselineConfig,
-                  bounds: tuple[float, float], week_cycles: int = 0) -> SeriesModel:
+                  bounds: tuple[float, float], week_cycles: int = 0,
+                  simulate: bool = True) -> SeriesModel:
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
     y, filled, clipped = _prepare(values, season, config)
@@ -291,24 +307,20 @@ def _holt_winters(values: np.ndarray, season: int, horizon: int, config: Baselin
     # heuristic start, not the model), not the points clipped as outliers.
     start = season if season > 1 else 0
     errors_seen = resid[start:][~clipped[start:]]
-    sigma = float(np.sqrt(np.mean(errors_seen ** 2))) if len(errors_seen) else math.nan
+    sigma = _robust_rms(errors_seen)
     expected = np.asarray(res.forecast(horizon), dtype="float64")
     _check_stable(y, expected, np.zeros(horizon), sigma)
-    # Paths driven by errors drawn from the seen ones (bootstrap), so a skewed, heavy-tailed
-    # metric (a latency mean on few calls) gets the band its own errors call for.
-    rng = np.random.default_rng(_SEED)
-    draws = rng.choice(errors_seen, size=(horizon, config.simulations))
-    paths = np.asarray(res.simulate(horizon, repetitions=config.simulations,
-                                    error="mul" if relative else "add", anchor="end",
-                                    random_errors=draws), dtype="float64").reshape(horizon, -1)
-    tail = (1 - config.coverage) / 2
-    q_lo, q_hi = np.quantile(paths, [tail, 1 - tail], axis=1)
-    sd = paths.std(axis=1)
-    if not (np.all(np.isfinite(q_lo)) and np.all(np.isfinite(q_hi))):
-        raise _Unstable("Holt-Winters simulated paths not finite")
     z = config.z
-    # Never thinner than the normal band of the same spread.
-    lower, upper = np.fmin(expected - z * sd, q_lo), np.fmax(expected + z * sd, q_hi)
+    if simulate:
+        lower, upper = _simulated_band(res, errors_seen, expected, horizon, relative, config)
+    else:
+        half = z * sigma * (np.abs(expected) if relative else 1.0)
+        lower, upper = expected - half, expected + half
+    # The next day's level is uncertain too: until the weekly cycle is known (or beyond
+    # it), a Monday after a quiet weekend is twice the level the filter ends on.
+    day_sd = _day_level_sd(y, season) if week_cycles == 7 and season >= 2 else 0.0
+    if day_sd > 0:
+        lower, upper = _widen_relative(expected, lower, upper, z * day_sd)
     if days is not None:
         ahead = _day_factor(days, len(y), horizon, season)
         expected, lower, upper = expected * ahead, lower * ahead, upper * ahead
@@ -321,6 +333,8 @@ def _holt_winters(values: np.ndarray, season: int, horizon: int, config: Baselin
         notes.append(f"{n_clipped} outlier(s) clipped")
     if days is not None:
         notes.append(f"day-of-week factors x{days.min():.2f} to x{days.max():.2f}")
+    if day_sd > 0.05:
+        notes.append(f"daily level varies {day_sd:.0%} (band widened for it)")
     notes += [f"optimizer: {w.message}" for w in caught
               if "converge" in str(w.message).lower() or "Convergence" in w.category.__name__]
     params = {
@@ -330,6 +344,7 @@ def _holt_winters(values: np.ndarray, season: int, horizon: int, config: Baselin
         "gamma": _num(p["smoothing_seasonal"]), "phi": _num(p["damping_trend"]),
         "sigma": sigma, "error": "mul" if relative else "add", "sse": _num(res.sse),
         "points": len(y), "filled": filled, "clipped": n_clipped, "z": z,
+        "day_level_sd": round(day_sd, 4),
         # By day, the day forecast first: what the daily cycle is multiplied by.
         "day_factors": None if days is None else [round(float(f), 4) for f in days],
     }
@@ -349,6 +364,64 @@ def _holt_winters(values: np.ndarray, season: int, horizon: int, config: Baselin
         expected=np.clip(expected, lo, hi), lower=np.clip(lower, lo, hi),
         upper=np.clip(upper, lo, hi), n=len(values), season=season, bounds=bounds,
         _window=y, _hw=hw, _fixed=fixed, _sigma=sigma, _relative=relative, _days=days)
+
+
+def _simulated_band(res: Any, errors_seen: np.ndarray, expected: np.ndarray, horizon: int,
+                    relative: bool, config: BaselineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The band from forecast paths driven by errors drawn from the seen ones (bootstrap),
+    so a skewed, heavy-tailed metric (a latency mean on few calls) gets the band its own
+    errors call for; never thinner than the normal band of the same spread."""
+    rng = np.random.default_rng(_SEED)
+    draws = rng.choice(errors_seen, size=(horizon, config.simulations))
+    paths = np.asarray(res.simulate(horizon, repetitions=config.simulations,
+                                    error="mul" if relative else "add", anchor="end",
+                                    random_errors=draws), dtype="float64").reshape(horizon, -1)
+    tail = (1 - config.coverage) / 2
+    q_lo, q_hi = np.quantile(paths, [tail, 1 - tail], axis=1)
+    sd = paths.std(axis=1)
+    if not (np.all(np.isfinite(q_lo)) and np.all(np.isfinite(q_hi))):
+        raise _Unstable("Holt-Winters simulated paths not finite")
+    z = config.z
+    return np.fmin(expected - z * sd, q_lo), np.fmax(expected + z * sd, q_hi)
+
+
+def _day_level_sd(y: np.ndarray, season: int) -> float:
+    """Standard deviation of the log of the window's daily means (whole days counted back
+    from its end; after any day-of-week factors are divided out): how far one day's level
+    moves from another's. 0 with fewer than three days or a value that is not positive."""
+    n_days = len(y) // season
+    if n_days < 3 or not np.all(y > 0):
+        return 0.0
+    daily = y[len(y) - n_days * season:].reshape(n_days, season).mean(axis=1)
+    return float(np.std(np.log(daily), ddof=1))
+
+
+def _widen_relative(expected: np.ndarray, lower: np.ndarray, upper: np.ndarray, width: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The band widened by a relative (log-scale) half-width ``width`` in quadrature with its
+    own, on each side where expected and that side are positive."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        up = np.log(upper / expected)
+        down = np.log(expected / lower)
+    ok_up = (expected > 0) & (upper >= expected)
+    ok_down = ok_up & (lower > 0) & (lower <= expected)
+    new_upper = np.where(ok_up, expected * np.exp(np.hypot(np.where(ok_up, up, 0), width)),
+                         upper)
+    new_lower = np.where(ok_down, expected * np.exp(-np.hypot(np.where(ok_down, down, 0), width)),
+                         lower)
+    return new_lower, new_upper
+
+
+def _robust_rms(errors: np.ndarray) -> float:
+    """The errors' RMS with each error capped at 5 robust deviations, so the one error at a
+    level shift in the window does not set the noise, while a quantised series whose
+    MAD is 0 still gets the RMS of what it has."""
+    if len(errors) == 0:
+        return math.nan
+    robust = MAD_TO_SD * float(np.median(np.abs(errors - np.median(errors))))
+    if robust > 0:
+        errors = np.clip(errors, -5 * robust, 5 * robust)
+    return float(np.sqrt(np.mean(errors ** 2)))
 
 
 def _weekday_factors(y: np.ndarray, season: int) -> np.ndarray | None:
@@ -420,7 +493,7 @@ def _median_mad(y: np.ndarray, season: int, horizon: int, config: BaselineConfig
 def _pooled_sd(y: np.ndarray, season: int, center: np.ndarray, counts: np.ndarray
                ) -> np.ndarray:
     """Per phase, the robust spread of values around their phase's median pooled over the
-    phases with two or more values (each residual scaled by sqrt(c / (c - 1)) for a phase
+    phases with two or more values (at least ``_MIN_POOLED`` of them; each residual scaled by sqrt(c / (c - 1)) for a phase
     of c values, undoing the shrink of measuring against the phase's own median). For a
     positive series the pooled spread is relative and scales with each phase's level, as a
     busy hour varies more than a quiet one. Without such phases: the spread of all values
@@ -429,16 +502,26 @@ def _pooled_sd(y: np.ndarray, season: int, center: np.ndarray, counts: np.ndarra
     phases = np.arange(len(y)) % season
     c = counts[phases]
     use = finite & (c >= 2)
-    if use.sum() >= 2:
+    if use.sum() >= _MIN_POOLED:
         shrink = np.sqrt(c[use] / (c[use] - 1))
         base = center[phases][use]
         if np.all(y[finite] > 0) and np.all(center > 0):
             rel = (y[use] / base - 1) * shrink
-            return MAD_TO_SD * float(np.median(np.abs(rel))) * center
+            return _robust_sd(rel) * center
         resid = (y[use] - base) * shrink
-        return np.full(season, MAD_TO_SD * float(np.median(np.abs(resid))))
+        return np.full(season, _robust_sd(resid))
     values = y[finite]
+    if len(values) == 0:
+        return np.full(season, np.nan)
     return np.full(season, MAD_TO_SD * float(np.median(np.abs(values - np.median(values)))))
+
+
+def _robust_sd(resid: np.ndarray) -> float:
+    """1.4826 x the median |residual|; where most residuals are exactly 0 (a quantised
+    series), 1.2533 x their mean |residual| instead, so the spread is never 0 while the
+    values vary."""
+    mad = MAD_TO_SD * float(np.median(np.abs(resid)))
+    return mad if mad > 0 else 1.2533 * float(np.mean(np.abs(resid)))
 
 
 def _impute(window: np.ndarray, block: np.ndarray, season: int) -> np.ndarray:
