@@ -70,6 +70,32 @@ LOOKALIKES: list[tuple[str, int, float, float | None, dict, dict]] = [
 ]
 
 
+_ERR = frozenset({"success_rate", "error_rate", "errors"})
+_LAT = frozenset({"latency_mean_ms", "latency_p95_ms", "latency_p99_ms"})
+_TOK = frozenset({"total_tokens", "prompt_tokens", "completion_tokens", "cost_usd",
+                  "tokens_per_minute_peak"})
+_VOL = _TOK | {"requests", "peak_calls_per_minute"}
+#: The metrics an event of each kind moves: an alert on another metric in its window is
+#: noise that happened to coincide, not a detection (None: every metric, e.g. a holiday).
+KIND_METRICS: dict[str, frozenset[str] | None] = {
+    "error_burst": _ERR, "latency_spike": _LAT, "user_flood": _VOL,
+    "token_surge": _TOK | _LAT, "intent_drop": frozenset({"intent_accuracy"}),
+    "relevance_drop": frozenset({"relevance_mean"}),
+    "gpu_saturation": _LAT | {"gpu_utilization_pct"}, "api_down": _ERR | _LAT | {"api_up"},
+    "app_traffic_drop": _VOL, "scheduled_batch": _VOL, "prompt_rollout": _TOK,
+    "traffic_dip": None,
+}
+#: A rollout's effects show within two days (same hour yesterday, the next refits).
+ROLLOUT_WATCH = timedelta(days=2)
+
+
+def alert_slice(a: dict) -> str:
+    labels = a.get("labels") or {}
+    if labels.get("dimension") in (None, "overall"):
+        return "overall"
+    return f"{labels['dimension']}={labels.get('slice')}"
+
+
 @dataclass
 class Label:
     """One labelled event of the run: an incident or a look-alike."""
@@ -98,6 +124,25 @@ class Label:
         if self.kind in HEALTH_KINDS:
             return self.start + HEALTH_DEADLINE
         return ceil_hour(self.start + HOUR)
+
+    def relevant(self, a: dict) -> bool:
+        """Whether an alert is about this event: on its own slice (or localised to it), on
+        a metric its kind moves, or an alert whose metric is unknown."""
+        where = alert_slice(a)
+        if self.slice and (matches(where, self.truth) or matches(cause_of(a), self.truth)):
+            return True
+        if self.kind == "prompt_rollout":
+            template = self.slice.get("prompt_template", "")
+            if template and template in where:
+                return True
+        metrics = KIND_METRICS.get(self.kind)
+        metric = (a.get("labels") or {}).get("metric") or a.get("metric")
+        return metrics is None or metric is None or metric in metrics
+
+    def claims(self, m: Msg) -> bool:
+        """In the window (plus grace) and about this event (a message without alerts: by
+        time alone)."""
+        return self.covers(m.at) and (not m.alerts or any(self.relevant(a) for a in m.alerts))
 
     def covers(self, at: datetime, grace: timedelta = GRACE) -> bool:
         spans = self.windows or [(self.start, self.end)]
@@ -134,7 +179,8 @@ class Msg:
 def msg_of(notification: Any) -> Msg:
     """A notification as a :class:`Msg`; unknown reasons and missing attributes are fine."""
     get = lambda name, default=None: getattr(notification, name, default)  # noqa: E731
-    firing = tuple(get("firing") or ())
+    # A resolution lists its alerts as resolved: kept, so it is attributed like the rest.
+    firing = tuple(get("firing") or ()) or tuple(get("resolved") or ())
     return Msg(str(get("scope", "")), str(get("reason", "")), str(get("severity", "info")),
                get("evaluated_at"), tuple(get("connections") or ()), firing,
                get("incident_id"), _text_or_none(get("root_cause")))
@@ -197,14 +243,15 @@ def matches(found: str, truth: str) -> bool:
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
-def message_cause(m: Msg) -> str:
+def message_cause(m: Msg, label: Label | None = None) -> str:
     """The cause a message names: the incident's own root cause where the engine gives one,
-    else the most severe, most specific alert's."""
+    else the most severe, most specific alert's (among those about ``label``, if given)."""
     if m.root_cause:
         return m.root_cause
-    if not m.alerts:
+    alerts = [a for a in m.alerts if label is None or label.relevant(a)] or list(m.alerts)
+    if not alerts:
         return ""
-    best = min(m.alerts, key=lambda a: (
+    best = min(alerts, key=lambda a: (
         _SEVERITY_RANK.get(a.get("severity", "info"), 3),
         (a.get("labels") or {}).get("dimension") in (None, "overall")))
     return cause_of(best)
@@ -214,13 +261,14 @@ def attribute(messages: list[Msg], labels: list[Label]) -> list[str | None]:
     """Per message, the name of the incident it belongs to (None = outside incidents).
 
     A message belongs to an incident whose window (plus :data:`GRACE`) holds its evaluation
-    time, the earliest-starting one when several do. A message that carries an engine
+    time and that one of its alerts is about (:meth:`Label.relevant`), the earliest-starting
+    one when several do. A message that carries an engine
     ``incident_id`` already seen on an attributed message follows it (a late resolution)."""
     incidents = sorted((x for x in labels if not x.harmless), key=lambda x: x.start)
     by_id: dict[str, str] = {}
     out: list[str | None] = []
     for m in sorted(messages, key=lambda m: m.at):
-        owner = next((x.name for x in incidents if x.covers(m.at)), None)
+        owner = next((x.name for x in incidents if x.claims(m)), None)
         if owner is None and m.incident_id is not None:
             owner = by_id.get(m.incident_id)
         if owner is not None and m.incident_id is not None:
@@ -274,7 +322,7 @@ def score_incident(label: Label, mine: list[Msg]) -> dict[str, Any]:
         return row
     first = firing[0]
     firsts = [m for m in firing if m.at == first.at]
-    causes = [message_cause(m) for m in sorted(firsts, key=lambda m: (
+    causes = [message_cause(m, label) for m in sorted(firsts, key=lambda m: (
         _SEVERITY_RANK.get(m.severity, 3), m.scope))]
     cause = causes[0]
     row.update(delay_min=round((first.at - label.start) / timedelta(minutes=1), 1),
@@ -301,7 +349,7 @@ def lookalike_hits(outside: list[Msg], labels: list[Label]) -> dict[str, dict[st
     for x in labels:
         if not x.harmless:
             continue
-        mine = [m for m in outside if x.covers(m.at)]
+        mine = [m for m in outside if x.claims(m)]
         out[x.kind] = {"messages": len(mine), "pages": sum(m.is_page for m in mine),
                        "warnings": sum(m.is_warning for m in mine)}
     return out
@@ -377,6 +425,8 @@ def labels_for(days: int, incidents: bool, start: datetime = START) -> list[Labe
             windows = [(start + d * DAY + timedelta(hours=hh, minutes=mm),
                         start + d * DAY + timedelta(hours=hh, minutes=mm + params["minutes"]))
                        for d in range(day, days)]
+        if kind == "prompt_rollout":
+            windows = [(a, min(b, a + ROLLOUT_WATCH))]
         out.append(Label(f"{kind}@day{day}", kind, a, b, dict(slc), windows, dict(params)))
     return out
 

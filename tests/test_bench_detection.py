@@ -195,3 +195,23 @@ def test_a_saved_run_scores_the_same_again():
                                                     "svc-nightly-batch", "critical")])
     again = aq.msg_from_json(aq.msg_to_json(m))
     assert aq.score([again], labels, 9) == aq.score([m], labels, 9)
+
+
+def test_an_unrelated_alert_in_an_incidents_window_is_noise_not_a_detection():
+    intent = label("intent_drop", at(11, 11), 2, {"prompt_template": "support_triage"})
+    gpu_noise = alert("gpu_utilization", "gpu_node", "gpu-node-04", "critical")
+    gpu_noise["labels"]["metric"] = "gpu_utilization_pct"
+    accuracy = alert("intent_accuracy", "template", "support_triage@v3")
+    accuracy["labels"]["metric"] = "intent_accuracy"
+    noise, hit = msg(at(11, 11, 5), "critical", alerts=[gpu_noise]), msg(at(11, 12),
+                                                                        alerts=[accuracy])
+    assert aq.attribute([noise, hit], [intent]) == [None, intent.name]
+    row = aq.score_incident(intent, [hit])
+    assert row["cause_ok"] and row["delay_min"] == 60
+    # The batch's window claims volume alerts and its own caller, not a latency blip.
+    batch = next(x for x in aq.labels_for(3, incidents=False) if x.kind == "scheduled_batch")
+    latency = alert("latency_mean", "model", "gpt-4o")
+    latency["labels"]["metric"] = "latency_mean_ms"
+    assert not batch.claims(msg(at(1, 2, 30), alerts=[latency]))
+    assert batch.claims(msg(at(1, 2, 30), alerts=[alert("token_burst_5m", "user",
+                                                        "svc-nightly-batch")]))
