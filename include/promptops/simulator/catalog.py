@@ -111,6 +111,11 @@ TEMPLATE_APP = tuple(ai for ai, a in enumerate(APPS) for _ in a.templates)
 VERSIONS = tuple(f"v{i}" for i in range(0, 10))
 
 N_USERS = 200
+#: Service accounts: callers outside the ordinary (Zipf) traffic, used only by scenario kinds
+#: such as ``scheduled_batch``; (name, home app, team, region).
+SERVICE_ACCOUNTS: tuple[tuple[str, str, str, str], ...] = (
+    ("svc-nightly-batch", "doc-summarizer", "platform", "us-east-1"),
+)
 #: Errors the platform records on failed calls, with their base shares.
 BASE_ERROR_CODES = (5000, 2001, 2002, 4003, 3002)
 BASE_ERROR_WEIGHTS = (0.40, 0.22, 0.18, 0.12, 0.08)
@@ -152,6 +157,15 @@ class Catalog:
         app_w = np.array([a.weight for a in APPS])
         self.user_app = rng.choice(len(APPS), N_USERS, p=app_w / app_w.sum())
         self.user_region = rng.choice(len(REGIONS), N_USERS, p=REGION_WEIGHTS)
+        # Service accounts come after the ordinary users (indexes >= N_USERS): the draws
+        # above never pick them, so ordinary traffic is the same with or without them.
+        self.users += tuple(name for name, *_ in SERVICE_ACCOUNTS)
+        self.user_team = np.append(self.user_team, [TEAMS.index(t) for _, _, t, _ in
+                                                    SERVICE_ACCOUNTS])
+        self.user_app = np.append(self.user_app, [APP_NAMES.index(a) for _, a, _, _ in
+                                                  SERVICE_ACCOUNTS])
+        self.user_region = np.append(self.user_region, [REGIONS.index(r) for *_, r in
+                                                        SERVICE_ACCOUNTS])
 
     @cached_property
     def user_index(self) -> dict[str, int]:

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from promptops.simulator.actions import Action, ActionStore
-from promptops.simulator.catalog import GPU_MEMORY_MB, GPU_NODES, MODEL_INDEX, MODELS, catalog
+from promptops.simulator.catalog import (
+    GPU_MEMORY_MB,
+    GPU_NODES,
+    MODEL_INDEX,
+    MODELS,
+    N_USERS,
+    catalog,
+)
 from promptops.simulator.config import SimConfig
 from promptops.simulator.records import ServedRecord, build_records, truth_for
 from promptops.simulator.scenario import Incident, resolve_incidents
@@ -219,8 +226,11 @@ class Platform:
             for i, name in enumerate(GPU_NODES):
                 counts[name] += int(np.count_nonzero(recent & (node == i)))
             if hour == now_ms // HOUR_MS:
-                hour_total = len(b.cols["ts"])
-                node_total = {n: int(np.count_nonzero(node == i))
+                # The reference is ordinary traffic: a service account's batch adds load, it
+                # does not move the yardstick.
+                ordinary = b.cols["user"] < N_USERS
+                hour_total = int(np.count_nonzero(ordinary))
+                node_total = {n: int(np.count_nonzero(ordinary & (node == i)))
                               for i, n in enumerate(GPU_NODES)}
         saturated = {i.slice.get("gpu_node"): i for i in self.active_incidents(now)
                      if i.kind == "gpu_saturation"}

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from promptops.errors import ERROR_CODES
 from promptops.simulator.catalog import slice_values
@@ -21,7 +28,8 @@ from promptops.simulator.timeutil import format_ts, parse_time_spec
 
 IncidentKind = Literal["error_burst", "latency_spike", "user_flood", "token_surge",
                        "intent_drop", "relevance_drop", "gpu_saturation", "api_down",
-                       "traffic_dip"]
+                       "traffic_dip", "scheduled_batch", "prompt_rollout",
+                       "app_traffic_drop"]
 
 
 class _Params(BaseModel):
@@ -84,16 +92,74 @@ class TrafficDipParams(_Params):
     multiplier: float = Field(default=0.4, gt=0, lt=1)
 
 
+class ScheduledBatchParams(_Params):
+    """Not an incident: a service account's recurring job. Every day (from the incident's
+    start date to its end) between ``daily_start`` and ``daily_start + minutes`` the slice's
+    user sends ``calls_per_minute_min..max`` calls a minute (a fixed number each minute,
+    drawn from the range) with long prompts; a good detector learns it as normal load."""
+
+    daily_start: str = Field(default="02:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    minutes: int = Field(default=60, ge=1, le=1440)
+    calls_per_minute_min: int = Field(default=50, ge=1, le=5000)
+    calls_per_minute_max: int = Field(default=80, ge=1, le=5000)
+    #: Mean prompt and completion tokens per call (lognormal around them).
+    prompt_tokens: int = Field(default=2000, ge=1, le=200_000)
+    completion_tokens: int = Field(default=300, ge=1, le=50_000)
+    #: The model the job calls (hosted by default: no GPU load).
+    model: str = "gpt-4o-mini"
+    #: The app and template it runs under (default: the user's home app, its first template).
+    app: str | None = None
+    prompt_template: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScheduledBatchParams:
+        if self.calls_per_minute_max < self.calls_per_minute_min:
+            raise ValueError("calls_per_minute_max is below calls_per_minute_min")
+        known = slice_values()
+        for name, value, dim in (("model", self.model, "model"), ("app", self.app, "app"),
+                                 ("prompt_template", self.prompt_template, "prompt_template")):
+            if value is not None and value not in known[dim]:
+                raise ValueError(f"{name} {value!r} names nothing the platform has "
+                                 f"(known: {', '.join(known[dim])})")
+        return self
+
+    @property
+    def start_minute(self) -> int:
+        hh, mm = self.daily_start.split(":")
+        return int(hh) * 60 + int(mm)
+
+
+class PromptRolloutParams(_Params):
+    """Not an incident: the slice's template moves to ``version`` with unchanged quality; its
+    prompts change length by ``prompt_tokens_multiplier``."""
+
+    version: str = Field(pattern=r"^v[1-9]$")
+    prompt_tokens_multiplier: float = Field(default=1.08, gt=0, le=3)
+    #: Share of the template's calls on the new version (1.0 = fully rolled out).
+    share: float = Field(default=1.0, gt=0, le=1)
+
+
+class AppTrafficDropParams(_Params):
+    """A client failing before it reaches the API (auth, DNS, a broken release): only
+    ``multiplier`` of the slice's calls arrive; nothing else changes."""
+
+    multiplier: float = Field(default=0.2, ge=0, lt=1)
+
+
 PARAMS_BY_KIND: dict[str, type[_Params]] = {
     "error_burst": ErrorBurstParams, "latency_spike": LatencySpikeParams,
     "user_flood": UserFloodParams, "token_surge": TokenSurgeParams,
     "intent_drop": IntentDropParams, "relevance_drop": RelevanceDropParams,
     "gpu_saturation": GpuSaturationParams, "api_down": ApiDownParams,
-    "traffic_dip": TrafficDipParams,
+    "traffic_dip": TrafficDipParams, "scheduled_batch": ScheduledBatchParams,
+    "prompt_rollout": PromptRolloutParams, "app_traffic_drop": AppTrafficDropParams,
 }
+#: Kinds that are labelled look-alikes, not incidents: nothing should alert on them.
+HARMLESS_KINDS = frozenset({"traffic_dip", "scheduled_batch", "prompt_rollout"})
 #: Slice dimensions a kind cannot do without.
 REQUIRED_SLICE = {"user_flood": "user_id", "intent_drop": "prompt_template",
-                  "gpu_saturation": "gpu_node"}
+                  "gpu_saturation": "gpu_node", "scheduled_batch": "user_id",
+                  "prompt_rollout": "prompt_template", "app_traffic_drop": "app"}
 
 
 class IncidentSpec(BaseModel):
@@ -130,6 +196,9 @@ class IncidentSpec(BaseModel):
         need = REQUIRED_SLICE.get(self.kind)
         if need and need not in self.slice:
             raise ValueError(f"a {self.kind} incident needs slice.{need}")
+        if self.kind == "scheduled_batch" and set(self.slice) != {"user_id"}:
+            raise ValueError("a scheduled_batch names its caller only (slice: {user_id: ...}); "
+                             "set its app, template and model in params")
 
 
 class DataFaults(BaseModel):

@@ -19,6 +19,7 @@ import numpy as np
 
 from promptops.errors import ERROR_CODES
 from promptops.simulator.catalog import (
+    APP_NAMES,
     APPS,
     BASE_ERROR_CODES,
     BASE_ERROR_WEIGHTS,
@@ -238,6 +239,66 @@ def _overlaps(inc: Incident, hs: int) -> bool:
     return start < hs + HOUR_MS and (end is None or end > hs)
 
 
+DAY_MS = 24 * HOUR_MS
+
+
+def batch_windows(inc: Incident, lo_ms: int, hi_ms: int) -> list[tuple[int, int]]:
+    """A scheduled batch's run windows (absolute ms) that overlap ``[lo_ms, hi_ms)``, cut to
+    it and to the incident's own start and end: one window a day at ``daily_start``."""
+    p = inc.params
+    first, last = to_ms(inc.start), (None if inc.end is None else to_ms(inc.end))
+    out = []
+    for day in range((lo_ms - p.minutes * 60_000) // DAY_MS, hi_ms // DAY_MS + 1):
+        a = day * DAY_MS + p.start_minute * 60_000
+        b = a + p.minutes * 60_000
+        a, b = max(a, lo_ms, first), min(b, hi_ms, last if last is not None else b)
+        if a < b:
+            out.append((a, b))
+    return out
+
+
+def _batch_calls(hour_incidents: list[Incident], hs: int,
+                 r: np.random.Generator) -> list[tuple[Incident, np.ndarray]]:
+    """Timestamps (ms within the hour) of each scheduled batch's calls this hour: a fixed
+    count per minute, drawn from the batch's range, spread uniformly over the minute."""
+    out = []
+    for inc in hour_incidents:
+        if inc.kind != "scheduled_batch":
+            continue
+        p = inc.params
+        parts = []
+        for a, b in batch_windows(inc, hs, hs + HOUR_MS):
+            for minute in range(a // 60_000, (b - 1) // 60_000 + 1):
+                lo, hi = max(a, minute * 60_000), min(b, (minute + 1) * 60_000)
+                k = int(r.integers(p.calls_per_minute_min, p.calls_per_minute_max + 1))
+                k = int(round(k * (hi - lo) / 60_000))
+                parts.append(r.integers(lo - hs, hi - hs, k, dtype=np.int64))
+        if parts:
+            out.append((inc, np.concatenate(parts)))
+    return out
+
+
+def _apply_batch_shape(cols: dict[str, np.ndarray], rows: np.ndarray, inc: Incident,
+                       prompt: np.ndarray, completion: np.ndarray,
+                       r: np.random.Generator) -> None:
+    """A batch's calls all go to its app, template and model, with long prompts."""
+    p = inc.params
+    cat = catalog()
+    uidx = cat.user_index[inc.slice["user_id"]]
+    app = APP_NAMES.index(p.app) if p.app else int(cat.user_app[uidx])
+    tmpl = (TEMPLATE_NAMES.index(p.prompt_template) if p.prompt_template
+            else int(_TMPL_OFFSETS[app]))
+    cols["app"][rows] = app
+    cols["template"][rows] = tmpl
+    cols["version"][rows] = _TMPL_VERSION[tmpl]
+    cols["model"][rows] = MODEL_INDEX[p.model]
+    cols["region"][rows] = cat.user_region[uidx]
+    sigma = 0.25
+    k = len(rows)
+    prompt[rows] = np.rint(p.prompt_tokens * r.lognormal(-sigma**2 / 2, sigma, k))
+    completion[rows] = np.rint(p.completion_tokens * r.lognormal(-sigma**2 / 2, sigma, k))
+
+
 # -- the generator ------------------------------------------------------------------------
 def generate_hour(hour: int, *, seed: int, calls_per_hour: int, flat: bool,
                   data_faults: DataFaults, incidents: list[Incident],
@@ -271,6 +332,15 @@ def generate_hour(hour: int, *, seed: int, calls_per_hour: int, flat: bool,
         k = int(round(inc.params.calls_per_minute * (hi - lo) / 60_000))
         extra_ts.append(rf.integers(lo, hi, k, dtype=np.int64))
         extra_user.append(np.full(k, cat.user_index[inc.slice["user_id"]], dtype=np.int64))
+    # Scheduled batches: their own stream too; remembered to shape their calls below.
+    rb = rng(4)
+    batches = []
+    for inc, bts in _batch_calls(hour_incidents, hs, rb):
+        first = sum(len(t) for t in extra_ts)
+        batches.append((inc, np.arange(first, first + len(bts))))
+        extra_ts.append(bts)
+        extra_user.append(np.full(len(bts), cat.user_index[inc.slice["user_id"]],
+                                  dtype=np.int64))
     ts = np.concatenate(extra_ts)
     user = np.concatenate(extra_user)
     m = len(ts)
@@ -312,6 +382,18 @@ def generate_hour(hour: int, *, seed: int, calls_per_hour: int, flat: bool,
 
     cols: dict[str, np.ndarray] = {"ts": ts, "user": user, "app": app, "template": template,
                                    "version": version, "model": model, "region": region}
+    for inc, rows in batches:
+        _apply_batch_shape(cols, rows, inc, prompt, completion, rb)
+    # A prompt rollout: the template's calls move to the new version, quality unchanged.
+    prompt_mult = np.ones(m)
+    rr = rng(5)
+    for inc in hour_incidents:
+        if inc.kind != "prompt_rollout":
+            continue
+        hit = (_slice_mask(cols, inc.slice) & _time_mask(ts, hs, inc)
+               & (rr.random(m) < inc.params.share))
+        version[hit] = VERSIONS.index(inc.params.version)
+        prompt_mult[hit] *= inc.params.prompt_tokens_multiplier
 
     # Ops: switch_model moves a model's traffic from the action's time on.
     for created, src, dst in effects.switches:
@@ -343,7 +425,8 @@ def generate_hour(hour: int, *, seed: int, calls_per_hour: int, flat: bool,
     lat_mult[scaled] *= 0.85  # more workers: a little less queueing for everyone
     for inc in hour_incidents:
         kind, p = inc.kind, inc.params
-        if kind in ("intent_drop", "user_flood", "traffic_dip"):
+        if kind in ("intent_drop", "user_flood", "traffic_dip", "scheduled_batch",
+                    "prompt_rollout", "app_traffic_drop"):
             continue
         hit = _time_mask(ts, hs, inc)
         if inc.slice:
@@ -369,7 +452,7 @@ def generate_hour(hour: int, *, seed: int, calls_per_hour: int, flat: bool,
         elif kind == "relevance_drop":
             rel_scale[hit] = _exp_scale_for_mean(p.mean)
 
-    prompt = np.rint(prompt * tok_mult).astype(np.int64)
+    prompt = np.rint(prompt * tok_mult * prompt_mult).astype(np.int64)
     completion = np.rint(completion * tok_mult).astype(np.int64)
     cached = np.where(_M_CACHE[model],
                       np.where(u_cache < CACHE_HIT_SHARE,
@@ -411,6 +494,14 @@ def generate_hour(hour: int, *, seed: int, calls_per_hour: int, flat: bool,
         rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.append(starts, len(rows))))
         keep[rows[rank >= rpm]] = False
 
+    rate_limited = int((~keep).sum())
+    # A client failing before the API: most of its calls never arrive.
+    rd = rng(6)
+    for inc in hour_incidents:
+        if inc.kind == "app_traffic_drop":
+            hit = _slice_mask(cols, inc.slice) & _time_mask(ts, hs, inc)
+            keep &= ~(hit & (rd.random(m) >= inc.params.multiplier))
+
     delay = np.where(u_late < data_faults.late_rate, late_delay, delay)
     malformed = keep & (u_mal < data_faults.malformed_rate)
     dup = keep & ~malformed & (u_dup < data_faults.duplicate_rate)
@@ -440,7 +531,7 @@ def generate_hour(hour: int, *, seed: int, calls_per_hour: int, flat: bool,
     return HourBatch(hour=hour, start_ms=hs, cols=cols, order=order.astype(np.int32),
                      key=key, visible=visible.astype(np.int32),
                      late=delay[order] >= LATE_MS, malformed=muts,
-                     rate_limited=int((~keep).sum()))
+                     rate_limited=rate_limited)
 
 
 _COMPACT = {"ts": np.int32, "user": np.int16, "app": np.int8, "template": np.int8,
