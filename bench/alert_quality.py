@@ -471,11 +471,11 @@ def health_table(platform: Any, calls: Any, at: datetime) -> Any:
 
 
 def health_findings(lake: Any, at: datetime, table: Any, thresholds: Any) -> list:
-    """Mirror of today's pipelines.health.evaluate_health judging (rows -> stored ->
-    ``source: health`` rules)."""
-    # INTEGRATION: use promptops.pipelines.health.health_findings
-    from promptops.detection.rules import evaluate
+    """One health evaluation as the health DAG judges it: the rows are stored, then
+    :func:`promptops.pipelines.health.health_findings` (the ``source: health`` rules, with
+    the per-caller rules judged against the caller's own history)."""
     from promptops.metrics.health import write_health_metrics
+    from promptops.pipelines.health import health_findings as judge
 
     write_health_metrics(lake, at, table)
     judged = _judged_metrics(thresholds)
@@ -484,7 +484,7 @@ def health_findings(lake: Any, at: datetime, table: Any, thresholds: Any) -> lis
         import pyarrow.compute as pc
 
         table = table.filter(pc.is_in(table.column("metric"), pa.array(sorted(judged))))
-    return evaluate(thresholds, table, _EMPTY_HISTORY.get(), at, source="health")
+    return judge(lake, at, table, thresholds)
 
 
 class _Lazy:
@@ -522,10 +522,10 @@ def daily_work(lake: Any, midnight: datetime, notes: list[str]) -> None:
     lake's first days have nothing to fit)."""
     from promptops.detection.anomaly_model import train
     from promptops.detection.baselines import refit_baselines
+    from promptops.pipelines.daily import build_caller_profiles
 
-    # INTEGRATION: build_caller_profiles at midnight
-    # (promptops.pipelines.health.build_caller_profiles(lake, midnight - DAY))
-    for name, step in (("refit_baselines", lambda: refit_baselines(lake, midnight)),
+    for name, step in (("caller_profiles", lambda: build_caller_profiles(lake, midnight)),
+                       ("refit_baselines", lambda: refit_baselines(lake, midnight)),
                        ("train", lambda: train(lake, midnight - DAY))):
         try:
             step()

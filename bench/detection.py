@@ -3,14 +3,15 @@ hourly, 5-minute and daily step in order, scored as an on-call engineer feels it
 
     python bench/detection.py [--days 21] [--seed 11] [--calls-per-hour 2000]
                               [--skip-control | --control-only] [--serial] [--keep DIR]
-                              [--json FILE] [--scorer]
+                              [--json FILE] [--no-scorer]
 
 Prints recall and detection delay per incident kind (hourly kinds within one hourly run,
 health kinds within 10 minutes), the root cause top-1 per incident, messages per incident
 (and the most per incident per route per hour), pages and warnings outside incidents per
 day (week 1, the warm-up, and later weeks), anything on the nightly batch, the prompt
 rollout and the holiday dip, the top offenders, and the same for a no-incident control run.
-``--scorer`` adds the CSV scorer's quality (bench/scorer_quality.py). The harness itself is
+It also scores the CSV scorer on labelled series (bench/scorer_quality.py; ``--no-scorer``
+skips it). The harness itself is
 bench/alert_quality.py; ``run_quality()`` returns the report as a dict.
 """
 
@@ -36,8 +37,8 @@ def main() -> None:
     ap.add_argument("--serial", action="store_true",
                     help="run the control run after the incidents run, not beside it")
     ap.add_argument("--json", type=Path, help="also write the report as JSON here")
-    ap.add_argument("--scorer", action="store_true",
-                    help="also score the CSV scorer on labelled series (bench/scorer_quality.py)")
+    ap.add_argument("--no-scorer", dest="scorer", action="store_false",
+                    help="skip scoring the CSV scorer on labelled series (bench/scorer_quality.py)")
     ap.add_argument("--rescore", type=Path, metavar="JSON",
                     help="score the raw messages of a report saved with --json again, no run")
     args = ap.parse_args()
@@ -51,22 +52,15 @@ def main() -> None:
                          incidents=not args.control_only, calls_per_hour=args.calls_per_hour,
                          keep=args.keep, parallel=not args.serial)
     if args.scorer:
-        report["scorer"] = scorer_report(args.seed)
+        from scorer_quality import print_scorer_quality, scorer_quality
+
+        report["scorer"] = scorer_quality(seed=args.seed)
     print_report(report)
     if args.scorer:
-        print("\nCSV SCORER")
-        print(json.dumps(report["scorer"], indent=2, default=str))
+        print()
+        print_scorer_quality(report["scorer"], args.seed, 21)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
-
-
-def scorer_report(seed: int) -> dict:
-    """The CSV scorer's quality from bench/scorer_quality.py, when that bench exists."""
-    try:
-        from scorer_quality import scorer_quality  # type: ignore[import-not-found]
-    except ImportError as exc:
-        return {"skipped": f"bench/scorer_quality.py is not available ({exc})"}
-    return dict(scorer_quality(seed))
 
 
 if __name__ == "__main__":

@@ -200,14 +200,9 @@ def _line(label: str, f: dict) -> str:
             f"all {f['above_099_all']:.2%}  top ties {f['tied_at_top']}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--days", type=int, default=21)
-    args = parser.parse_args(argv)
-    res = scorer_quality(seed=args.seed, days=args.days)
-    print(f"CSV scorer on {len(SHAPES)} labelled 15-minute series of {args.days} days "
-          f"(jitter, duplicates, gaps, unordered rows, CRLF); seed {args.seed}")
+def print_scorer_quality(res: dict, seed: int, days: int) -> None:
+    print(f"CSV scorer on {len(SHAPES)} labelled 15-minute series of {days} days "
+          f"(jitter, duplicates, gaps, unordered rows, CRLF); seed {seed}")
     for shape, r in res["shapes"].items():
         note = " (raw file REFUSED; scored after cleaning)" if r["refused"] else ""
         print(f"  {shape:16s} {r['rows']} rows, {r['cpu_s']:.2f} s CPU{note}")
@@ -217,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  overall {name:7s} {_line(name, res['overall'][name])}")
     print(f"  refused files: {res['refused']} of {len(SHAPES)}; CPU per series: mean "
           f"{np.mean(res['cpu_s']):.2f} s, max {np.max(res['cpu_s']):.2f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--days", type=int, default=21)
+    args = parser.parse_args(argv)
+    print_scorer_quality(scorer_quality(seed=args.seed, days=args.days), args.seed, args.days)
     return 0
 
 
