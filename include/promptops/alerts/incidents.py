@@ -1,0 +1,217 @@
+"""Findings become incidents: alerts that share a root cause are one incident, one thread.
+
+An alert's *correlation key* is a set of ``(dimension, value)`` pairs: its primary root
+cause (``annotations["root_cause_set"]``, primary first, ``;``-separated, each an absolute
+``dim=value&dim=value`` label) joined with its own slice, or its slice alone when it has no
+cause (or one that contradicts its slice). The overall slice has the empty key.
+
+Two keys are *related* when the smaller is a non-empty subset of the other: ``model=gpt-4o``
+and ``app=chat&model=gpt-4o`` are one incident; ``model=gpt-4o`` and ``app=chat`` are two.
+
+Each evaluation, firing alerts (muted ones too, so the log names their incident) are placed:
+
+1. an alert already a member of an open incident stays there;
+2. new alerts with a key, together with the open incidents, are joined through related keys
+   (transitively); a connected part holding open incidents joins the oldest of them, one
+   without opens a new incident;
+3. new alerts with the empty key (overall, no cause) join the only incident with firing
+   members in this evaluation if there is exactly one; else they join the open overall
+   incident, or open one together;
+4. alerts of ``incidents.standalone_rules`` are each an incident of their own.
+
+An incident is open while its :class:`~promptops.alerts.state.GroupState` lives: from its
+first firing member until Slack has heard it resolved (or, never posted, until no member
+fires). A member that fires again meanwhile simply continues it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import replace
+
+from promptops.alerts.config import AlertingConfig
+from promptops.alerts.state import FIRING, AlertRecord, GroupState, iso
+from promptops.contracts.findings import SEVERITY_ORDER
+from promptops.contracts.metric_table import ALL, OVERALL
+
+INCIDENT_PREFIX = "incident:"
+
+Key = frozenset[tuple[str, str]]
+
+
+def is_incident(group_key: str) -> bool:
+    return group_key.startswith(INCIDENT_PREFIX)
+
+
+def incident_id(group_key: str) -> str:
+    return group_key.removeprefix(INCIDENT_PREFIX)
+
+
+def parse_key(text: str) -> Key:
+    """``dim=value&dim=value`` -> pairs (``*`` and "" are the empty key)."""
+    pairs = []
+    for part in text.split("&"):
+        dim, sep, value = part.strip().partition("=")
+        if sep and dim:
+            pairs.append((dim.strip(), value.strip()))
+    return frozenset(pairs)
+
+
+def key_text(key: Iterable[tuple[str, str]]) -> str:
+    return "&".join(f"{d}={v}" for d, v in sorted(key))
+
+
+def slice_key(labels: dict[str, str]) -> Key:
+    """The alert's own slice as pairs; a multi-dimension slice is ``a,b`` / ``x,y``."""
+    dim, value = labels.get("dimension", ""), labels.get("slice", "")
+    if not dim or dim == OVERALL or value == ALL:
+        return frozenset()
+    dims, values = dim.split(","), value.split(",")
+    if len(dims) > 1 and len(dims) == len(values):
+        return frozenset(zip(dims, values, strict=True))
+    return frozenset({(dim, value)})
+
+
+def correlation_key(rec: AlertRecord) -> Key:
+    """The alert's primary cause joined with its slice; its slice when the cause is absent
+    or names another value of one of the slice's own dimensions."""
+    own = slice_key(rec.labels)
+    primary = (rec.annotations.get("root_cause_set") or "").split(";")[0]
+    cause = parse_key(primary)
+    own_dims = dict(own)
+    if any(d in own_dims and own_dims[d] != v for d, v in cause):
+        return own
+    return own | cause
+
+
+def related(a: Key, b: Key) -> bool:
+    small, big = (a, b) if len(a) <= len(b) else (b, a)
+    return bool(small) and small <= big
+
+
+def _new_id(scope: str, now: str, fps: list[str]) -> str:
+    raw = json.dumps([scope, now, sorted(fps)], separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+class _Union:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def join(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
+           config: AlertingConfig, now: str, scope: str) -> dict[str, str]:
+    """Place every firing alert in an incident (see the module doc). Updates ``groups`` in
+    place (new incidents, members, keys, cause) and returns fingerprint -> group key."""
+    incidents = {k: gs for k, gs in groups.items() if is_incident(k)}
+    member_of = {fp: k for k, gs in incidents.items() for fp in gs.members}
+    standalone = set(config.incidents.standalone_rules)
+    firing = sorted(fp for fp, r in records.items() if r.status == FIRING)
+    out = {fp: member_of[fp] for fp in firing if fp in member_of}
+    fresh = [fp for fp in firing if fp not in out]
+    keys = {fp: correlation_key(records[fp]) for fp in firing}
+
+    for fp in (fp for fp in fresh if records[fp].rule in standalone):
+        out[fp] = _open(groups, scope, now, [fp], standalone=records[fp].rule)
+    keyed = [fp for fp in fresh if fp not in out and keys[fp]]
+    joinable = {k: [parse_key(t) for t in gs.keys] for k, gs in incidents.items()
+                if not gs.labels.get("standalone")}
+    uf = _Union()
+    for i, a in enumerate(keyed):
+        uf.find(a)
+        for b in keyed[i + 1:]:
+            if related(keys[a], keys[b]):
+                uf.join(a, b)
+        for k, ks in joinable.items():
+            if any(related(keys[a], other) for other in ks):
+                uf.join(a, k)
+    parts: dict[str, list[str]] = {}
+    for node in [*keyed, *(k for k in joinable if k in uf.parent)]:
+        parts.setdefault(uf.find(node), []).append(node)
+    for nodes in parts.values():
+        alerts = [n for n in nodes if n in records]
+        olds = sorted((n for n in nodes if n in incidents),
+                      key=lambda k: (incidents[k].opened_at or "", k))
+        target = olds[0] if olds else _open(groups, scope, now, alerts)
+        for fp in alerts:
+            out[fp] = target
+
+    overall = [fp for fp in fresh if fp not in out]
+    if overall:
+        live = sorted({k for k in out.values() if not groups[k].labels.get("standalone")})
+        open_overall = [k for k in sorted(incidents) if not incidents[k].keys
+                        and not incidents[k].labels.get("standalone")]
+        target = live[0] if len(live) == 1 else open_overall[0] if open_overall \
+            else _open(groups, scope, now, overall)
+        for fp in overall:
+            out[fp] = target
+
+    for fp, k in out.items():
+        gs = groups[k]
+        if fp not in gs.members:
+            gs.members.append(fp)
+        text = key_text(keys[fp])
+        if text and text not in gs.keys and not gs.labels.get("standalone"):
+            gs.keys.append(text)
+        gs.cause = primary_cause(gs.keys)
+    return out
+
+
+def _open(groups: dict[str, GroupState], scope: str, now: str, fps: list[str],
+          standalone: str | None = None) -> str:
+    iid = _new_id(scope, now, fps)
+    key = INCIDENT_PREFIX + iid
+    labels = {"incident": iid, **({"standalone": standalone} if standalone else {})}
+    groups[key] = GroupState(labels, -1, opened_at=now)
+    return key
+
+
+def primary_cause(keys: list[str]) -> str:
+    """The incident's primary cause: its most general non-empty key, the one most of its
+    members' keys contain ("" for an overall incident)."""
+    parsed = [parse_key(k) for k in keys if k]
+    if not parsed:
+        return ""
+    best = min(parsed, key=lambda k: (len(k), -sum(k <= o for o in parsed), key_text(k)))
+    return key_text(best)
+
+
+def worst(records: Iterable[AlertRecord]) -> AlertRecord | None:
+    """The member that sets an incident's severity and route (worst, then by rule)."""
+    return min(records, key=lambda r: (-SEVERITY_ORDER.get(r.severity, -1), r.rule,
+                                       r.fingerprint), default=None)
+
+
+def tag(records: dict[str, AlertRecord], placed: dict[str, str]) -> dict[str, AlertRecord]:
+    """The records with their incident ids (resolved ones keep theirs)."""
+    return {fp: replace(r, incident_id=incident_id(placed[fp])) if fp in placed else r
+            for fp, r in records.items()}
+
+
+def scope_of(views: Iterable[dict]) -> set[tuple[str, str, str]]:
+    """An incident's scope: (rule, dimension, slice) of its members."""
+    return {(v["rule"], v.get("labels", {}).get("dimension", ""),
+             v.get("labels", {}).get("slice", "")) for v in views}
+
+
+def severity_of(views: Iterable[dict]) -> int:
+    return max((SEVERITY_ORDER.get(v["severity"], -1) for v in views), default=-1)
+
+
+__all__ = ["INCIDENT_PREFIX", "assign", "correlation_key", "incident_id", "is_incident",
+           "iso", "key_text", "parse_key", "primary_cause", "related", "scope_of",
+           "severity_of", "slice_key", "tag", "worst"]
