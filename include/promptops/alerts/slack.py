@@ -156,8 +156,97 @@ def _alert_blocks(alert: dict[str, Any], *, resolved: bool, new: bool) -> list[B
     ]
 
 
+_INCIDENT_STATUS = {"new": "INCIDENT", "update": "INCIDENT UPDATE",
+                    "repeat": "INCIDENT STILL OPEN", "resolved": "INCIDENT RESOLVED"}
+#: Annotations that may say how many samples a value rests on.
+_SAMPLE_KEYS = ("calls", "samples", "n", "sample_size")
+
+
+def _cause_text(cause: str) -> str:
+    return cause.replace("&", ", ") if cause else "overall"
+
+
+def _member_line(alert: dict[str, Any], *, resolved: bool, new: bool) -> str:
+    """One affected metric: rule, slice, value against its level or expected value, samples
+    (when the finding names them), and the finding's own one-line summary."""
+    labels = alert.get("labels", {})
+    metric = labels.get("metric", "") or alert.get("rule", "")
+    ann = alert.get("annotations") or {}
+    emoji = RESOLVED_EMOJI if resolved else SEVERITY_EMOJI.get(alert["severity"], "")
+    value = format_value(metric, alert.get("value"))
+    comparison = ann.get("comparison")
+    level = f"{escape(comparison)} {format_value(metric, alert.get('threshold'))}" \
+        if comparison else f"(level {format_value(metric, alert.get('threshold'))})"
+    samples = next((f" · {escape(ann[k])} {k}" for k in _SAMPLE_KEYS if ann.get(k)), "")
+    state = " · recovered" if resolved else (" :new:" if new else "")
+    return (f"{emoji} *{escape(alert['rule'])}* · {escape(_slice(labels))} · "
+            f"{value} {level}{samples}{state}\n      _{escape(alert.get('summary', ''))}_")
+
+
+def incident_header(n: Notification) -> tuple[str, list[Block]]:
+    """The incident's header as it stands: fallback text and header blocks (the opening
+    message's top, and what ``chat.update`` rewrites it to on a bot token)."""
+    status = _INCIDENT_STATUS["resolved"] if not n.firing else _INCIDENT_STATUS["new"]
+    emoji = SEVERITY_EMOJI.get(n.severity, "") if n.firing else RESOLVED_EMOJI
+    count = len(n.firing) if n.firing else len(n.resolved)
+    what = f"{count} metric{'s' if count != 1 else ''}"
+    header = _cut(f"{emoji} {status} · {n.severity.upper()} · {_cause_text(n.cause)} · {what}",
+                  _MAX_HEADER)
+    opened = _when(n.opened_at)
+    lead = (n.firing or n.resolved or [{}])[0]
+    lines = [f"*Primary cause:* {escape(_cause_text(n.cause))} · *Opened:* {opened} · "
+             f"*Evaluated:* {n.evaluated_at:%Y-%m-%d %H:%M UTC}"]
+    ann = lead.get("annotations") or {}
+    if ann.get("root_cause"):
+        lines.append(f"*Likely root cause:* {escape(ann['root_cause'])}")
+    if n.firing and ann.get("heal_playbook"):
+        lines.append(f"*Heal suggestion:* `{escape(ann['heal_playbook'])}`")
+    text = f"[{status}] {n.severity} {_cause_text(n.cause)}: {what}"
+    return _cut(text, _MAX_TEXT), [
+        HeaderBlock(text=PlainTextObject(text=header, emoji=True)),
+        SectionBlock(text=MarkdownTextObject(text=_cut("\n".join(lines), _MAX_TEXT)))]
+
+
+def render_incident(n: Notification, *, max_alerts: int = 20) -> dict[str, Any]:
+    """One incident's message: its header (worst severity, primary cause), then one line per
+    affected metric (recovered ones marked), then the run link. Updates, repeats and the
+    all-clear say why they were sent."""
+    text, blocks = incident_header(n)
+    why = {"new": "opened", "update": "severity or scope changed",
+           "repeat": "still open (reminder)", "resolved": "every metric recovered"}
+    blocks.insert(1, ContextBlock(elements=[MarkdownTextObject(
+        text=f"*Why now:* {why.get(n.reason, n.reason)}")]))
+    new = set(n.new)
+    items = [(a, False) for a in n.firing] + [(a, True) for a in n.resolved]
+    lines = [_member_line(a, resolved=r, new=a["fingerprint"] in new)
+             for a, r in items[:max_alerts]]
+    if len(items) > max_alerts:
+        lines.append(f"…and *{len(items) - max_alerts} more* (see the alert log)")
+    chunk: list[str] = []
+    for line in lines:  # one section per ~3000 characters of lines
+        if chunk and len("\n".join([*chunk, line])) > _MAX_TEXT:
+            blocks.append(SectionBlock(text=MarkdownTextObject(text="\n".join(chunk))))
+            chunk = []
+        chunk.append(_cut(line, _MAX_TEXT))
+    if chunk:
+        blocks.append(SectionBlock(text=MarkdownTextObject(text="\n".join(chunk))))
+    run = f"Airflow run `{escape(n.run_id)}`" if n.run_id else "Airflow run"
+    if n.run_url:
+        run = f"<{n.run_url}|{run}>"
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_cut(
+        f"{run} · scope `{escape(n.scope)}` · incident `{n.incident_id}` · notification "
+        f"`{n.id}`", _MAX_TEXT))]))
+    if n.reason != "new":
+        text = f"{why.get(n.reason, n.reason)}: {text}"
+    message = {"text": text, "blocks": [b.to_dict() for b in blocks][:MAX_BLOCKS]}
+    validate_message(message)
+    return message
+
+
 def render_message(n: Notification, *, max_alerts: int = 20) -> dict[str, Any]:
     """The webhook body (``text`` fallback and ``blocks``) for one group notification."""
+    if n.incident_id is not None:
+        return render_incident(n, max_alerts=max_alerts)
     firing, resolved = n.firing, n.resolved
     status = "FIRING" if firing else "RESOLVED"
     emoji = SEVERITY_EMOJI.get(n.severity, "") if firing else RESOLVED_EMOJI

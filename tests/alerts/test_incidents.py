@@ -1,0 +1,217 @@
+"""Findings become incidents: one incident, one message, through the real Slack sink."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from promptops.alerts.incidents import correlation_key, parse_key, primary_cause, related
+from promptops.alerts.silences import Silence
+from promptops.alerts.state import AlertRecord
+from promptops.alerts.store import AlertStore
+from promptops.lake.store import Lake
+from tests.helpers.alerts import T0, Clock, config, engine, finding, header, sink_messages
+
+FIVE_MIN = timedelta(minutes=5)
+
+
+def incident_config(**overrides):
+    return config(**{"grouping": "incidents", "group_interval": "1h",
+                     "repeat_interval": "4h", **overrides})
+
+
+def burst(severity: str = "critical", *, app_latency: bool = False) -> list:
+    """An error burst on one model as the hourly rules see it: its success rate, error
+    rate and latency, and the overall and per-app slices it drags along (their root cause
+    is the model)."""
+    on_model = {"root_cause_set": "model=gpt-4o"}
+    out = [
+        finding("success_rate", severity, value=0.8, threshold=0.99),
+        finding("error_rate_vs_previous_hour", "warning", value=0.2, threshold=0.05),
+        finding("latency_p95", "warning", metric="latency_p95_ms", value=9000,
+                threshold=5000, annotations=on_model),
+        finding("success_rate", "warning", dimension="overall", slice_="*", value=0.95,
+                threshold=0.99, annotations=on_model),
+        finding("success_rate", "warning", dimension="app", slice_="chat", value=0.9,
+                threshold=0.99, annotations={"root_cause_set": "app=chat&model=gpt-4o"}),
+    ]
+    if app_latency:
+        out.append(finding("latency_p95", "warning", dimension="app", slice_="search",
+                           metric="latency_p95_ms", value=9000, threshold=5000,
+                           annotations={"root_cause_set": "app=search&model=gpt-4o"}))
+    return out
+
+
+def reasons(out) -> list[str]:
+    return [n.reason for n in out.notifications]
+
+
+def test_keys_relate_by_subset_and_cause_joins_the_slice():
+    assert related(parse_key("model=gpt-4o"), parse_key("app=chat&model=gpt-4o"))
+    assert not related(parse_key("model=gpt-4o"), parse_key("app=chat"))
+    assert not related(frozenset(), parse_key("model=gpt-4o"))  # overall relates to nothing
+    rec = AlertRecord.start(finding(dimension="app", slice_="chat", annotations={
+        "root_cause_set": "model=gpt-4o;region=eu"}), T0)
+    assert correlation_key(rec) == parse_key("app=chat&model=gpt-4o")
+    # A cause naming another value of the slice's own dimension is not this slice's cause.
+    rec = AlertRecord.start(finding(slice_="llama", annotations={
+        "root_cause_set": "model=gpt-4o"}), T0)
+    assert correlation_key(rec) == parse_key("model=llama")
+    assert primary_cause(["app=chat&model=gpt-4o", "model=gpt-4o"]) == "model=gpt-4o"
+
+
+def test_an_error_burst_on_one_model_is_one_incident_and_one_message(sink, lake):
+    cfg = incident_config()
+    out = engine(lake, cfg).evaluate(burst(), T0, run_id="r0")
+    assert len(out.firing) == 5
+    assert len({a["incident_id"] for a in out.firing}) == 1
+    assert [(n.reason, n.firing, n.status) for n in out.notifications] == [("new", 5, "sent")]
+    msgs = sink_messages(sink)
+    assert len(msgs) == 1
+    top = header(msgs[0])
+    assert "INCIDENT" in top and "CRITICAL" in top and "model=gpt-4o" in top
+    body = json.dumps(msgs[0]["body"])
+    for rule in ("success_rate", "error_rate_vs_previous_hour", "latency_p95"):
+        assert rule in body
+    # The next evaluation with the same findings says nothing.
+    out = engine(lake, cfg).evaluate(burst(), T0 + timedelta(hours=1), run_id="r1")
+    assert out.notifications == [] and len(sink_messages(sink)) == 1
+
+
+def test_severity_rise_scope_change_and_all_clear_on_five_minute_evaluations(sink, lake):
+    cfg = incident_config()
+    clock = Clock(step=FIVE_MIN)
+    first = burst("warning")  # all warnings: the warning route
+    assert reasons(engine(lake, cfg).evaluate(first, clock.now, run_id="r0")) == ["new"]
+    # The model's success rate turns critical: the incident escalates. Its first message on
+    # the critical route goes out at once, as an update of the same incident.
+    out = engine(lake, cfg).evaluate(burst("critical"), clock.tick(), run_id="r1")
+    assert reasons(out) == ["update"] and out.notifications[0].incident_id is not None
+    assert "CRITICAL" in header(sink_messages(sink)[-1])
+    # A new slice joins 5 minutes later: an update, but it waits for group_interval (1h).
+    sent = []
+    for i in range(2, 16):
+        out = engine(lake, cfg).evaluate(burst("critical", app_latency=True), clock.tick(),
+                                         run_id=f"r{i}")
+        sent += [(i, r) for r in reasons(out)]
+    assert sent == [(13, "update")]  # 60 minutes after the escalation
+    assert len({a["incident_id"] for a in out.firing}) == 1
+    # All clear: one resolved message (after the hourly floor of its route).
+    sent = []
+    for i in range(16, 40):
+        out = engine(lake, cfg).evaluate([], clock.tick(), run_id=f"r{i}")
+        sent += [(i, r) for r in reasons(out)]
+    assert [r for _, r in sent] == ["resolved"]
+    assert "RESOLVED" in header(sink_messages(sink)[-1])
+    assert len(sink_messages(sink)) == 4
+
+
+def test_at_most_one_message_per_incident_per_route_per_hour(sink, lake):
+    """Findings that flap every 5 minutes never make more than one message an hour."""
+    cfg = incident_config(group_interval="0s", repeat_interval="1h")
+    clock = Clock(step=FIVE_MIN)
+    times = []
+    for i in range(48):
+        findings = burst("warning", app_latency=bool(i % 2))[: 3 + i % 3]
+        out = engine(lake, cfg).evaluate(findings, clock.now, run_id=f"r{i}")
+        times += [(clock.now, n.connection_id) for n in out.sent]
+        clock.tick()
+    assert times
+    for (a, ca), (b, cb) in zip(times, times[1:], strict=False):
+        assert ca != cb or b - a >= timedelta(hours=1)
+
+
+def test_two_unrelated_causes_are_two_incidents(sink, lake):
+    findings = [finding(slice_="gpt-4o"), finding("latency_p95", "warning", slice_="gpt-4o"),
+                finding(dimension="region", slice_="eu-west-1"),
+                finding("latency_p95", "warning", dimension="region", slice_="eu-west-1",
+                        annotations={"root_cause_set": "region=eu-west-1"})]
+    out = engine(lake, incident_config()).evaluate(findings, T0, run_id="r0")
+    assert sorted((n.reason, n.firing) for n in out.notifications) == [("new", 2), ("new", 2)]
+    assert len({a["incident_id"] for a in out.firing}) == 2
+    assert len(sink_messages(sink)) == 2
+
+
+def test_an_overall_finding_without_cause_joins_the_only_incident(sink, lake):
+    findings = [finding(slice_="gpt-4o"), finding(dimension="overall", slice_="*")]
+    out = engine(lake, incident_config()).evaluate(findings, T0, run_id="r0")
+    assert reasons(out) == ["new"] and out.notifications[0].firing == 2
+    # With two incidents it cannot know which one: it opens its own.
+    findings += [finding(dimension="region", slice_="eu-west-1")]
+    out = engine(lake, incident_config()).evaluate(findings, T0 + timedelta(hours=1),
+                                                   run_id="r1")
+    assert reasons(out) == ["new"]  # region opens its own; the overall one stays put
+
+
+def test_a_later_finding_joins_the_open_incident_as_an_update_not_a_page(sink, lake):
+    cfg = incident_config()
+    first = [finding("success_rate", "critical", slice_="gpt-4o")]
+    engine(lake, cfg).evaluate(first, T0, run_id="r0")
+    later = [*first, finding("latency_p95", "critical", dimension="app", slice_="chat",
+                             annotations={"root_cause_set": "app=chat&model=gpt-4o"})]
+    out = engine(lake, cfg).evaluate(later, T0 + timedelta(hours=1), run_id="r1")
+    assert reasons(out) == ["update"]
+    assert len({a["incident_id"] for a in out.firing}) == 1
+
+
+def test_a_silenced_member_does_not_count(sink, lake):
+    cfg = incident_config()
+    silence = Silence.model_validate({
+        "id": "mute-app", "matchers": ['dimension="app"'], "comment": "known",
+        "created_by": "oncall", "starts_at": T0 - timedelta(hours=1),
+        "ends_at": T0 + timedelta(days=1)})
+    out = engine(lake, cfg, silences=[silence]).evaluate(burst(), T0, run_id="r0")
+    assert [(n.reason, n.firing) for n in out.notifications] == [("new", 4)]
+    muted = [a for a in out.firing if a["muted_by"]]
+    assert len(muted) == 1 and muted[0]["incident_id"] == out.notifications[0].incident_id
+
+
+def test_a_rerun_and_a_second_engine_never_post_twice(sink, lake):
+    cfg = incident_config()
+    engine(lake, cfg).evaluate(burst(), T0, run_id="r0")
+    again = engine(lake, cfg).evaluate(burst(), T0, run_id="r0-retry")
+    assert again.replay == "same" and [n.status for n in again.notifications] == ["sent"]
+    assert len(sink_messages(sink)) == 1
+
+
+def test_a_failed_delivery_is_retried_by_the_next_evaluation(sink, lake):
+    from tests.helpers.alerts import set_faults
+
+    cfg = incident_config()
+    set_faults(sink, {"mode": "server_error", "count": 10})
+    out = engine(lake, cfg, max_retries=0).evaluate(burst(), T0, run_id="r0")
+    assert [n.status for n in out.notifications] == ["failed"]
+    requests_cleared = __import__("requests").delete(sink + "/_faults", timeout=5)
+    assert requests_cleared.ok
+    out = engine(lake, cfg).evaluate(burst(), T0 + timedelta(hours=1), run_id="r1")
+    assert [(n.reason, n.status) for n in out.notifications] == [("new", "sent")]
+    assert len(sink_messages(sink)) == 1
+
+
+def test_the_alert_log_keeps_the_incident_and_its_members(sink, lake):
+    cfg = incident_config()
+    engine(lake, cfg).evaluate(burst(), T0, run_id="r0")
+    engine(lake, cfg).evaluate([], T0 + timedelta(hours=1), run_id="r1")
+    table = AlertStore(Lake(lake), "hourly").read_alert_log(T0, T0 + timedelta(hours=2))
+    rows = table.to_pylist()
+    incident_rows = [r for r in rows if r["kind"] == "incident"]
+    assert [r["event"] for r in incident_rows] == ["opened", "resolved"]
+    iid = incident_rows[0]["incident_id"]
+    members = json.loads(incident_rows[0]["labels"])["members"].split(",")
+    assert len(members) == 5 and json.loads(incident_rows[0]["labels"])["cause"] == \
+        "model=gpt-4o"
+    member_rows = [r for r in rows if r["kind"] != "incident"]
+    assert {r["incident_id"] for r in member_rows} == {iid}
+    assert {r["fingerprint"] for r in member_rows} == set(members)
+    assert incident_rows[0]["delivery"] == "sent"
+
+
+@pytest.mark.parametrize("grouping", ["incidents"])
+def test_the_shipped_config_groups_by_incident(grouping):
+    from promptops.alerts.config import load_alerting_config
+
+    cfg = load_alerting_config()
+    assert cfg.grouping == grouping
+    assert cfg.incidents.min_message_interval >= timedelta(hours=1)
