@@ -406,7 +406,9 @@ def _grouped(state: AlertState, records: dict[str, AlertRecord], muted: dict[str
     alerts are posted again, once, as incidents)."""
     if config.grouping != "incidents":
         return records, group(records, muted, state.groups, config), state.groups
-    known = {k: gs for k, gs in state.groups.items() if is_incident(k)}
+    # An incident Slack heard resolve is closed: what fires next opens a new one.
+    known = {k: gs for k, gs in state.groups.items() if is_incident(k)
+             and not (gs.last_notified_at is not None and not gs.notified)}
     placed = incidents.assign(records, known, config, iso(now), scope)
     records = incidents.tag(records, placed)
     return records, incident_groups(records, muted, known, placed, config), known
