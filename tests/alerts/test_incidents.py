@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -215,3 +216,21 @@ def test_the_shipped_config_groups_by_incident(grouping):
     cfg = load_alerting_config()
     assert cfg.grouping == grouping
     assert cfg.incidents.min_message_interval >= timedelta(hours=1)
+
+
+def test_a_backfill_completing_a_streak_opens_the_incident_once(sink, lake):
+    """The latest hour saw the burst once (pending); the backfilled hour before completes
+    its streak: the incident opens and is posted once, and the next live hour is quiet."""
+    cfg = incident_config()
+    slow = [replace(f, pending_for=2) for f in burst()]
+    latest = T0 + timedelta(hours=6)
+    assert engine(lake, cfg).evaluate(slow, latest, run_id="live").notifications == []
+    gap = engine(lake, cfg).evaluate(slow, latest - timedelta(hours=1), run_id="backfill")
+    assert gap.replay == "gap"
+    assert [(n.reason, n.status, n.firing) for n in gap.notifications] == \
+        [("new", "sent", 5)]
+    assert gap.notifications[0].incident_id is not None
+    live = engine(lake, cfg).evaluate(slow, latest + timedelta(hours=1), run_id="next")
+    assert live.notifications == []
+    assert {a["incident_id"] for a in live.firing} == {gap.notifications[0].incident_id}
+    assert len(sink_messages(sink)) == 1

@@ -594,6 +594,10 @@ def _schedule_promoted(state: AlertState, promoted: list[str], muted: dict[str, 
     sends it). Adds the state of a group messaged for the first time."""
     records = state.alerts
     waiting = {e.group_key for e in state.outbox if e.in_flight(config.claim_timeout)}
+    if config.grouping == "incidents":
+        return _schedule_promoted_incidents(state, promoted, muted, waiting, latest, now,
+                                            config, scope=scope, run_id=run_id,
+                                            run_url=run_url)
     entries: list[OutboxEntry] = []
     for fp in promoted:
         g = group_for(records[fp], config)
@@ -609,6 +613,33 @@ def _schedule_promoted(state: AlertState, promoted: list[str], muted: dict[str, 
             entries.append(_message(_hash(scope, g.key, iso(latest), "gap", iso(now)), g,
                                     latest, run_id, run_url, "new", firing, [], new))
             state.groups[g.key] = gs
+    return entries
+
+
+def _schedule_promoted_incidents(state: AlertState, promoted: list[str],
+                                 muted: dict[str, str], waiting: set[str], latest: datetime,
+                                 now: datetime, config: AlertingConfig, *, scope: str,
+                                 run_id: str | None, run_url: str | None
+                                 ) -> list[OutboxEntry]:
+    """The promoted alerts join (or open) incidents as of the latest evaluation; an
+    incident they open or change gets its message as the latest evaluation would have sent
+    it (``new`` or ``update``, the incident's intervals respected)."""
+    if not promoted:
+        return []
+    records, groups, known = _grouped(state, state.alerts, muted, latest, config, scope)
+    state.alerts = records
+    state.groups.update(known)
+    entries: list[OutboxEntry] = []
+    for key, g in groups.items():
+        if key in waiting or not any(r.fingerprint in promoted for r in g.firing):
+            continue
+        gs = known[key]
+        reason = _incident_reason(g, gs, False, latest, config)
+        if reason in ("new", "update"):
+            new = [r.fingerprint for r in g.firing if r.fingerprint not in gs.notified]
+            entries.append(_with_incident(_message(
+                _hash(scope, key, iso(latest), "gap", iso(now)), g, latest, run_id, run_url,
+                reason, g.firing, [], new), gs))
     return entries
 
 
