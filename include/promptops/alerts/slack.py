@@ -213,7 +213,9 @@ def incident_header(n: Notification) -> tuple[str, list[Block]]:
         lines.append(f"*Likely root cause:* {escape(ann['root_cause'])}")
     if n.firing and ann.get("heal_playbook"):
         lines.append(f"*Heal suggestion:* `{escape(ann['heal_playbook'])}`")
-    text = f"[{status}] {n.severity} {_cause_text(n.cause)}: {what}"
+    # Alertmanager's fallback convention ([FIRING:n] / [RESOLVED:n]), which tools parse.
+    text = f"[{'FIRING' if n.firing else 'RESOLVED'}:{count}] {n.severity} incident " \
+           f"{_cause_text(n.cause)}: {what}"
     return _cut(text, _MAX_TEXT), [
         HeaderBlock(text=PlainTextObject(text=header, emoji=True)),
         SectionBlock(text=MarkdownTextObject(text=_cut("\n".join(lines), _MAX_TEXT)))]
@@ -250,7 +252,7 @@ def render_incident(n: Notification, *, max_alerts: int = 20) -> dict[str, Any]:
         f"{run} · scope `{escape(n.scope)}` · incident `{n.incident_id}` · notification "
         f"`{n.id}`", _MAX_TEXT))]))
     if n.reason not in ("new", "header"):
-        text = f"{why.get(n.reason, n.reason)}: {text}"
+        text = f"{text} ({why.get(n.reason, n.reason)})"
     message = {"text": text, "blocks": [b.to_dict() for b in blocks][:MAX_BLOCKS]}
     validate_message(message)
     return message
