@@ -234,3 +234,41 @@ def test_a_backfill_completing_a_streak_opens_the_incident_once(sink, lake):
     assert live.notifications == []
     assert {a["incident_id"] for a in live.firing} == {gap.notifications[0].incident_id}
     assert len(sink_messages(sink)) == 1
+
+
+def _notification(firing, resolved=(), reason="new"):
+    from promptops.alerts.engine import Notification
+
+    return Notification(id="n1", scope="hourly", group_key="incident:abc",
+                        group_labels={"incident": "abc"}, reason=reason,
+                        connections=["slack_alerts"], evaluated_at=T0, run_id="r1",
+                        run_url=None, firing=list(firing), resolved=list(resolved),
+                        incident_id="abc", cause="model=gpt-4o", opened_at=T0.isoformat())
+
+
+def _view(f, **more):
+    return {**AlertRecord.start(f, T0).view(), **more}
+
+
+def test_an_incident_message_has_one_line_per_metric_and_fits_slack():
+    from promptops.alerts.slack import MAX_BLOCKS, render_message
+
+    members = [_view(f) for f in burst()]
+    members[0]["annotations"] = {**members[0]["annotations"], "calls": "58",
+                                 "root_cause": "errors on model=gpt-4o (calls 58 vs 60)"}
+    msg = render_message(_notification(members))
+    top = msg["blocks"][0]["text"]["text"]
+    assert "CRITICAL" in top and "model=gpt-4o" in top and "5 metrics" in top
+    assert msg["text"].startswith("[FIRING:5] critical incident model=gpt-4o")
+    body = json.dumps(msg["blocks"])
+    assert "58 calls" in body and "Likely root cause" in body
+    assert body.count("success_rate*") == 3  # model, overall and app lines
+    # Many members still fit Slack's limits; the rest are counted.
+    many = [_view(finding(slice_=f"m{i}")) for i in range(60)]
+    msg = render_message(_notification(many), max_alerts=20)
+    assert len(msg["blocks"]) <= MAX_BLOCKS and "40 more" in json.dumps(msg["blocks"])
+    # The all-clear: RESOLVED, every metric marked recovered.
+    msg = render_message(_notification([], members, reason="resolved"))
+    assert msg["text"].startswith("[RESOLVED:5]")
+    assert "RESOLVED" in msg["blocks"][0]["text"]["text"]
+    assert json.dumps(msg["blocks"]).count("\\u00b7 recovered") == 5

@@ -188,6 +188,9 @@ def _member_line(alert: dict[str, Any], *, resolved: bool, new: bool) -> str:
     comparison = ann.get("comparison")
     level = f"{escape(comparison)} {format_value(metric, alert.get('threshold'))}" \
         if comparison else f"(level {format_value(metric, alert.get('threshold'))})"
+    expected = ann.get("expected") or ann.get("band")
+    if expected:
+        level += f" (expected {escape(expected)})"
     samples = next((f" · {escape(ann[k])} {k}" for k in _SAMPLE_KEYS if ann.get(k)), "")
     state = " · recovered" if resolved else (" :new:" if new else "")
     return (f"{emoji} *{escape(alert['rule'])}* · {escape(_slice(labels))} · "
