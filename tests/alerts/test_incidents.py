@@ -272,3 +272,14 @@ def test_an_incident_message_has_one_line_per_metric_and_fits_slack():
     assert msg["text"].startswith("[RESOLVED:5]")
     assert "RESOLVED" in msg["blocks"][0]["text"]["text"]
     assert json.dumps(msg["blocks"]).count("\\u00b7 recovered") == 5
+
+
+def test_switching_from_label_groups_posts_what_fires_once_as_incidents(sink, lake):
+    engine(lake, config()).evaluate(burst(), T0, run_id="labels")  # grouping: labels
+    before = len(sink_messages(sink))
+    out = engine(lake, incident_config()).evaluate(burst(), T0 + timedelta(hours=1),
+                                                   run_id="incidents")
+    assert [(n.reason, n.firing) for n in out.notifications] == [("new", 5)]
+    out = engine(lake, incident_config()).evaluate(burst(), T0 + timedelta(hours=2),
+                                                   run_id="incidents-2")
+    assert out.notifications == [] and len(sink_messages(sink)) == before + 1
