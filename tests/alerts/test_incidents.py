@@ -283,3 +283,14 @@ def test_switching_from_label_groups_posts_what_fires_once_as_incidents(sink, la
     out = engine(lake, incident_config()).evaluate(burst(), T0 + timedelta(hours=2),
                                                    run_id="incidents-2")
     assert out.notifications == [] and len(sink_messages(sink)) == before + 1
+
+
+def test_health_findings_of_one_caller_or_of_the_api_are_one_incident_each(sink, lake):
+    cfg = incident_config()
+    caller = [finding("abusive_caller_5m", "critical", dimension="user", slice_="u042"),
+              finding("token_burst_5m", "critical", dimension="user", slice_="u042")]
+    api = [finding("api_down", "critical", dimension="overall", slice_="*"),
+           finding("api_success_rate_5m", "warning", dimension="overall", slice_="*")]
+    out = engine(lake, cfg, scope="health").evaluate(caller + api, T0, run_id="h0")
+    assert sorted(n.firing for n in out.notifications) == [2, 2]
+    assert len({a["incident_id"] for a in out.firing}) == 2

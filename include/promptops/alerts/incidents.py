@@ -14,9 +14,10 @@ Each evaluation, firing alerts (muted ones too, so the log names their incident)
 2. new alerts with a key, together with the open incidents, are joined through related keys
    (transitively); a connected part holding open incidents joins the oldest of them, one
    without opens a new incident;
-3. new alerts with the empty key (overall, no cause) join the only incident with firing
-   members in this evaluation if there is exactly one; else they join the open overall
-   incident, or open one together;
+3. new alerts with the empty key (overall, no cause) join the only incident of this
+   evaluation with a firing member of the same metric, if there is exactly one (the overall
+   success rate follows the one model whose success rate fell); else they join the open
+   overall incident, or open one together;
 4. alerts of ``incidents.standalone_rules`` are each an incident of their own.
 
 An incident is open while its :class:`~promptops.alerts.state.GroupState` lives: from its
@@ -150,15 +151,8 @@ def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
         for fp in alerts:
             out[fp] = target
 
-    overall = [fp for fp in fresh if fp not in out]
-    if overall:
-        live = sorted({k for k in out.values() if not groups[k].labels.get("standalone")})
-        open_overall = [k for k in sorted(incidents) if not incidents[k].keys
-                        and not incidents[k].labels.get("standalone")]
-        target = live[0] if len(live) == 1 else open_overall[0] if open_overall \
-            else _open(groups, scope, now, overall)
-        for fp in overall:
-            out[fp] = target
+    _place_overall([fp for fp in fresh if fp not in out], records, out, groups, incidents,
+                   scope, now)
 
     for fp, k in out.items():
         gs = groups[k]
@@ -169,6 +163,35 @@ def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
             gs.keys.append(text)
         gs.cause = primary_cause(gs.keys)
     return out
+
+
+def _metric(rec: AlertRecord) -> str:
+    return rec.labels.get("metric") or rec.rule
+
+
+def _place_overall(overall: list[str], records: dict[str, AlertRecord], out: dict[str, str],
+                   groups: dict[str, GroupState], incidents: dict[str, GroupState],
+                   scope: str, now: str) -> None:
+    """Overall alerts without a cause: each joins the only incident of this evaluation with
+    a firing member of the same metric (the overall success rate follows the one model
+    whose success rate fell); the others join the open overall incident, or open one."""
+    live: dict[str, set[str]] = {}
+    for fp, k in out.items():
+        if not groups[k].labels.get("standalone"):
+            live.setdefault(k, set()).add(_metric(records[fp]))
+    rest = []
+    for fp in overall:
+        same = [k for k, metrics in live.items() if _metric(records[fp]) in metrics]
+        if len(same) == 1:
+            out[fp] = same[0]
+        else:
+            rest.append(fp)
+    if rest:
+        open_overall = [k for k in sorted(incidents) if not incidents[k].keys
+                        and not incidents[k].labels.get("standalone")]
+        target = open_overall[0] if open_overall else _open(groups, scope, now, rest)
+        for fp in rest:
+            out[fp] = target
 
 
 def _open(groups: dict[str, GroupState], scope: str, now: str, fps: list[str],
