@@ -66,7 +66,8 @@ def test_an_incident_is_one_thread_with_its_header_rewritten(bot_sink, lake):
 
 def test_a_new_incident_after_the_last_one_resolved_opens_a_new_thread(bot_sink, lake):
     cfg = incident_config()
-    eng = lambda: engine(lake, cfg, bots=slack_bots())  # noqa: E731
+    # As the DAGs build it: slack_webhooks() alone tells bot connections from webhooks.
+    eng = lambda: engine(lake, cfg)  # noqa: E731
     eng().evaluate(burst(), T0, run_id="r0")
     eng().evaluate([], T0 + timedelta(hours=1), run_id="r1")
     eng().evaluate(burst(), T0 + timedelta(hours=2), run_id="r2")
@@ -110,3 +111,14 @@ def test_a_refused_token_is_a_permanent_error_without_the_token(sink, lake):
     delivery = notifier.deliver(Notification.from_entry(entry, "hourly"))
     assert not delivery.ok and delivery.permanent and "not_authed" in (delivery.error or "")
     assert requests.get(sink + "/messages", timeout=5).json()["messages"] == []
+
+
+def test_other_messages_go_through_a_bot_connection_too(bot_sink):
+    from promptops.airflow_adapters.resources import slack_webhooks
+    from promptops.alerts.slack import send_to_first
+
+    message = {"text": "daily summary", "blocks": []}
+    assert send_to_first(message, ["slack_alerts"], what="the daily summary",
+                         webhooks=slack_webhooks()) is None
+    [post] = api(bot_sink, "chat.postMessage")
+    assert post["body"]["text"] == "daily summary" and post["body"]["channel"] == "#alerts"

@@ -100,11 +100,6 @@ def relevance_judge(config: JudgeConfig) -> RelevanceJudge:
     return RelevanceJudge.from_config(config, base_url, api_key)
 
 
-def slack_webhooks() -> connections.AirflowSlackWebhooks:
-    """Slack incoming webhooks from Airflow connections of type ``slackwebhook``."""
-    return connections.AirflowSlackWebhooks()
-
-
 class AirflowSlackBots:
     """:class:`promptops.alerts.slack.SlackBots` from Airflow connections: one of type
     ``slack`` (the Slack provider's Slack API connection) holds a bot token (``xoxb-``,
@@ -151,6 +146,18 @@ class AirflowSlackBots:
         hook = SlackHook(slack_conn_id=conn_id, timeout=max(1, int(timeout)),
                          retry_handlers=retry_handlers, logger=logger)
         return SlackBot(hook.client, str(channel))
+
+
+class AirflowSlackConnections(connections.AirflowSlackWebhooks, AirflowSlackBots):
+    """Slack connections as the library sends through them: incoming webhooks (type
+    ``slackwebhook``) and bot tokens (type ``slack``), told apart per connection."""
+
+
+def slack_webhooks() -> AirflowSlackConnections:
+    """Slack connections from Airflow: incoming webhooks of type ``slackwebhook``, and bot
+    tokens of type ``slack`` (:class:`AirflowSlackBots`), which the notifier and
+    :func:`promptops.alerts.slack.send_message` use through the Web API."""
+    return AirflowSlackConnections()
 
 
 def slack_bots() -> AirflowSlackBots:

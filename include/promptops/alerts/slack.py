@@ -35,7 +35,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.error import URLError
 
 from slack_sdk import WebClient
@@ -482,7 +482,10 @@ class SlackNotifier:
                  backoff_s: float = 0.5, max_alerts_per_message: int = 20,
                  bots: SlackBots | None = None) -> None:
         self.webhooks = webhooks
-        self.bots = bots
+        # Connections that are bot tokens: given, or told by the webhooks object itself
+        # (``airflow_adapters.resources.slack_webhooks`` knows both kinds).
+        self.bots: SlackBots | None = bots if bots is not None else \
+            (cast("SlackBots", webhooks) if callable(getattr(webhooks, "bot", None)) else None)
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.max_retry_after_s = max_retry_after_s
@@ -657,6 +660,10 @@ def send_message(message: dict[str, Any], *, conn_id: str, webhooks: SlackWebhoo
                 ConnectionErrorRetryHandler(max_retry_count=max_retries,
                                             error_types=RETRYABLE_ERRORS),
                 ServerErrorRetryHandler(max_retry_count=max_retries)]
+    if callable(getattr(webhooks, "bot", None)) and \
+            _send_with_bot(message, conn_id=conn_id, bots=cast("SlackBots", webhooks),
+                           what=what, timeout_s=timeout_s, handlers=handlers):
+        return
     try:
         client, secrets = _guarded_client(webhooks, conn_id, timeout=int(timeout_s),
                                           retry_handlers=handlers)
@@ -673,6 +680,29 @@ def send_message(message: dict[str, Any], *, conn_id: str, webhooks: SlackWebhoo
         body = redact(str(response.body or ""), secrets)[:100]
         raise SlackSendError(f"Slack answered HTTP {response.status_code} ({body}) for "
                              f"connection {conn_id!r}; check the webhook URL in its password")
+
+
+def _send_with_bot(message: dict[str, Any], *, conn_id: str, bots: SlackBots, what: str,
+                   timeout_s: float, handlers: list[RetryHandler]) -> bool:
+    """Post through the connection's bot token; False when it is a webhook. Raises
+    :class:`SlackSendError` (naming the connection and Slack's error, never the token)."""
+    try:
+        bot = bots.bot(conn_id, timeout=timeout_s, retry_handlers=handlers, logger=_SDK_LOG)
+    except SlackConnectionMissing as exc:
+        raise SlackSendError(str(exc)) from None
+    if bot is None:
+        return False
+    try:
+        bot.client.chat_postMessage(channel=bot.channel, **message)
+    except SlackApiError as exc:
+        code = exc.response.get("error") or f"HTTP {exc.response.status_code}"
+        raise SlackSendError(f"Slack refused {what} through connection {conn_id!r} ({code}); "
+                             f"check the bot token's chat:write scope and the channel in the "
+                             f"connection's extra") from None
+    except Exception as exc:
+        raise SlackSendError(f"sending {what} through connection {conn_id!r} failed "
+                             f"({type(exc).__name__})") from None
+    return True
 
 
 def send_to_first(message: dict[str, Any], connections: list[str], *, what: str,
