@@ -3,9 +3,11 @@
 The shape follows Prometheus Alertmanager's ``alertmanager.yml`` where it can (``group_by``,
 ``repeat_interval``, ``send_resolved``, ``inhibit_rules`` with ``source_matchers``,
 ``target_matchers`` and ``equal``), so an operator who knows Alertmanager can read it. What
-differs: evaluations are batch runs, so there is no ``group_wait`` / ``group_interval`` (one
-message per group per evaluation), and a route names Airflow Slack connections, the first one
-that exists being used.
+differs: evaluations are batch runs, so there is no ``group_wait``; by default
+(``grouping: incidents``) alerts that share a root cause form one incident with one thread
+of messages (:mod:`promptops.alerts.incidents`, ``incidents:`` settings) instead of groups
+of ``group_by`` labels (``grouping: labels``); and a route names Airflow Slack connections,
+the first one that exists being used.
 
 Matchers are Alertmanager's strings: ``name="value"``, ``name!="value"``, ``name=~"regex"``,
 ``name!~"regex"`` (regexes match the whole value; a missing label is the empty string). The
