@@ -129,8 +129,8 @@ class AirflowSlackBots:
 
         try:
             conn = Connection.get(conn_id)
-        except AirflowNotFoundException as exc:
-            raise SlackConnectionMissing(str(exc)) from None
+        except AirflowNotFoundException:
+            return None  # the webhook path reports the missing connection as it always did
         if conn.conn_type != "slack":
             return None
         if not conn.password:

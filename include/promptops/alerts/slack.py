@@ -461,7 +461,7 @@ class SlackBots(Protocol):
     def bot(self, conn_id: str, *, timeout: float, retry_handlers: list[RetryHandler],
             logger: logging.Logger) -> SlackBot | None:
         """The connection's Web API client and channel, its token registered with the log
-        masker; None when the connection is an incoming webhook. Raises
+        masker; None when the connection is an incoming webhook (or missing). Raises
         :class:`SlackConnectionMissing` when it holds no token or names no channel."""
         ...
 
