@@ -294,3 +294,44 @@ def test_health_findings_of_one_caller_or_of_the_api_are_one_incident_each(sink,
     out = engine(lake, cfg, scope="health").evaluate(caller + api, T0, run_id="h0")
     assert sorted(n.firing for n in out.notifications) == [2, 2]
     assert len({a["incident_id"] for a in out.firing}) == 2
+
+
+def test_a_page_is_the_first_critical_message_of_an_incident_on_its_route(sink, lake):
+    """What a pager counts: ``first_on_route`` marks the opening and an escalation."""
+    from promptops.alerts.engine import Notification
+
+    seen: list[Notification] = []
+
+    class Spy:
+        def deliver(self, n):
+            from promptops.alerts.engine import Delivery
+
+            seen.append(n)
+            return Delivery(ok=True, connection_id="spy")
+
+    from promptops.alerts.engine import AlertEngine
+
+    cfg = incident_config()
+    eng = AlertEngine(cfg, AlertStore(Lake(lake), "hourly"), Spy(), silences=[])
+    clock = Clock()
+    eng.evaluate(burst("warning"), clock.now, run_id="r0")
+    eng.evaluate(burst("critical"), clock.tick(), run_id="r1")
+    eng.evaluate(burst("critical", app_latency=True), clock.tick(5), run_id="r2")
+    eng.evaluate([], clock.tick(), run_id="r3")
+    assert [(n.reason, n.severity, n.first_on_route) for n in seen] == [
+        ("new", "warning", True), ("update", "critical", True),
+        ("update", "critical", False), ("resolved", "critical", False)]
+    pages = [n for n in seen if n.severity == "critical" and n.first_on_route]
+    assert len(pages) == 1
+
+
+def test_an_old_overall_incident_does_not_absorb_a_new_outage(sink, lake):
+    cfg = incident_config()
+    budget = finding("daily_tokens", "warning", dimension="overall", slice_="*")
+    clock = Clock()
+    engine(lake, cfg).evaluate([budget], clock.now, run_id="r0")
+    down = finding("api_down", "critical", dimension="overall", slice_="*")
+    out = engine(lake, cfg).evaluate([budget, down], clock.tick(6), run_id="r1")
+    assert [(n.reason, n.firing) for n in out.notifications if n.reason != "repeat"] == \
+        [("new", 1)]
+    assert len({a["incident_id"] for a in out.firing}) == 2

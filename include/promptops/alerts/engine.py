@@ -129,6 +129,10 @@ class Notification:
     cause: str = ""
     opened_at: str | None = None
     threads: dict[str, str] = field(default_factory=dict)
+    #: Incidents: its first message on this route: the opening, or an escalation reaching
+    #: a route it had not used (a warning incident turning critical). A page is a critical
+    #: notification with ``first_on_route``.
+    first_on_route: bool = False
 
     @property
     def severity(self) -> str:
@@ -140,7 +144,8 @@ class Notification:
     def from_entry(cls, e: OutboxEntry, scope: str) -> Notification:
         return cls(e.id, scope, e.group_key, e.group_labels, e.reason, list(e.connections),
                    parse_iso(e.evaluated_at), e.run_id, e.run_url, e.firing, e.resolved,
-                   list(e.new), e.incident_id, e.cause, e.opened_at, dict(e.threads))
+                   list(e.new), e.incident_id, e.cause, e.opened_at, dict(e.threads),
+                   e.first_on_route)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ Each evaluation, firing alerts (muted ones too, so the log names their incident)
    without opens a new incident;
 3. new alerts with the empty key (overall, no cause) join the only incident of this
    evaluation with a firing member of the same metric, if there is exactly one (the overall
-   success rate follows the one model whose success rate fell); else they join the open
-   overall incident, or open one together;
+   success rate follows the one model whose success rate fell); else they join an open
+   overall incident that has their metric or opened within ``min_message_interval`` (the
+   other symptoms of one outage), or open one together;
 4. alerts of ``incidents.standalone_rules`` are each an incident of their own.
 
 An incident is open while its :class:`~promptops.alerts.state.GroupState` lives: from its
@@ -31,9 +32,10 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import timedelta
 
 from promptops.alerts.config import AlertingConfig
-from promptops.alerts.state import FIRING, AlertRecord, GroupState, iso
+from promptops.alerts.state import FIRING, AlertRecord, GroupState, iso, parse_iso
 from promptops.contracts.findings import SEVERITY_ORDER
 from promptops.contracts.metric_table import ALL, OVERALL
 
@@ -152,7 +154,7 @@ def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
             out[fp] = target
 
     _place_overall([fp for fp in fresh if fp not in out], records, out, groups, incidents,
-                   scope, now)
+                   scope, now, config.incidents.min_message_interval)
 
     for fp, k in out.items():
         gs = groups[k]
@@ -171,10 +173,11 @@ def _metric(rec: AlertRecord) -> str:
 
 def _place_overall(overall: list[str], records: dict[str, AlertRecord], out: dict[str, str],
                    groups: dict[str, GroupState], incidents: dict[str, GroupState],
-                   scope: str, now: str) -> None:
+                   scope: str, now: str, recent_window: timedelta) -> None:
     """Overall alerts without a cause: each joins the only incident of this evaluation with
     a firing member of the same metric (the overall success rate follows the one model
-    whose success rate fell); the others join the open overall incident, or open one."""
+    whose success rate fell); the others join an open overall incident with that metric or
+    opened within ``recent_window``, else open one together."""
     live: dict[str, set[str]] = {}
     for fp, k in out.items():
         if not groups[k].labels.get("standalone"):
@@ -186,11 +189,26 @@ def _place_overall(overall: list[str], records: dict[str, AlertRecord], out: dic
             out[fp] = same[0]
         else:
             rest.append(fp)
-    if rest:
-        open_overall = [k for k in sorted(incidents) if not incidents[k].keys
-                        and not incidents[k].labels.get("standalone")]
-        target = open_overall[0] if open_overall else _open(groups, scope, now, rest)
-        for fp in rest:
+    if not rest:
+        return
+    # An open overall incident takes them when it already has this metric, or opened
+    # recently (the other symptoms of one outage); a week-old budget alert does not.
+    recent = parse_iso(now) - recent_window
+    overall_open = sorted((k for k in incidents if not incidents[k].keys
+                           and not incidents[k].labels.get("standalone")),
+                          key=lambda k: (incidents[k].opened_at or "", k))
+    fresh_rest = []
+    for fp in rest:
+        target = next((k for k in overall_open if _metric(records[fp]) in live.get(k, set())),
+                      None) or next((k for k in overall_open if (opened := incidents[k].opened_at)
+                                     and parse_iso(opened) >= recent), None)
+        if target is None:
+            fresh_rest.append(fp)
+        else:
+            out[fp] = target
+    if fresh_rest:
+        target = _open(groups, scope, now, fresh_rest)
+        for fp in fresh_rest:
             out[fp] = target
 
 

@@ -319,7 +319,8 @@ def _incident_reason(g: Group, gs: GroupState, any_resolved: bool, now: datetime
 
 def _with_incident(entry: OutboxEntry, gs: GroupState) -> OutboxEntry:
     return replace(entry, incident_id=incidents.incident_id(entry.group_key), cause=gs.cause,
-                   opened_at=gs.opened_at, threads=dict(gs.threads))
+                   opened_at=gs.opened_at, threads=dict(gs.threads),
+                   first_on_route=str(entry.route_index) not in gs.route_sent)
 
 
 def _message(entry_id: str, g: Group, evaluated_at: datetime, run_id: str | None,

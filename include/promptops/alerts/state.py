@@ -171,6 +171,9 @@ class OutboxEntry:
     cause: str = ""
     opened_at: str | None = None
     threads: dict[str, str] = field(default_factory=dict)
+    #: Incidents: the incident's first message on this route (its opening, or an escalation
+    #: reaching the paging route): what a pager counts as a page.
+    first_on_route: bool = False
 
     def in_flight(self, claim_timeout: timedelta) -> bool:
         """An older evaluation's message that its run may still be sending."""
