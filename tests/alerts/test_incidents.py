@@ -335,3 +335,18 @@ def test_an_old_overall_incident_does_not_absorb_a_new_outage(sink, lake):
     assert [(n.reason, n.firing) for n in out.notifications if n.reason != "repeat"] == \
         [("new", 1)]
     assert len({a["incident_id"] for a in out.firing}) == 2
+
+
+def test_a_member_whose_cause_wanders_does_not_pull_other_incidents_in(sink, lake):
+    """An overall budget alert open for days, whose hourly root cause annotation names a
+    different slice each hour, must not absorb an unrelated burst on that slice."""
+    cfg = incident_config()
+    clock = Clock()
+    budget = finding("daily_tokens", "critical", dimension="overall", slice_="*")
+    engine(lake, cfg).evaluate([budget], clock.now, run_id="r0")
+    wandered = replace(budget, annotations={**budget.annotations,
+                                            "root_cause_set": "model=gpt-4o"})
+    engine(lake, cfg).evaluate([wandered], clock.tick(), run_id="r1")
+    out = engine(lake, cfg).evaluate([wandered, *burst()], clock.tick(), run_id="r2")
+    assert [(n.reason, n.firing) for n in out.notifications] == [("new", 5)]
+    assert len({a["incident_id"] for a in out.firing}) == 2

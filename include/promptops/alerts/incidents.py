@@ -156,10 +156,9 @@ def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
     _place_overall([fp for fp in fresh if fp not in out], records, out, groups, incidents,
                    scope, now, config.incidents.min_message_interval)
 
-    for fp, k in out.items():
-        gs = groups[k]
-        if fp not in gs.members:
-            gs.members.append(fp)
+    for fp in fresh:  # only a joining alert brings its key: a member's cause annotation
+        gs = groups[out[fp]]  # may wander later, and must not make its incident a magnet
+        gs.members.append(fp)
         text = key_text(keys[fp])
         if text and text not in gs.keys and not gs.labels.get("standalone"):
             gs.keys.append(text)
