@@ -350,3 +350,27 @@ def test_a_member_whose_cause_wanders_does_not_pull_other_incidents_in(sink, lak
     out = engine(lake, cfg).evaluate([wandered, *burst()], clock.tick(), run_id="r2")
     assert [(n.reason, n.firing) for n in out.notifications] == [("new", 5)]
     assert len({a["incident_id"] for a in out.firing}) == 2
+
+
+def test_a_platform_wide_outage_is_one_incident_and_one_model_is_its_own(sink, lake):
+    """Every model and app failing with the overall rate (no cause narrower than the
+    whole): one incident. One model failing with the overall rate: that model's incident."""
+    cfg = incident_config()
+    everywhere = [finding(dimension="overall", slice_="*")]
+    everywhere += [finding(slice_=m) for m in ("gpt-4o", "claude", "llama")]
+    everywhere += [finding(dimension="app", slice_=a) for a in ("chat", "search")]
+    out = engine(lake, cfg).evaluate(everywhere, T0, run_id="r0")
+    assert [(n.reason, n.firing) for n in out.notifications] == [("new", 6)]
+    assert "overall" in header(sink_messages(sink)[-1])
+    # An hour later one more slice fails: it joins the outage, not a page of its own.
+    out = engine(lake, cfg).evaluate([*everywhere, finding(dimension="region", slice_="eu")],
+                                     T0 + timedelta(hours=1), run_id="r1")
+    assert len({a["incident_id"] for a in out.firing}) == 1
+    assert all(n.reason == "update" for n in out.notifications)
+
+
+def test_one_model_without_a_localised_cause_is_that_models_incident(sink, lake):
+    one = [finding(slice_="gpt-4o"), finding(dimension="overall", slice_="*")]
+    out = engine(lake, incident_config()).evaluate(one, T0, run_id="r0")
+    assert [(n.reason, n.firing) for n in out.notifications] == [("new", 2)]
+    assert "model=gpt-4o" in header(sink_messages(sink)[-1])

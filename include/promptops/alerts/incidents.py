@@ -131,6 +131,32 @@ def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
     for fp in (fp for fp in fresh if records[fp].rule in standalone):
         out[fp] = _open(groups, scope, now, [fp], standalone=records[fp].rule)
     keyed = [fp for fp in fresh if fp not in out and keys[fp]]
+    overall = [fp for fp in fresh if fp not in out and not keys[fp]]
+    platform = _platform_metrics(overall, keyed, records, keys, out, incidents)
+    deferred = _place_keyed(keyed, records, keys, out, groups, incidents, platform, scope,
+                            now)
+    _place_overall(overall, deferred, records, out, groups, incidents, scope, now,
+                   config.incidents.min_message_interval)
+
+    for fp in fresh:  # only a joining alert brings its key: a member's cause annotation
+        gs = groups[out[fp]]  # may wander later, and must not make its incident a magnet
+        gs.members.append(fp)
+        text = key_text(keys[fp])
+        if text and text not in gs.keys and not gs.labels.get("standalone") \
+                and not gs.labels.get("overall"):
+            gs.keys.append(text)
+        gs.cause = primary_cause(gs.keys)
+    return out
+
+
+def _place_keyed(keyed: list[str], records: dict[str, AlertRecord], keys: dict[str, Key],
+                 out: dict[str, str], groups: dict[str, GroupState],
+                 incidents: dict[str, GroupState], platform: set[str], scope: str,
+                 now: str) -> list[str]:
+    """Join new keyed alerts through related keys with each other and the open incidents
+    (transitively): a connected part with open incidents joins the oldest, one without
+    opens an incident, unless all its alerts are bare slices of platform-wide metrics:
+    those are returned, for the overall incident."""
     joinable = {k: [parse_key(t) for t in gs.keys] for k, gs in incidents.items()
                 if not gs.labels.get("standalone")}
     uf = _Union()
@@ -145,34 +171,52 @@ def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
     parts: dict[str, list[str]] = {}
     for node in [*keyed, *(k for k in joinable if k in uf.parent)]:
         parts.setdefault(uf.find(node), []).append(node)
+    deferred: list[str] = []
     for nodes in parts.values():
         alerts = [n for n in nodes if n in records]
         olds = sorted((n for n in nodes if n in incidents),
                       key=lambda k: (incidents[k].opened_at or "", k))
+        if not olds and all(_metric(records[fp]) in platform
+                            and keys[fp] == slice_key(records[fp].labels) for fp in alerts):
+            deferred += alerts
+            continue
         target = olds[0] if olds else _open(groups, scope, now, alerts)
         for fp in alerts:
             out[fp] = target
+    return deferred
 
-    _place_overall([fp for fp in fresh if fp not in out], records, out, groups, incidents,
-                   scope, now, config.incidents.min_message_interval)
 
-    for fp in fresh:  # only a joining alert brings its key: a member's cause annotation
-        gs = groups[out[fp]]  # may wander later, and must not make its incident a magnet
-        gs.members.append(fp)
-        text = key_text(keys[fp])
-        if text and text not in gs.keys and not gs.labels.get("standalone"):
-            gs.keys.append(text)
-        gs.cause = primary_cause(gs.keys)
-    return out
+def _platform_metrics(overall: list[str], keyed: list[str], records: dict[str, AlertRecord],
+                      keys: dict[str, Key], out: dict[str, str],
+                      incidents: dict[str, GroupState]) -> set[str]:
+    """Metrics that moved platform-wide: those of a member of an open overall incident, and
+    those of a new overall alert without a cause whose bare slices (no cause of their own)
+    span two values of one dimension (an API outage fails every model; one model's burst
+    is that model's incident). Their bare slices are symptoms, not incidents of their own."""
+    bare: dict[str, set[tuple[str, str]]] = {}
+    for fp in keyed:
+        if keys[fp] == slice_key(records[fp].labels):
+            bare.setdefault(_metric(records[fp]), set()).update(keys[fp])
+    broad = {m for m, pairs in bare.items()
+             if len({d for d, _ in pairs}) < len(pairs)}  # some dimension has 2+ values
+    metrics = {_metric(records[fp]) for fp in overall} & broad
+    return metrics | {_metric(records[fp]) for fp, k in out.items()
+                      if k in incidents and _is_overall(incidents[k])}
+
+
+def _is_overall(gs: GroupState) -> bool:
+    """An incident of the whole platform (its symptoms' slices never make it joinable)."""
+    return bool(gs.labels.get("overall")) or (not gs.keys and not gs.labels.get("standalone"))
 
 
 def _metric(rec: AlertRecord) -> str:
     return rec.labels.get("metric") or rec.rule
 
 
-def _place_overall(overall: list[str], records: dict[str, AlertRecord], out: dict[str, str],
-                   groups: dict[str, GroupState], incidents: dict[str, GroupState],
-                   scope: str, now: str, recent_window: timedelta) -> None:
+def _place_overall(overall: list[str], symptoms: list[str], records: dict[str, AlertRecord],
+                   out: dict[str, str], groups: dict[str, GroupState],
+                   incidents: dict[str, GroupState], scope: str, now: str,
+                   recent_window: timedelta) -> None:
     """Overall alerts without a cause: each joins the only incident of this evaluation with
     a firing member of the same metric (the overall success rate follows the one model
     whose success rate fell); the others join an open overall incident with that metric or
@@ -181,10 +225,11 @@ def _place_overall(overall: list[str], records: dict[str, AlertRecord], out: dic
     for fp, k in out.items():
         if not groups[k].labels.get("standalone"):
             live.setdefault(k, set()).add(_metric(records[fp]))
-    rest = []
+    rest = list(symptoms)  # slices of a platform-wide move go where the overall alerts go
+    moved = {_metric(records[fp]) for fp in symptoms}
     for fp in overall:
         same = [k for k, metrics in live.items() if _metric(records[fp]) in metrics]
-        if len(same) == 1:
+        if len(same) == 1 and _metric(records[fp]) not in moved:
             out[fp] = same[0]
         else:
             rest.append(fp)
@@ -193,8 +238,7 @@ def _place_overall(overall: list[str], records: dict[str, AlertRecord], out: dic
     # An open overall incident takes them when it already has this metric, or opened
     # recently (the other symptoms of one outage); a week-old budget alert does not.
     recent = parse_iso(now) - recent_window
-    overall_open = sorted((k for k in incidents if not incidents[k].keys
-                           and not incidents[k].labels.get("standalone")),
+    overall_open = sorted((k for k in incidents if _is_overall(incidents[k])),
                           key=lambda k: (incidents[k].opened_at or "", k))
     fresh_rest = []
     for fp in rest:
@@ -206,16 +250,17 @@ def _place_overall(overall: list[str], records: dict[str, AlertRecord], out: dic
         else:
             out[fp] = target
     if fresh_rest:
-        target = _open(groups, scope, now, fresh_rest)
+        target = _open(groups, scope, now, fresh_rest, overall=True)
         for fp in fresh_rest:
             out[fp] = target
 
 
 def _open(groups: dict[str, GroupState], scope: str, now: str, fps: list[str],
-          standalone: str | None = None) -> str:
+          standalone: str | None = None, overall: bool = False) -> str:
     iid = _new_id(scope, now, fps)
     key = INCIDENT_PREFIX + iid
-    labels = {"incident": iid, **({"standalone": standalone} if standalone else {})}
+    labels = {"incident": iid, **({"standalone": standalone} if standalone else {}),
+              **({"overall": "true"} if overall else {})}
     groups[key] = GroupState(labels, -1, opened_at=now)
     return key
 
