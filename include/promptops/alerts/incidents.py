@@ -13,7 +13,10 @@ Each evaluation, firing alerts (muted ones too, so the log names their incident)
 1. an alert already a member of an open incident stays there;
 2. new alerts with a key, together with the open incidents, are joined through related keys
    (transitively); a connected part holding open incidents joins the oldest of them, one
-   without opens a new incident;
+   without opens a new incident, unless its alerts are bare slices (no cause beyond their
+   slice) of a metric that moved platform-wide: an overall alert of that metric without a
+   cause, with bare slices spanning two values of one dimension (every model failing in an
+   API outage), or an open overall incident having it. Those join the overall incident;
 3. new alerts with the empty key (overall, no cause) join the only incident of this
    evaluation with a firing member of the same metric, if there is exactly one (the overall
    success rate follows the one model whose success rate fell); else they join an open
@@ -23,7 +26,9 @@ Each evaluation, firing alerts (muted ones too, so the log names their incident)
 
 An incident is open while its :class:`~promptops.alerts.state.GroupState` lives: from its
 first firing member until Slack has heard it resolved (or, never posted, until no member
-fires). A member that fires again meanwhile simply continues it.
+fires). A member that fires again meanwhile simply continues it. Only a joining alert brings its
+key: a member whose cause annotation changes later does not widen its incident, and an
+overall incident never becomes joinable by its symptoms' slices.
 """
 
 from __future__ import annotations
