@@ -374,3 +374,19 @@ def test_one_model_without_a_localised_cause_is_that_models_incident(sink, lake)
     out = engine(lake, incident_config()).evaluate(one, T0, run_id="r0")
     assert [(n.reason, n.firing) for n in out.notifications] == [("new", 2)]
     assert "model=gpt-4o" in header(sink_messages(sink)[-1])
+
+
+def test_a_coarse_slice_that_joined_does_not_pull_in_a_later_problem_of_that_slice(sink,
+                                                                                    lake):
+    cfg = incident_config()
+    clock = Clock()
+    engine(lake, cfg).evaluate(burst(), clock.now, run_id="r0")  # cause model=gpt-4o
+    app_cost = finding("baseline_cost_usd", "warning", dimension="app", slice_="chat")
+    engine(lake, cfg).evaluate([*burst(), app_cost], clock.tick(), run_id="r1")  # joins
+    spike = finding("latency_p95", "critical", dimension="app", slice_="chat",
+                    annotations={"root_cause_set": "app=chat&region=eu-west-1"})
+    out = engine(lake, cfg).evaluate([*burst(), app_cost, spike], clock.tick(), run_id="r2")
+    incident_of = {a["fingerprint"]: a["incident_id"] for a in out.firing}
+    burst_incident = incident_of[burst()[0].fingerprint]
+    assert incident_of[spike.fingerprint] != burst_incident
+    assert incident_of[app_cost.fingerprint] != burst_incident

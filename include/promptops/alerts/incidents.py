@@ -11,8 +11,8 @@ and ``app=chat&model=gpt-4o`` are one incident; ``model=gpt-4o`` and ``app=chat`
 Each evaluation, firing alerts (muted ones too, so the log names their incident) are placed:
 
 1. an alert already a member of an open incident stays there;
-2. new alerts with a key, together with the open incidents, are joined through related keys
-   (transitively); a connected part holding open incidents joins the oldest of them, one
+2. new alerts with a key, together with the open incidents (through their primary cause,
+   fixed when they open), are joined through related keys (transitively); a connected part holding open incidents joins the oldest of them, one
    without opens a new incident, unless its alerts are bare slices (no cause beyond their
    slice) of a metric that moved platform-wide: an overall alert of that metric without a
    cause, with bare slices spanning two values of one dimension (every model failing in an
@@ -150,7 +150,8 @@ def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
         if text and text not in gs.keys and not gs.labels.get("standalone") \
                 and not gs.labels.get("overall"):
             gs.keys.append(text)
-        gs.cause = primary_cause(gs.keys)
+        if not gs.cause or gs.opened_at == now:  # fixed once the incident is out
+            gs.cause = primary_cause(gs.keys)
     return out
 
 
@@ -162,8 +163,11 @@ def _place_keyed(keyed: list[str], records: dict[str, AlertRecord], keys: dict[s
     (transitively): a connected part with open incidents joins the oldest, one without
     opens an incident, unless all its alerts are bare slices of platform-wide metrics:
     those are returned, for the overall incident."""
-    joinable = {k: [parse_key(t) for t in gs.keys] for k, gs in incidents.items()
-                if not gs.labels.get("standalone")}
+    # An open incident is joined through its primary cause, not through every member's
+    # key: a coarse slice that joined it (an app the cause lies in) must not pull in every
+    # later problem of that app.
+    joinable = {k: [parse_key(gs.cause)] for k, gs in incidents.items()
+                if gs.cause and not gs.labels.get("standalone")}
     uf = _Union()
     for i, a in enumerate(keyed):
         uf.find(a)
