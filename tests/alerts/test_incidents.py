@@ -390,3 +390,19 @@ def test_a_coarse_slice_that_joined_does_not_pull_in_a_later_problem_of_that_sli
     burst_incident = incident_of[burst()[0].fingerprint]
     assert incident_of[spike.fingerprint] != burst_incident
     assert incident_of[app_cost.fingerprint] != burst_incident
+
+
+def test_a_regional_latency_spike_is_not_the_open_burst_of_one_model(sink, lake):
+    cfg = incident_config()
+    clock = Clock()
+    engine(lake, cfg).evaluate(burst(), clock.now, run_id="r0")  # cause model=gpt-4o
+    region = {"root_cause_set": "region=eu-west-1"}
+    spike = [finding("latency_mean", "critical", dimension="overall", slice_="*",
+                     annotations=region),
+             finding("latency_mean", "critical", slice_="gpt-4o", annotations=region),
+             finding("latency_mean", "critical", slice_="claude", annotations=region)]
+    out = engine(lake, cfg).evaluate([*burst(), *spike], clock.tick(), run_id="r1")
+    assert [(n.reason, n.firing) for n in out.notifications] == [("new", 3)]
+    incident_of = {a["fingerprint"]: a["incident_id"] for a in out.firing}
+    assert len({incident_of[f.fingerprint] for f in spike}) == 1
+    assert incident_of[spike[1].fingerprint] != incident_of[burst()[0].fingerprint]

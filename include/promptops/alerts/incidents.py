@@ -183,7 +183,12 @@ def _place_keyed(keyed: list[str], records: dict[str, AlertRecord], keys: dict[s
     deferred: list[str] = []
     for nodes in parts.values():
         alerts = [n for n in nodes if n in records]
-        olds = sorted((n for n in nodes if n in incidents),
+        # The part's own primary cause must relate to the incident's: an hour whose
+        # latency moved in one region touches the open burst of one model through the
+        # model's slice, but is not that burst.
+        own = parse_key(primary_cause([key_text(keys[fp]) for fp in alerts]))
+        olds = sorted((n for n in nodes if n in incidents
+                       and related(own, parse_key(incidents[n].cause))),
                       key=lambda k: (incidents[k].opened_at or "", k))
         if not olds and all(_metric(records[fp]) in platform
                             and keys[fp] == slice_key(records[fp].labels) for fp in alerts):
