@@ -58,6 +58,22 @@ def _evaluate(store: AlertStore, findings, at, run_id):
     return out, recorder.sent
 
 
+#: Fields added for incidents; an old document gets their defaults and nothing else changes.
+_INCIDENT_DEFAULTS = {"incident_id": None, "cause": "", "opened_at": None, "threads": {},
+                      "members": [], "keys": [], "route_sent": {},
+                      "first_on_route": False}
+
+
+def _without_incident_defaults(value):
+    """The document minus the incident fields that are at their defaults."""
+    if isinstance(value, dict):
+        return {k: _without_incident_defaults(v) for k, v in value.items()
+                if not (k in _INCIDENT_DEFAULTS and v == _INCIDENT_DEFAULTS[k])}
+    if isinstance(value, list):
+        return [_without_incident_defaults(v) for v in value]
+    return value
+
+
 def test_the_state_converts_back_to_the_same_json():
     doc = _doc()
     state = AlertState.from_dict(doc)
@@ -65,7 +81,7 @@ def test_the_state_converts_back_to_the_same_json():
         LAT.fingerprint: "firing", COST.fingerprint: "pending", CRIT.fingerprint: "firing",
         WARN.fingerprint: "firing", ERR_FP: "resolved"}
     assert [(e.status, e.reason, e.attempt) for e in state.outbox] == [("failed", "new", 1)]
-    assert state.to_dict() == doc
+    assert _without_incident_defaults(state.to_dict()) == doc
 
 
 def test_a_state_from_before_the_history_keeps_its_shape():
@@ -73,7 +89,7 @@ def test_a_state_from_before_the_history_keeps_its_shape():
     del doc["evaluations"], doc["history_from"]
     state = AlertState.from_dict(doc)
     assert state.evaluations is None
-    assert state.to_dict() == doc
+    assert _without_incident_defaults(state.to_dict()) == doc
 
 
 def test_a_rerun_of_the_stored_evaluation_sends_its_failed_message(store):

@@ -136,3 +136,15 @@ def test_unknown_severities_are_refused(matchers, problem):
     assert "info, warning, critical" in msg
     with pytest.raises(AlertingConfigError, match=f"routes.0.*{problem}"):
         parse_alerting_config({"routes": [{"matchers": matchers, "connections": ["x"]}]})
+
+
+def test_incident_settings_are_checked_with_the_key_named():
+    from promptops.alerts.config import AlertingConfigError, parse_alerting_config
+
+    cfg = parse_alerting_config({"incidents": {"min_message_interval": "30m",
+                                               "standalone_rules": ["unpriced_model"]}})
+    assert cfg.grouping == "incidents" and cfg.incidents.standalone_rules == ["unpriced_model"]
+    with pytest.raises(AlertingConfigError, match="grouping"):
+        parse_alerting_config({"grouping": "by_rule"})
+    with pytest.raises(AlertingConfigError, match="incidents.min_message_interval"):
+        parse_alerting_config({"incidents": {"min_message_interval": "soon"}})

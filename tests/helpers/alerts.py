@@ -23,6 +23,7 @@ SECRET_PATH = "/services/T0SECRET/B0SECRET/canaryWebhookToken42"
 
 #: The shipped config minus silences (tests pass their own) and with a short claim lease.
 BASE_CONFIG: dict[str, Any] = {
+    "grouping": "labels",
     "group_by": ["rule"],
     "repeat_interval": "4h",
     "send_resolved": True,

@@ -100,15 +100,77 @@ def relevance_judge(config: JudgeConfig) -> RelevanceJudge:
     return RelevanceJudge.from_config(config, base_url, api_key)
 
 
-def slack_webhooks() -> connections.AirflowSlackWebhooks:
-    """Slack incoming webhooks from Airflow connections of type ``slackwebhook``."""
-    return connections.AirflowSlackWebhooks()
+class AirflowSlackBots:
+    """:class:`promptops.alerts.slack.SlackBots` from Airflow connections: one of type
+    ``slack`` (the Slack provider's Slack API connection) holds a bot token (``xoxb-``,
+    scope ``chat:write``) in its password and the channel in its extra
+    (``{"channel": "#alerts"}``); it is built into a client by the provider's ``SlackHook``.
+    Any other type (``slackwebhook``) is a webhook: :meth:`bot` says None."""
+
+    def kind(self, conn_id: str) -> str | None:
+        """``bot`` (Slack API connection), ``webhook`` (anything else), None when the
+        connection does not exist."""
+        from airflow.sdk import Connection
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = Connection.get(conn_id)
+        except AirflowNotFoundException:
+            return None
+        return "bot" if conn.conn_type == "slack" else "webhook"
+
+    def bot(self, conn_id: str, *, timeout: float, retry_handlers: list[Any],
+            logger: Any) -> Any:
+        from airflow.providers.slack.hooks.slack import SlackHook
+        from airflow.sdk import Connection
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        from promptops.alerts.slack import SlackBot, SlackConnectionMissing
+
+        try:
+            conn = Connection.get(conn_id)
+        except AirflowNotFoundException:
+            return None  # the webhook path reports the missing connection as it always did
+        if conn.conn_type != "slack":
+            return None
+        if not conn.password:
+            raise SlackConnectionMissing(
+                f"Slack API connection {conn_id!r} holds no bot token; put the xoxb- token "
+                f"(scope chat:write) in its password")
+        connections.mask_secret(conn.password, "the Slack bot token")
+        channel = (conn.extra_dejson or {}).get("channel")
+        if not channel:
+            raise SlackConnectionMissing(
+                f"Slack API connection {conn_id!r} names no channel; add "
+                f'{{"channel": "#alerts"}} to its extra')
+        hook = SlackHook(slack_conn_id=conn_id, timeout=max(1, int(timeout)),
+                         retry_handlers=retry_handlers, logger=logger)
+        return SlackBot(hook.client, str(channel))
+
+
+class AirflowSlackConnections(connections.AirflowSlackWebhooks, AirflowSlackBots):
+    """Slack connections as the library sends through them: incoming webhooks (type
+    ``slackwebhook``) and bot tokens (type ``slack``), told apart per connection."""
+
+
+def slack_webhooks() -> AirflowSlackConnections:
+    """Slack connections from Airflow: incoming webhooks of type ``slackwebhook``, and bot
+    tokens of type ``slack`` (:class:`AirflowSlackBots`), which the notifier and
+    :func:`promptops.alerts.slack.send_message` use through the Web API."""
+    return AirflowSlackConnections()
+
+
+def slack_bots() -> AirflowSlackBots:
+    """Bot-token Slack connections (type ``slack``) from Airflow."""
+    return AirflowSlackBots()
 
 
 def slack_notifier(config: AlertingConfig, **kwargs: Any) -> SlackNotifier:
-    """The alert engine's notifier, delivering through :func:`slack_webhooks`."""
+    """The alert engine's notifier, delivering through :func:`slack_webhooks`, or through a
+    bot token where a route's connection is a Slack API connection (:func:`slack_bots`)."""
     from promptops.alerts.slack import SlackNotifier
 
+    kwargs.setdefault("bots", slack_bots())
     return SlackNotifier.from_config(config, webhooks=slack_webhooks(), **kwargs)
 
 

@@ -3,9 +3,11 @@
 The shape follows Prometheus Alertmanager's ``alertmanager.yml`` where it can (``group_by``,
 ``repeat_interval``, ``send_resolved``, ``inhibit_rules`` with ``source_matchers``,
 ``target_matchers`` and ``equal``), so an operator who knows Alertmanager can read it. What
-differs: evaluations are batch runs, so there is no ``group_wait`` / ``group_interval`` (one
-message per group per evaluation), and a route names Airflow Slack connections, the first one
-that exists being used.
+differs: evaluations are batch runs, so there is no ``group_wait``; by default
+(``grouping: incidents``) alerts that share a root cause form one incident with one thread
+of messages (:mod:`promptops.alerts.incidents`, ``incidents:`` settings) instead of groups
+of ``group_by`` labels (``grouping: labels``); and a route names Airflow Slack connections,
+the first one that exists being used.
 
 Matchers are Alertmanager's strings: ``name="value"``, ``name!="value"``, ``name=~"regex"``,
 ``name!~"regex"`` (regexes match the whole value; a missing label is the empty string). The
@@ -227,8 +229,26 @@ class InhibitRule(_Strict):
         return self
 
 
+class IncidentsConfig(_Strict):
+    """How findings become incidents (``grouping: incidents``; see
+    :mod:`promptops.alerts.incidents`)."""
+
+    #: Rules whose alerts are never correlated: each alert is an incident of its own (an
+    #: unpriced model is not caused by that model's error burst).
+    standalone_rules: list[str] = Field(default_factory=list)
+    #: The floor between two messages of one incident on one route (updates, repeats and
+    #: the all-clear alike; the opening message and the first one on a newly reached route,
+    #: such as a page after an escalation, go out at once).
+    min_message_interval: Duration = timedelta(hours=1)
+
+
 class AlertingConfig(_Strict):
-    #: Labels whose values form a group: one message per group per evaluation.
+    #: ``incidents`` (default): findings that share a root cause form one incident with one
+    #: thread of messages; ``labels``: Alertmanager's grouping by ``group_by`` labels.
+    grouping: Literal["incidents", "labels"] = "incidents"
+    incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
+    #: Labels whose values form a group (``grouping: labels`` only): one message per group
+    #: per evaluation.
     group_by: list[str] = Field(default_factory=lambda: ["rule"])
     #: A group that is still firing and has nothing new is re-sent after this long
     #: (evaluation time, not wall-clock).

@@ -100,13 +100,18 @@ def _utc(now: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class Notification:
-    """One message for one group, as the engine hands it to a :class:`Notifier`."""
+    """One message for one group (with ``grouping: incidents``, one incident), as the
+    engine hands it to a :class:`Notifier`."""
 
     id: str
     scope: str
     group_key: str
     group_labels: dict[str, str]
-    #: ``new`` (an alert Slack has not seen firing), ``resolved`` or ``repeat``.
+    #: Why it is sent. Incidents: ``new`` (the incident opened: its first message),
+    #: ``update`` (its severity or scope changed: members joined, rose, or some recovered),
+    #: ``repeat`` (still firing after ``repeat_interval``, nothing changed) or ``resolved``
+    #: (no member fires any more). Label groups: ``new`` (an alert Slack has not seen
+    #: firing), ``resolved`` or ``repeat``.
     reason: str
     #: The route's connections; the notifier uses the first one that exists.
     connections: list[str]
@@ -117,6 +122,17 @@ class Notification:
     resolved: list[AlertView]
     #: Fingerprints among ``firing`` that Slack has not seen firing yet.
     new: list[str] = field(default_factory=list)
+    #: Incidents: its id (None for label groups), primary cause (``dim=value&...``; ""
+    #: for overall), when it opened, and its opening message's ``ts`` per connection
+    #: (bot tokens thread updates under it; webhooks have none).
+    incident_id: str | None = None
+    cause: str = ""
+    opened_at: str | None = None
+    threads: dict[str, str] = field(default_factory=dict)
+    #: Incidents: its first message on this route: the opening, or an escalation reaching
+    #: a route it had not used (a warning incident turning critical). A page is a critical
+    #: notification with ``first_on_route``.
+    first_on_route: bool = False
 
     @property
     def severity(self) -> str:
@@ -128,7 +144,8 @@ class Notification:
     def from_entry(cls, e: OutboxEntry, scope: str) -> Notification:
         return cls(e.id, scope, e.group_key, e.group_labels, e.reason, list(e.connections),
                    parse_iso(e.evaluated_at), e.run_id, e.run_url, e.firing, e.resolved,
-                   list(e.new))
+                   list(e.new), e.incident_id, e.cause, e.opened_at, dict(e.threads),
+                   e.first_on_route)
 
 
 @dataclass(frozen=True)
@@ -141,6 +158,8 @@ class Delivery:
     error: str | None = None
     #: True when retrying cannot help until someone fixes the configuration.
     permanent: bool = False
+    #: A bot token's ``ts`` of the posted message (an incident's thread); None for webhooks.
+    ts: str | None = None
 
 
 class Notifier(Protocol):
@@ -171,6 +190,16 @@ def apply_delivery(state: AlertState, entry: OutboxEntry, delivery: Delivery,
             # What Slack has now seen firing for this group: exactly this message's alerts.
             gs.notified = {a["fingerprint"]: a for a in entry.firing}
             gs.last_notified_at = entry.evaluated_at
+        if entry.incident_id is not None:
+            # The hourly floor per route, the route its all-clear takes, and its thread.
+            route = str(entry.route_index)
+            prev = gs.route_sent.get(route)
+            if prev is None or entry.evaluated_at > prev:
+                gs.route_sent[route] = entry.evaluated_at
+            gs.route_index = entry.route_index
+            if delivery.ts and delivery.connection_id and \
+                    delivery.connection_id not in gs.threads:
+                gs.threads[delivery.connection_id] = delivery.ts
         gs.failures, gs.last_error = 0, None
         state.outbox = [e for e in state.outbox if e.id != entry.id]
         state.prune_resolved()

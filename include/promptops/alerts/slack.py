@@ -17,6 +17,14 @@ handlers retry 429 (waiting the
 timed-out request may have reached Slack, so a retry after a timeout can post a message
 twice: delivery is at-least-once. Errors are reported as a
 :class:`~promptops.alerts.engine.Delivery` (never raised) and never contain the webhook URL.
+
+With a bot token (:class:`SlackBots`: in a DAG task a Slack API connection, type ``slack``,
+holding an ``xoxb-`` token with ``chat:write`` and the channel in its extra), an incident's
+first message is posted with ``chat.postMessage`` and its ``ts`` kept in the incident's
+state; its updates, reminders and all-clear are posted in that thread (``thread_ts``) and
+``chat.update`` rewrites the opening message to the incident as it stands (severity,
+metrics, or RESOLVED). A webhook cannot thread: there, every message is a new one, and the
+engine spaces them by ``group_interval`` and ``incidents.min_message_interval``.
 """
 
 from __future__ import annotations
@@ -25,10 +33,13 @@ import http.client
 import logging
 import random
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.error import URLError
 
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import (
     BackoffRetryIntervalCalculator,
     ConnectionErrorRetryHandler,
@@ -156,8 +167,104 @@ def _alert_blocks(alert: dict[str, Any], *, resolved: bool, new: bool) -> list[B
     ]
 
 
+_INCIDENT_STATUS = {"new": "INCIDENT", "update": "INCIDENT UPDATE",
+                    "repeat": "INCIDENT STILL OPEN", "resolved": "INCIDENT RESOLVED"}
+#: Annotations that may say how many samples a value rests on.
+_SAMPLE_KEYS = ("calls", "samples", "n", "sample_size")
+
+
+def _cause_text(cause: str) -> str:
+    return cause.replace("&", ", ") if cause else "overall"
+
+
+def _member_line(alert: dict[str, Any], *, resolved: bool, new: bool) -> str:
+    """One affected metric: rule, slice, value against its level or expected value, samples
+    (when the finding names them), and the finding's own one-line summary."""
+    labels = alert.get("labels", {})
+    metric = labels.get("metric", "") or alert.get("rule", "")
+    ann = alert.get("annotations") or {}
+    emoji = RESOLVED_EMOJI if resolved else SEVERITY_EMOJI.get(alert["severity"], "")
+    value = format_value(metric, alert.get("value"))
+    comparison = ann.get("comparison")
+    level = f"{escape(comparison)} {format_value(metric, alert.get('threshold'))}" \
+        if comparison else f"(level {format_value(metric, alert.get('threshold'))})"
+    expected = ann.get("expected") or ann.get("band")
+    if expected:
+        level += f" (expected {escape(expected)})"
+    samples = next((f" · {escape(ann[k])} {k}" for k in _SAMPLE_KEYS if ann.get(k)), "")
+    state = " · recovered" if resolved else (" :new:" if new else "")
+    return (f"{emoji} *{escape(alert['rule'])}* · {escape(_slice(labels))} · "
+            f"{value} {level}{samples}{state}\n      _{escape(alert.get('summary', ''))}_ "
+            f"· `{alert['fingerprint']}`")
+
+
+def incident_header(n: Notification) -> tuple[str, list[Block]]:
+    """The incident's header as it stands: fallback text and header blocks (the opening
+    message's top, and what ``chat.update`` rewrites it to on a bot token)."""
+    status = _INCIDENT_STATUS["resolved"] if not n.firing else _INCIDENT_STATUS["new"]
+    emoji = SEVERITY_EMOJI.get(n.severity, "") if n.firing else RESOLVED_EMOJI
+    count = len(n.firing) if n.firing else len(n.resolved)
+    what = f"{count} metric{'s' if count != 1 else ''}"
+    header = _cut(f"{emoji} {status} · {n.severity.upper()} · {_cause_text(n.cause)} · {what}",
+                  _MAX_HEADER)
+    opened = _when(n.opened_at)
+    lead = (n.firing or n.resolved or [{}])[0]
+    lines = [f"*Primary cause:* {escape(_cause_text(n.cause))} · *Opened:* {opened} · "
+             f"*Evaluated:* {n.evaluated_at:%Y-%m-%d %H:%M UTC}"]
+    ann = lead.get("annotations") or {}
+    if ann.get("root_cause"):
+        lines.append(f"*Likely root cause:* {escape(ann['root_cause'])}")
+    if n.firing and ann.get("heal_playbook"):
+        lines.append(f"*Heal suggestion:* `{escape(ann['heal_playbook'])}`")
+    # Alertmanager's fallback convention ([FIRING:n] / [RESOLVED:n]), which tools parse.
+    text = f"[{'FIRING' if n.firing else 'RESOLVED'}:{count}] {n.severity} incident " \
+           f"{_cause_text(n.cause)}: {what}"
+    return _cut(text, _MAX_TEXT), [
+        HeaderBlock(text=PlainTextObject(text=header, emoji=True)),
+        SectionBlock(text=MarkdownTextObject(text=_cut("\n".join(lines), _MAX_TEXT)))]
+
+
+def render_incident(n: Notification, *, max_alerts: int = 20) -> dict[str, Any]:
+    """One incident's message: its header (worst severity, primary cause), then one line per
+    affected metric (recovered ones marked), then the run link. Updates, repeats and the
+    all-clear say why they were sent."""
+    text, blocks = incident_header(n)
+    why = {"new": "opened", "update": "severity or scope changed",
+           "repeat": "still open (reminder)", "resolved": "every metric recovered",
+           "header": f"as of {n.evaluated_at:%Y-%m-%d %H:%M UTC} (updates in the thread)"}
+    blocks.insert(1, ContextBlock(elements=[MarkdownTextObject(
+        text=f"*Why now:* {why.get(n.reason, n.reason)}")]))
+    new = set(n.new)
+    items = [(a, False) for a in n.firing] + [(a, True) for a in n.resolved]
+    lines = [_member_line(a, resolved=r, new=a["fingerprint"] in new)
+             for a, r in items[:max_alerts]]
+    if len(items) > max_alerts:
+        lines.append(f"…and *{len(items) - max_alerts} more* (see the alert log)")
+    chunk: list[str] = []
+    for line in lines:  # one section per ~3000 characters of lines
+        if chunk and len("\n".join([*chunk, line])) > _MAX_TEXT:
+            blocks.append(SectionBlock(text=MarkdownTextObject(text="\n".join(chunk))))
+            chunk = []
+        chunk.append(_cut(line, _MAX_TEXT))
+    if chunk:
+        blocks.append(SectionBlock(text=MarkdownTextObject(text="\n".join(chunk))))
+    run = f"Airflow run `{escape(n.run_id)}`" if n.run_id else "Airflow run"
+    if n.run_url:
+        run = f"<{n.run_url}|{run}>"
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_cut(
+        f"{run} · scope `{escape(n.scope)}` · incident `{n.incident_id}` · notification "
+        f"`{n.id}`", _MAX_TEXT))]))
+    if n.reason not in ("new", "header"):
+        text = f"{text} ({why.get(n.reason, n.reason)})"
+    message = {"text": text, "blocks": [b.to_dict() for b in blocks][:MAX_BLOCKS]}
+    validate_message(message)
+    return message
+
+
 def render_message(n: Notification, *, max_alerts: int = 20) -> dict[str, Any]:
     """The webhook body (``text`` fallback and ``blocks``) for one group notification."""
+    if n.incident_id is not None:
+        return render_incident(n, max_alerts=max_alerts)
     firing, resolved = n.firing, n.resolved
     status = "FIRING" if firing else "RESOLVED"
     emoji = SEVERITY_EMOJI.get(n.severity, "") if firing else RESOLVED_EMOJI
@@ -339,13 +446,46 @@ class SlackWebhooks(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SlackBot:
+    """A bot token's Web API client and the channel its messages go to."""
+
+    client: WebClient
+    channel: str
+
+
+class SlackBots(Protocol):
+    """Bot-token connections by id (in a DAG task
+    :class:`promptops.airflow_adapters.resources.AirflowSlackBots`)."""
+
+    def bot(self, conn_id: str, *, timeout: float, retry_handlers: list[RetryHandler],
+            logger: logging.Logger) -> SlackBot | None:
+        """The connection's Web API client and channel, its token registered with the log
+        masker; None when the connection is an incoming webhook (or missing). Raises
+        :class:`SlackConnectionMissing` when it holds no token or names no channel."""
+        ...
+
+
+#: Web API errors that retrying cannot fix: the token or the channel is wrong.
+_BOT_CONFIG_ERRORS = {"not_authed", "invalid_auth", "account_inactive", "token_revoked",
+                      "token_expired", "no_permission", "missing_scope", "not_in_channel",
+                      "channel_not_found", "is_archived", "restricted_action",
+                      "org_login_required", "ekm_access_denied", "team_access_not_granted"}
+
+
 class SlackNotifier:
-    """Deliver group notifications to Slack incoming webhooks held in connections."""
+    """Deliver group notifications to Slack incoming webhooks held in connections, or
+    through a bot token where the connection holds one (incidents then thread)."""
 
     def __init__(self, *, webhooks: SlackWebhooks, timeout_s: float = 10.0,
                  max_retries: int = 3, max_retry_after_s: float = 30.0,
-                 backoff_s: float = 0.5, max_alerts_per_message: int = 20) -> None:
+                 backoff_s: float = 0.5, max_alerts_per_message: int = 20,
+                 bots: SlackBots | None = None) -> None:
         self.webhooks = webhooks
+        # Connections that are bot tokens: given, or told by the webhooks object itself
+        # (``airflow_adapters.resources.slack_webhooks`` knows both kinds).
+        self.bots: SlackBots | None = bots if bots is not None else \
+            (cast("SlackBots", webhooks) if callable(getattr(webhooks, "bot", None)) else None)
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.max_retry_after_s = max_retry_after_s
@@ -396,6 +536,18 @@ class SlackNotifier:
 
         counter = _Counter()
         secrets: set[str] = set()
+        if self.bots is not None:
+            try:
+                bot = self.bots.bot(conn_id, timeout=self.timeout_s,
+                                    retry_handlers=self._retry_handlers(counter),
+                                    logger=_SDK_LOG)
+            except SlackConnectionMissing as exc:
+                return Delivery(ok=False, connection_id=conn_id, attempts=0, permanent=True,
+                                error=str(exc))
+            except Exception as exc:
+                return self._failure(conn_id, exc, counter, secrets)
+            if bot is not None:
+                return self._deliver_bot(bot, conn_id, notification, message, counter)
         try:
             client, secrets = _guarded_client(self.webhooks, conn_id, timeout=self.timeout_s,
                                               retry_handlers=self._retry_handlers(counter))
@@ -424,6 +576,47 @@ class SlackNotifier:
                      f"{attempts} attempts; the next evaluation retries")
         return Delivery(ok=False, connection_id=conn_id, attempts=attempts, error=error,
                         permanent=status == 400)
+
+    def _deliver_bot(self, bot: SlackBot, conn_id: str, n: Notification,
+                     message: dict[str, Any], counter: _Counter) -> Delivery:
+        """Post with the Web API: an incident's first message opens its thread; later ones
+        reply in it and rewrite the opening message to the incident as it stands."""
+        thread = n.threads.get(conn_id) if n.incident_id is not None else None
+        try:
+            if thread is None:
+                response = bot.client.chat_postMessage(channel=bot.channel, **message)
+                return Delivery(ok=True, connection_id=conn_id, attempts=counter.retries + 1,
+                                ts=str(response.get("ts") or "") or None)
+            bot.client.chat_postMessage(channel=bot.channel, thread_ts=thread, **message)
+        except SlackApiError as exc:
+            return self._api_failure(conn_id, exc, counter)
+        except Exception as exc:
+            return self._failure(conn_id, exc, counter, set())
+        try:  # the header is a convenience: the thread already has the news
+            top = render_incident(replace(n, reason="header"),
+                                  max_alerts=self.max_alerts_per_message)
+            bot.client.chat_update(channel=bot.channel, ts=thread, **top)
+        except Exception as exc:
+            log.warning("incident %s: could not rewrite its opening message in connection "
+                        "%r (%s); the update is in its thread", n.incident_id, conn_id,
+                        type(exc).__name__)
+        return Delivery(ok=True, connection_id=conn_id, attempts=counter.retries + 1,
+                        ts=thread)
+
+    @staticmethod
+    def _api_failure(conn_id: str, exc: SlackApiError, counter: _Counter) -> Delivery:
+        """A Web API refusal, by its error code (never the token)."""
+        code = str(exc.response.get("error") or f"HTTP {exc.response.status_code}")
+        attempts = counter.retries + 1
+        if code in _BOT_CONFIG_ERRORS:
+            return Delivery(ok=False, connection_id=conn_id, attempts=attempts, permanent=True,
+                            error=f"Slack refused the bot token of connection {conn_id!r} "
+                                  f"({code}): give the token chat:write, invite the bot to "
+                                  f"the channel named in the connection's extra, or fix "
+                                  f"the token in its password")
+        return Delivery(ok=False, connection_id=conn_id, attempts=attempts, error=(
+            f"Slack answered {code} for connection {conn_id!r} after {attempts} attempts; "
+            f"the next evaluation retries"))
 
     def _failure(self, conn_id: str, exc: Exception, counter: _Counter,
                  secrets: set[str]) -> Delivery:
@@ -467,6 +660,10 @@ def send_message(message: dict[str, Any], *, conn_id: str, webhooks: SlackWebhoo
                 ConnectionErrorRetryHandler(max_retry_count=max_retries,
                                             error_types=RETRYABLE_ERRORS),
                 ServerErrorRetryHandler(max_retry_count=max_retries)]
+    if callable(getattr(webhooks, "bot", None)) and \
+            _send_with_bot(message, conn_id=conn_id, bots=cast("SlackBots", webhooks),
+                           what=what, timeout_s=timeout_s, handlers=handlers):
+        return
     try:
         client, secrets = _guarded_client(webhooks, conn_id, timeout=int(timeout_s),
                                           retry_handlers=handlers)
@@ -483,6 +680,29 @@ def send_message(message: dict[str, Any], *, conn_id: str, webhooks: SlackWebhoo
         body = redact(str(response.body or ""), secrets)[:100]
         raise SlackSendError(f"Slack answered HTTP {response.status_code} ({body}) for "
                              f"connection {conn_id!r}; check the webhook URL in its password")
+
+
+def _send_with_bot(message: dict[str, Any], *, conn_id: str, bots: SlackBots, what: str,
+                   timeout_s: float, handlers: list[RetryHandler]) -> bool:
+    """Post through the connection's bot token; False when it is a webhook. Raises
+    :class:`SlackSendError` (naming the connection and Slack's error, never the token)."""
+    try:
+        bot = bots.bot(conn_id, timeout=timeout_s, retry_handlers=handlers, logger=_SDK_LOG)
+    except SlackConnectionMissing as exc:
+        raise SlackSendError(str(exc)) from None
+    if bot is None:
+        return False
+    try:
+        bot.client.chat_postMessage(channel=bot.channel, **message)
+    except SlackApiError as exc:
+        code = exc.response.get("error") or f"HTTP {exc.response.status_code}"
+        raise SlackSendError(f"Slack refused {what} through connection {conn_id!r} ({code}); "
+                             f"check the bot token's chat:write scope and the channel in the "
+                             f"connection's extra") from None
+    except Exception as exc:
+        raise SlackSendError(f"sending {what} through connection {conn_id!r} failed "
+                             f"({type(exc).__name__})") from None
+    return True
 
 
 def send_to_first(message: dict[str, Any], connections: list[str], *, what: str,

@@ -25,7 +25,9 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from promptops.alerts import incidents
 from promptops.alerts.config import AlertingConfig, Route, matches_all
+from promptops.alerts.incidents import is_incident
 from promptops.alerts.silences import Silence
 from promptops.alerts.state import (
     FIRING,
@@ -43,7 +45,7 @@ from promptops.alerts.state import (
     iso,
     parse_iso,
 )
-from promptops.contracts.findings import Finding
+from promptops.contracts.findings import SEVERITY_ORDER, Finding
 from promptops.errors import InvalidInput
 
 
@@ -155,6 +157,8 @@ class Group:
     route: Route
     #: Its unmuted firing alerts at this evaluation, by fingerprint.
     firing: list[AlertRecord] = field(default_factory=list)
+    #: Incidents: every firing member, muted ones included (fingerprints).
+    members: list[str] = field(default_factory=list)
 
 
 def group_for(rec: AlertRecord, config: AlertingConfig) -> Group:
@@ -185,6 +189,32 @@ def group(records: dict[str, AlertRecord], muted: dict[str, str],
     return dict(sorted(groups.items()))
 
 
+def _route_at(index: int, config: AlertingConfig) -> Route:
+    # A route removed from the config since: its group goes to the defaults.
+    return config.routes[index] if 0 <= index < len(config.routes) \
+        else Route(connections=config.default_connections)
+
+
+def incident_groups(records: dict[str, AlertRecord], muted: dict[str, str],
+                    known: dict[str, GroupState], placed: dict[str, str],
+                    config: AlertingConfig) -> dict[str, Group]:
+    """One group per open incident (``grouping: incidents``): its unmuted firing members,
+    routed as its worst member is (a critical incident pages, a warning one does not)."""
+    groups: dict[str, Group] = {}
+    for key, gs in sorted(known.items()):
+        members = sorted(fp for fp, k in placed.items() if k == key)
+        shown = [records[fp] for fp in members if fp not in muted]
+        lead = incidents.worst(shown)
+        if lead is not None:
+            index, route = config.route_for(lead.identity)
+        else:
+            index, route = gs.route_index, _route_at(gs.route_index, config)
+        shown.sort(key=lambda r: (-SEVERITY_ORDER.get(r.severity, -1), r.rule,
+                                  r.labels.get("dimension", ""), r.labels.get("slice", "")))
+        groups[key] = Group(key, gs.labels, index, route, shown, members)
+    return groups
+
+
 # -- 4. schedule ------------------------------------------------------------------------------
 
 @dataclass
@@ -211,12 +241,18 @@ def schedule(groups: dict[str, Group], records: dict[str, AlertRecord], muted: d
             gone = {r["fingerprint"] for r in resolved}
             gs = replace(gs, notified={fp: v for fp, v in seen.items() if fp not in gone})
             resolved = []
-        reason = _reason(g, seen, gs.last_notified_at, bool(resolved), now, config)
+        if is_incident(key):
+            reason = _incident_reason(g, gs, bool(resolved), now, config)
+        else:
+            reason = _reason(g, seen, gs.last_notified_at, bool(resolved), now, config)
         if reason is not None and key not in waiting:
             new = [r.fingerprint for r in g.firing if r.fingerprint not in seen]
-            entries.append(_message(_hash(scope, key, iso(now)), g, now, run_id, run_url,
-                                    reason, g.firing, resolved, new))
-        if g.firing or gs.notified or key in waiting or reason is not None:
+            entry = _message(_hash(scope, key, iso(now)), g, now, run_id, run_url, reason,
+                             g.firing, resolved, new)
+            if is_incident(key):
+                entry = _with_incident(entry, gs)
+            entries.append(entry)
+        if g.firing or g.members or gs.notified or key in waiting or reason is not None:
             kept[key] = gs
     return Schedule(entries, kept)
 
@@ -248,6 +284,43 @@ def _reason(g: Group, seen: dict[str, AlertView], last: str | None, any_resolved
     return "new" if new and change_due else \
         "resolved" if any_resolved and change_due else \
         "repeat" if repeat_due else None
+
+
+def _incident_reason(g: Group, gs: GroupState, any_resolved: bool, now: datetime,
+                     config: AlertingConfig) -> str | None:
+    """An incident's message now: ``new`` (its first), ``update`` (its severity or scope
+    changed), ``repeat`` or ``resolved``; None when nothing is due.
+
+    At most one message per route per ``incidents.min_message_interval`` (its first on a
+    route goes out at once, so an escalation pages without waiting); a change otherwise
+    waits ``group_interval`` since the last message unless the severity rose."""
+    last_on_route = gs.route_sent.get(str(g.route_index))
+    floor_ok = last_on_route is None or \
+        now - parse_iso(last_on_route) >= config.incidents.min_message_interval
+    if not floor_ok:
+        return None
+    seen = list(gs.notified.values())
+    if not g.firing:
+        return "resolved" if any_resolved and seen else None
+    if not seen:
+        return "new"
+    views = [r.view() for r in g.firing]
+    severity, was = incidents.severity_of(views), incidents.severity_of(seen)
+    changed = severity != was or incidents.scope_of(views) != incidents.scope_of(seen)
+    last = gs.last_notified_at
+    since = now - parse_iso(last) if last is not None else None
+    if changed and (severity > was or since is None
+                    or since >= config.group_interval_for(g.route)):
+        return "update"
+    if since is None or since >= config.repeat_interval_for(g.route):
+        return "repeat"
+    return None
+
+
+def _with_incident(entry: OutboxEntry, gs: GroupState) -> OutboxEntry:
+    return replace(entry, incident_id=incidents.incident_id(entry.group_key), cause=gs.cause,
+                   opened_at=gs.opened_at, threads=dict(gs.threads),
+                   first_on_route=str(entry.route_index) not in gs.route_sent)
 
 
 def _message(entry_id: str, g: Group, evaluated_at: datetime, run_id: str | None,
@@ -303,12 +376,12 @@ def plan_evaluation(state: AlertState | None, findings: dict[str, Finding], now:
     state.remember(now, findings, config.replay_window)
     records = advance(state.alerts, findings, now)
     muted = mute(records, config, silences)
-    groups = group(records, muted, state.groups, config)
+    records, groups, known = _grouped(state, records, muted, now, config, scope)
     # Older evaluations' messages: keep the ones that may still be in flight (their groups
     # wait); drop failed or abandoned ones, whose groups are simply due again.
     in_flight = [e for e in state.outbox if e.in_flight(config.claim_timeout)]
     waiting = {e.group_key for e in in_flight}
-    due = schedule(groups, records, muted, state.groups, waiting, now, config, scope=scope,
+    due = schedule(groups, records, muted, known, waiting, now, config, scope=scope,
                    run_id=run_id, run_url=run_url)
 
     state.version, state.scope = STATE_VERSION, scope
@@ -320,8 +393,66 @@ def plan_evaluation(state: AlertState | None, findings: dict[str, Finding], now:
                       for r in g.firing}
     state.last_log_rows = log_rows(state.alerts, muted, due.entries, waiting_alerts, now,
                                    scope=scope, run_id=run_id)
+    state.last_log_rows += incident_rows(groups, known, state.alerts, muted, due.entries,
+                                         now, scope=scope, run_id=run_id)
     outcome = _outcome(state.alerts, muted, due.entries, now, scope=scope, run_id=run_id)
     return Plan(state, due.entries, outcome, state.last_log_rows)
+
+
+def _grouped(state: AlertState, records: dict[str, AlertRecord], muted: dict[str, str],
+             now: datetime, config: AlertingConfig, scope: str
+             ) -> tuple[dict[str, AlertRecord], dict[str, Group], dict[str, GroupState]]:
+    """The records (tagged with their incidents), the evaluation's groups and the group
+    states they start from. Switching to incidents drops the label groups of before (their
+    alerts are posted again, once, as incidents)."""
+    if config.grouping != "incidents":
+        return records, group(records, muted, state.groups, config), state.groups
+    # An incident Slack heard resolve is closed: what fires next opens a new one.
+    known = {k: gs for k, gs in state.groups.items() if is_incident(k)
+             and not (gs.last_notified_at is not None and not gs.notified)}
+    placed = incidents.assign(records, known, config, iso(now), scope)
+    records = incidents.tag(records, placed)
+    return records, incident_groups(records, muted, known, placed, config), known
+
+
+def incident_rows(groups: dict[str, Group], known: dict[str, GroupState],
+                  records: dict[str, AlertRecord], muted: dict[str, str],
+                  entries: list[OutboxEntry], now: datetime, *, scope: str,
+                  run_id: str | None) -> list[LogRow]:
+    """One alert-log row per incident with a firing member or one that resolved now
+    (``kind="incident"``, ``rule="incident"``, ``fingerprint`` = incident id, labels
+    ``cause`` and ``members``): ``opened``, ``firing`` or ``resolved``."""
+    entry_of = {e.group_key: e for e in entries}
+    rows = []
+    for key, g in groups.items():
+        if not is_incident(key):
+            continue
+        gs, iid = known[key], incidents.incident_id(key)
+        ended = [r for r in records.values() if r.incident_id == iid
+                 and r.resolved_at == iso(now)]
+        members = [records[fp] for fp in g.members] or ended
+        if not members:
+            continue
+        event = "resolved" if not g.members else \
+            "opened" if gs.opened_at == iso(now) else "firing"
+        lead = incidents.worst(members)
+        assert lead is not None
+        names = [f"{r.rule} ({incidents.key_text(incidents.slice_key(r.labels)) or 'overall'})"
+                 for r in members]
+        e = entry_of.get(key)
+        all_muted = all(r.fingerprint in muted for r in members) and bool(g.members)
+        view = {"fingerprint": iid, "rule": "incident", "severity": lead.severity,
+                "kind": "incident", "incident_id": iid,
+                "labels": {"cause": gs.cause or "overall", "members": ",".join(
+                    sorted(r.fingerprint for r in members))},
+                "summary": f"{gs.cause or 'overall'}: {len(members)} alert(s): "
+                           + ", ".join(sorted(names)),
+                "value": None, "threshold": None, "active_since": gs.opened_at,
+                "fired_at": gs.opened_at, "resolved_at": iso(now) if event == "resolved"
+                else None, "muted_by": "all members muted" if all_muted else None}
+        delivery = "muted" if all_muted else "pending" if e else "not_due"
+        rows.append(_row(view, event, now, scope, run_id, e, delivery))
+    return rows
 
 
 def _outcome(records: dict[str, AlertRecord], muted: dict[str, str],
@@ -464,6 +595,10 @@ def _schedule_promoted(state: AlertState, promoted: list[str], muted: dict[str, 
     sends it). Adds the state of a group messaged for the first time."""
     records = state.alerts
     waiting = {e.group_key for e in state.outbox if e.in_flight(config.claim_timeout)}
+    if config.grouping == "incidents":
+        return _schedule_promoted_incidents(state, promoted, muted, waiting, latest, now,
+                                            config, scope=scope, run_id=run_id,
+                                            run_url=run_url)
     entries: list[OutboxEntry] = []
     for fp in promoted:
         g = group_for(records[fp], config)
@@ -479,6 +614,33 @@ def _schedule_promoted(state: AlertState, promoted: list[str], muted: dict[str, 
             entries.append(_message(_hash(scope, g.key, iso(latest), "gap", iso(now)), g,
                                     latest, run_id, run_url, "new", firing, [], new))
             state.groups[g.key] = gs
+    return entries
+
+
+def _schedule_promoted_incidents(state: AlertState, promoted: list[str],
+                                 muted: dict[str, str], waiting: set[str], latest: datetime,
+                                 now: datetime, config: AlertingConfig, *, scope: str,
+                                 run_id: str | None, run_url: str | None
+                                 ) -> list[OutboxEntry]:
+    """The promoted alerts join (or open) incidents as of the latest evaluation; an
+    incident they open or change gets its message as the latest evaluation would have sent
+    it (``new`` or ``update``, the incident's intervals respected)."""
+    if not promoted:
+        return []
+    records, groups, known = _grouped(state, state.alerts, muted, latest, config, scope)
+    state.alerts = records
+    state.groups.update(known)
+    entries: list[OutboxEntry] = []
+    for key, g in groups.items():
+        if key in waiting or not any(r.fingerprint in promoted for r in g.firing):
+            continue
+        gs = known[key]
+        reason = _incident_reason(g, gs, False, latest, config)
+        if reason in ("new", "update"):
+            new = [r.fingerprint for r in g.firing if r.fingerprint not in gs.notified]
+            entries.append(_with_incident(_message(
+                _hash(scope, key, iso(latest), "gap", iso(now)), g, latest, run_id, run_url,
+                reason, g.firing, [], new), gs))
     return entries
 
 

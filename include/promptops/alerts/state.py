@@ -81,6 +81,8 @@ class AlertRecord:
     misses: int = 0
     fired_at: str | None = None
     resolved_at: str | None = None
+    #: The incident this alert belongs to (``grouping: incidents``), once it fired.
+    incident_id: str | None = None
 
     @classmethod
     def start(cls, f: Finding, now: datetime) -> AlertRecord:
@@ -110,7 +112,8 @@ class AlertRecord:
 
 @dataclass
 class GroupState:
-    """What Slack has seen of one notification group."""
+    """What Slack has seen of one notification group: with ``grouping: incidents`` one
+    incident (its key starts with ``incident:``), which also keeps who belongs to it."""
 
     labels: dict[str, str]
     route_index: int
@@ -119,6 +122,18 @@ class GroupState:
     last_notified_at: str | None = None
     failures: int = 0
     last_error: str | None = None
+    #: Incidents: every alert that joined it while it was open (fingerprints).
+    members: list[str] = field(default_factory=list)
+    #: Incidents: the correlation keys of its members (``dim=value&dim=value``, sorted).
+    keys: list[str] = field(default_factory=list)
+    #: Incidents: the primary cause shown in its header (``dim=value&...``; "" = overall).
+    cause: str = ""
+    opened_at: str | None = None
+    #: Incidents: the last delivered message per route index (the hourly floor per route).
+    route_sent: dict[str, str] = field(default_factory=dict)
+    #: Incidents with a bot token: the ``ts`` of its opening message per connection, which
+    #: updates reply to (``thread_ts``) and ``chat.update`` rewrites.
+    threads: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GroupState:
@@ -150,6 +165,15 @@ class OutboxEntry:
     created_unix: float = 0
     error: str | None = None
     connection_id: str | None = None
+    #: Incidents: its id, primary cause ("" = overall), when it opened, and the ``ts`` of
+    #: its opening message per connection (a bot token's thread; empty with webhooks).
+    incident_id: str | None = None
+    cause: str = ""
+    opened_at: str | None = None
+    threads: dict[str, str] = field(default_factory=dict)
+    #: Incidents: the incident's first message on this route (its opening, or an escalation
+    #: reaching the paging route): what a pager counts as a page.
+    first_on_route: bool = False
 
     def in_flight(self, claim_timeout: timedelta) -> bool:
         """An older evaluation's message that its run may still be sending."""
@@ -179,11 +203,13 @@ class NotificationReport:
     error: str | None = None
     #: False when the result could not be written to the state store.
     recorded: bool = True
+    incident_id: str | None = None
 
     @classmethod
     def pending(cls, entry: OutboxEntry) -> NotificationReport:
         return cls(entry.id, entry.group_key, entry.group_labels, entry.reason,
-                   len(entry.firing), len(entry.resolved), "pending")
+                   len(entry.firing), len(entry.resolved), "pending",
+                   incident_id=entry.incident_id)
 
     def update_from(self, delivery: Delivery) -> None:
         self.status = "sent" if delivery.ok else "failed"

@@ -84,6 +84,10 @@ ALERT_LOG_SCHEMA = pa.schema([
     #: latest evaluation's alert, posted by the live path).
     pa.field("delivery", pa.string(), nullable=False),
     pa.field("connection_id", pa.string()),
+    #: The incident the row belongs to (``grouping: incidents``); an incident's own row has
+    #: ``kind="incident"``, ``rule="incident"`` and its id as ``fingerprint``, with events
+    #: ``opened``, ``firing`` and ``resolved``.
+    pa.field("incident_id", pa.string()),
 ])
 
 

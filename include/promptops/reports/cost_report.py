@@ -360,11 +360,12 @@ def unpriced_table(day: pd.DataFrame) -> pd.DataFrame:
 
 def incidents_table(lake: Lake, start: datetime, end: datetime,
                     scopes: Iterable[str] = ("hourly",)) -> pd.DataFrame:
-    """Alerts with an event in the day: one row per alert (fingerprint)."""
+    """The day's incidents: one row per incident (its members listed), and one per alert
+    logged without an incident (label grouping, backfilled hours, older logs)."""
     from promptops.alerts.store import AlertStore
 
     columns = ["rule", "severity", "slice", "status", "fired_at", "resolved_at", "summary",
-               "muted_by", "fingerprint", "scope"]
+               "muted_by", "fingerprint", "scope", "incident_id", "members"]
     frames = []
     for scope in scopes:
         # An hour is evaluated at its end, so the day's evaluations run from 01:00 to 00:00
@@ -376,33 +377,67 @@ def incidents_table(lake: Lake, start: datetime, end: datetime,
     if not frames:
         return pd.DataFrame(columns=columns)
     log_rows = pd.concat(frames, ignore_index=True)
+    if "incident_id" not in log_rows:  # logs written before incidents
+        log_rows["incident_id"] = None
     log_rows = log_rows[(log_rows["evaluated_at"] > start) & (log_rows["evaluated_at"] <= end)]
-    log_rows = log_rows[log_rows["event"].isin(["fired", "firing", "resolved"])]
-    out = []
-    for fingerprint, group in log_rows.sort_values("evaluated_at").groupby("fingerprint"):
-        last = group.iloc[-1]
-        labels = json.loads(last["labels"]) if last["labels"] else {}
-        dimension, slice_ = labels.get("dimension"), labels.get("slice")
-        fired = group["fired_at"].dropna()
-        # A backfill that filled a gap logs incidents already over by then as "past", with
-        # their end where a later hour of the gap knew it.
-        past = group["delivery"] == "past"
-        resolved = group.loc[(group["event"] == "resolved") | past, "resolved_at"].dropna()
-        out.append({
-            "rule": last["rule"], "severity": last["severity"],
-            "slice": "overall" if not dimension or dimension == mt.OVERALL
-            else f"{dimension}={slice_}",
-            "status": "resolved" if last["event"] == "resolved"
-            else "over" if last["delivery"] == "past" else "firing",
-            "fired_at": fired.min() if len(fired) else None,
-            "resolved_at": resolved.max() if len(resolved) else None,
-            "summary": last["summary"], "muted_by": last["muted_by"],
-            "fingerprint": fingerprint, "scope": last["scope"],
-        })
+    is_incident = log_rows["kind"] == "incident"
+    incident_ids = set(log_rows.loc[is_incident, "incident_id"].dropna())
+    alerts = log_rows[~is_incident & log_rows["event"].isin(["fired", "firing", "resolved"])]
+    grouped = alerts["incident_id"].isin(incident_ids)
+    out = [_incident_row(iid, rows, alerts[alerts["incident_id"] == iid])
+           for iid, rows in log_rows[is_incident].sort_values("evaluated_at")
+           .groupby("incident_id")]
+    out += [_alert_row(fingerprint, group) for fingerprint, group
+            in alerts[~grouped].sort_values("evaluated_at").groupby("fingerprint")]
     table = pd.DataFrame(out, columns=columns)
     table["_rank"] = table["severity"].map(_SEVERITY_RANK).fillna(9)
     return table.sort_values(["_rank", "fired_at", "rule"]).drop(columns="_rank") \
         .reset_index(drop=True)
+
+
+def _slice_text(labels: dict[str, str]) -> str:
+    dimension, slice_ = labels.get("dimension"), labels.get("slice")
+    return "overall" if not dimension or dimension == mt.OVERALL else f"{dimension}={slice_}"
+
+
+def _incident_row(iid: str, rows: pd.DataFrame, members: pd.DataFrame) -> dict[str, Any]:
+    """One incident from its own log rows, its members from theirs."""
+    last = rows.iloc[-1]
+    labels = json.loads(last["labels"]) if last["labels"] else {}
+    shown = sorted({f"{m['rule']} ({_slice_text(json.loads(m['labels'] or '{}'))})"
+                    for _, m in members.iterrows()})
+    worst = min(rows["severity"], key=lambda sev: _SEVERITY_RANK.get(sev, 9))
+    resolved = rows.loc[rows["event"] == "resolved", "resolved_at"].dropna()
+    return {
+        "rule": ", ".join(sorted(set(members["rule"]))) or "incident", "severity": worst,
+        "slice": labels.get("cause") or "overall",
+        "status": "resolved" if last["event"] == "resolved" else "firing",
+        "fired_at": rows["fired_at"].dropna().min() if rows["fired_at"].notna().any()
+        else None,
+        "resolved_at": resolved.max() if len(resolved) else None,
+        "summary": last["summary"], "muted_by": last["muted_by"], "fingerprint": iid,
+        "scope": last["scope"], "incident_id": iid, "members": "; ".join(shown)}
+
+
+def _alert_row(fingerprint: str, group: pd.DataFrame) -> dict[str, Any]:
+    """One alert logged without an incident."""
+    last = group.iloc[-1]
+    labels = json.loads(last["labels"]) if last["labels"] else {}
+    fired = group["fired_at"].dropna()
+    # A backfill that filled a gap logs incidents already over by then as "past", with
+    # their end where a later hour of the gap knew it.
+    past = group["delivery"] == "past"
+    resolved = group.loc[(group["event"] == "resolved") | past, "resolved_at"].dropna()
+    return {
+        "rule": last["rule"], "severity": last["severity"], "slice": _slice_text(labels),
+        "status": "resolved" if last["event"] == "resolved"
+        else "over" if last["delivery"] == "past" else "firing",
+        "fired_at": fired.min() if len(fired) else None,
+        "resolved_at": resolved.max() if len(resolved) else None,
+        "summary": last["summary"], "muted_by": last["muted_by"],
+        "fingerprint": fingerprint, "scope": last["scope"],
+        "incident_id": last["incident_id"] if pd.notna(last["incident_id"]) else None,
+        "members": f"{last['rule']} ({_slice_text(labels)})"}
 
 
 # -- charts (matplotlib, Agg, no pyplot: no global state, safe in any process) ---------------

@@ -19,15 +19,26 @@ starts with ``path`` (default: any), first queued first used:
 - ``{"mode": "disconnect"}``: close the connection without any answer.
 
 A faulted request is not stored, except ``slow`` ones (Slack got them, late).
+
+Slack's Web API, for bot tokens (``slack_sdk.WebClient(token, base_url=<sink>/api/)``):
+``POST /api/chat.postMessage`` (JSON or form body with ``channel``, ``text``/``blocks``,
+optionally ``thread_ts``) stores the message with a new ``ts`` and answers
+``{"ok": true, "channel", "ts", "message"}``; ``POST /api/chat.update`` (``channel``, ``ts``)
+stores the update and answers the same, or ``{"ok": false, "error": "message_not_found"}``
+for a ``ts`` it never gave out in that channel. A request without a bearer token
+(``Authorization: Bearer xoxb-...``) gets ``{"ok": false, "error": "not_authed"}``. The
+token is never stored. Stored API messages carry ``ts`` (and ``thread_ts`` in their body).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import parse_qsl
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -42,8 +53,9 @@ class MessageStore:
         self._messages: list[dict[str, Any]] = []
         self._store = store
 
-    def add(self, path: str, body: Any) -> None:
-        msg = {"path": path, "received_at": format_ts(datetime.now(UTC)), "body": body}
+    def add(self, path: str, body: Any, **more: Any) -> None:
+        msg = {"path": path, "received_at": format_ts(datetime.now(UTC)), "body": body,
+               **more}
         with self._lock:
             self._messages.append(msg)
             if self._store is not None:
@@ -155,6 +167,9 @@ class SlackSinkHandler(JsonHandler):
             return
         if fault is not None:
             time.sleep(fault.delay_s)
+        if path.startswith("/api/"):
+            self._web_api(path.removeprefix("/api/"), raw)
+            return
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -162,6 +177,33 @@ class SlackSinkHandler(JsonHandler):
             return
         self.server.messages.add(path, body)
         self._text(200, "ok")
+
+    def _web_api(self, method: str, raw: bytes) -> None:
+        """``chat.postMessage`` and ``chat.update`` as Slack's Web API answers them."""
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
+            self.send_json(200, {"ok": False, "error": "not_authed"})
+            return
+        body = _api_body(raw, self.headers.get("Content-Type", ""))
+        if body is None:
+            self.send_json(200, {"ok": False, "error": "invalid_json"})
+            return
+        channel = str(body.get("channel") or "")
+        if method not in ("chat.postMessage", "chat.update"):
+            self.send_json(200, {"ok": False, "error": "unknown_method"})
+            return
+        if not channel:
+            self.send_json(200, {"ok": False, "error": "channel_not_found"})
+            return
+        if method == "chat.update":
+            ts = str(body.get("ts") or "")
+            if not self.server.has_ts(channel, ts):
+                self.send_json(200, {"ok": False, "error": "message_not_found"})
+                return
+        else:
+            ts = self.server.new_ts(channel)
+        self.server.messages.add(f"/api/{method}", body, ts=ts, channel=channel)
+        self.send_json(200, {"ok": True, "channel": channel, "ts": ts, "message": body})
 
     def _text(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
         self.send_body(status, text.encode(), "text/plain; charset=utf-8", headers)
@@ -195,11 +237,42 @@ class SlackSinkHandler(JsonHandler):
             self._log_access(0)
 
 
+def _api_body(raw: bytes, content_type: str) -> dict[str, Any] | None:
+    """A Web API request's arguments: a JSON object or a form (blocks as JSON text)."""
+    if "json" in content_type:
+        try:
+            data = orjson.loads(raw or b"{}")
+        except orjson.JSONDecodeError:
+            return None
+        return data if isinstance(data, dict) else None
+    form: dict[str, Any] = dict(parse_qsl(raw.decode("utf-8", "replace")))
+    if isinstance(form.get("blocks"), str):
+        try:
+            form["blocks"] = orjson.loads(form["blocks"])
+        except orjson.JSONDecodeError:
+            return None
+    return form
+
+
 class SlackSinkServer(SimHTTPServer):
     def __init__(self, host: str, port: int, store: Path | None = None) -> None:
         super().__init__((host, port), SlackSinkHandler)
         self.messages = MessageStore(store)
         self.faults = FaultQueue()
+        self._ts_lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._posted: set[tuple[str, str]] = set()
+
+    def new_ts(self, channel: str) -> str:
+        """A message timestamp as Slack writes them (seconds.micro), unique in the sink."""
+        with self._ts_lock:
+            ts = f"{int(time.time())}.{next(self._seq):06d}"
+            self._posted.add((channel, ts))
+        return ts
+
+    def has_ts(self, channel: str, ts: str) -> bool:
+        with self._ts_lock:
+            return (channel, ts) in self._posted
 
     @property
     def url(self) -> str:

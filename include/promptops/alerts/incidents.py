@@ -1,0 +1,316 @@
+"""Findings become incidents: alerts that share a root cause are one incident, one thread.
+
+An alert's *correlation key* is a set of ``(dimension, value)`` pairs: its primary root
+cause (``annotations["root_cause_set"]``, primary first, ``;``-separated, each an absolute
+``dim=value&dim=value`` label) joined with its own slice, or its slice alone when it has no
+cause (or one that contradicts its slice). The overall slice has the empty key.
+
+Two keys are *related* when the smaller is a non-empty subset of the other: ``model=gpt-4o``
+and ``app=chat&model=gpt-4o`` are one incident; ``model=gpt-4o`` and ``app=chat`` are two.
+
+Each evaluation, firing alerts (muted ones too, so the log names their incident) are placed:
+
+1. an alert already a member of an open incident stays there;
+2. new alerts with a key, together with the open incidents (through their primary cause,
+   fixed when they open), are joined through related keys (transitively); a connected part holding open incidents joins the oldest of them, one
+   without opens a new incident, unless its alerts are bare slices (no cause beyond their
+   slice) of a metric that moved platform-wide: an overall alert of that metric without a
+   cause, with bare slices spanning two values of one dimension (every model failing in an
+   API outage), or an open overall incident having it. Those join the overall incident;
+3. new alerts with the empty key (overall, no cause) join the only incident of this
+   evaluation with a firing member of the same metric, if there is exactly one (the overall
+   success rate follows the one model whose success rate fell); else they join an open
+   overall incident that has their metric or opened within ``min_message_interval`` (the
+   other symptoms of one outage), or open one together;
+4. alerts of ``incidents.standalone_rules`` are each an incident of their own.
+
+An incident is open while its :class:`~promptops.alerts.state.GroupState` lives: from its
+first firing member until Slack has heard it resolved (or, never posted, until no member
+fires). A member that fires again meanwhile simply continues it. Only a joining alert brings its
+key: a member whose cause annotation changes later does not widen its incident, and an
+overall incident never becomes joinable by its symptoms' slices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import timedelta
+
+from promptops.alerts.config import AlertingConfig
+from promptops.alerts.state import FIRING, AlertRecord, GroupState, iso, parse_iso
+from promptops.contracts.findings import SEVERITY_ORDER
+from promptops.contracts.metric_table import ALL, OVERALL
+
+INCIDENT_PREFIX = "incident:"
+
+Key = frozenset[tuple[str, str]]
+
+
+def is_incident(group_key: str) -> bool:
+    return group_key.startswith(INCIDENT_PREFIX)
+
+
+def incident_id(group_key: str) -> str:
+    return group_key.removeprefix(INCIDENT_PREFIX)
+
+
+def parse_key(text: str) -> Key:
+    """``dim=value&dim=value`` -> pairs (``*`` and "" are the empty key)."""
+    pairs = []
+    for part in text.split("&"):
+        dim, sep, value = part.strip().partition("=")
+        if sep and dim:
+            pairs.append((dim.strip(), value.strip()))
+    return frozenset(pairs)
+
+
+def key_text(key: Iterable[tuple[str, str]]) -> str:
+    return "&".join(f"{d}={v}" for d, v in sorted(key))
+
+
+def slice_key(labels: dict[str, str]) -> Key:
+    """The alert's own slice as pairs; a multi-dimension slice is ``a,b`` / ``x,y``."""
+    dim, value = labels.get("dimension", ""), labels.get("slice", "")
+    if not dim or dim == OVERALL or value == ALL:
+        return frozenset()
+    dims, values = dim.split(","), value.split(",")
+    if len(dims) > 1 and len(dims) == len(values):
+        return frozenset(zip(dims, values, strict=True))
+    return frozenset({(dim, value)})
+
+
+def correlation_key(rec: AlertRecord) -> Key:
+    """The alert's primary cause joined with its slice; its slice when the cause is absent
+    or names another value of one of the slice's own dimensions."""
+    own = slice_key(rec.labels)
+    primary = (rec.annotations.get("root_cause_set") or "").split(";")[0]
+    cause = parse_key(primary)
+    own_dims = dict(own)
+    if any(d in own_dims and own_dims[d] != v for d, v in cause):
+        return own
+    return own | cause
+
+
+def related(a: Key, b: Key) -> bool:
+    small, big = (a, b) if len(a) <= len(b) else (b, a)
+    return bool(small) and small <= big
+
+
+def _new_id(scope: str, now: str, fps: list[str]) -> str:
+    raw = json.dumps([scope, now, sorted(fps)], separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+class _Union:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def join(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
+           config: AlertingConfig, now: str, scope: str) -> dict[str, str]:
+    """Place every firing alert in an incident (see the module doc). Updates ``groups`` in
+    place (new incidents, members, keys, cause) and returns fingerprint -> group key."""
+    incidents = {k: gs for k, gs in groups.items() if is_incident(k)}
+    member_of = {fp: k for k, gs in incidents.items() for fp in gs.members}
+    standalone = set(config.incidents.standalone_rules)
+    firing = sorted(fp for fp, r in records.items() if r.status == FIRING)
+    out = {fp: member_of[fp] for fp in firing if fp in member_of}
+    fresh = [fp for fp in firing if fp not in out]
+    keys = {fp: correlation_key(records[fp]) for fp in firing}
+
+    for fp in (fp for fp in fresh if records[fp].rule in standalone):
+        out[fp] = _open(groups, scope, now, [fp], standalone=records[fp].rule)
+    keyed = [fp for fp in fresh if fp not in out and keys[fp]]
+    overall = [fp for fp in fresh if fp not in out and not keys[fp]]
+    platform = _platform_metrics(overall, keyed, records, keys, out, incidents)
+    deferred = _place_keyed(keyed, records, keys, out, groups, incidents, platform, scope,
+                            now)
+    _place_overall(overall, deferred, records, out, groups, incidents, scope, now,
+                   config.incidents.min_message_interval)
+
+    for fp in fresh:  # only a joining alert brings its key: a member's cause annotation
+        gs = groups[out[fp]]  # may wander later, and must not make its incident a magnet
+        gs.members.append(fp)
+        text = key_text(keys[fp])
+        if text and text not in gs.keys and not gs.labels.get("standalone") \
+                and not gs.labels.get("overall"):
+            gs.keys.append(text)
+        if not gs.cause or gs.opened_at == now:  # fixed once the incident is out
+            gs.cause = primary_cause(gs.keys)
+    return out
+
+
+def _place_keyed(keyed: list[str], records: dict[str, AlertRecord], keys: dict[str, Key],
+                 out: dict[str, str], groups: dict[str, GroupState],
+                 incidents: dict[str, GroupState], platform: set[str], scope: str,
+                 now: str) -> list[str]:
+    """Join new keyed alerts through related keys with each other and the open incidents
+    (transitively): a connected part with open incidents joins the oldest, one without
+    opens an incident, unless all its alerts are bare slices of platform-wide metrics:
+    those are returned, for the overall incident."""
+    # An open incident is joined through its primary cause, not through every member's
+    # key: a coarse slice that joined it (an app the cause lies in) must not pull in every
+    # later problem of that app.
+    joinable = {k: [parse_key(gs.cause)] for k, gs in incidents.items()
+                if gs.cause and not gs.labels.get("standalone")}
+    uf = _Union()
+    for i, a in enumerate(keyed):
+        uf.find(a)
+        for b in keyed[i + 1:]:
+            if related(keys[a], keys[b]):
+                uf.join(a, b)
+        for k, ks in joinable.items():
+            if any(related(keys[a], other) for other in ks):
+                uf.join(a, k)
+    parts: dict[str, list[str]] = {}
+    for node in [*keyed, *(k for k in joinable if k in uf.parent)]:
+        parts.setdefault(uf.find(node), []).append(node)
+    deferred: list[str] = []
+    for nodes in parts.values():
+        alerts = [n for n in nodes if n in records]
+        # The part's own primary cause must relate to the incident's: an hour whose
+        # latency moved in one region touches the open burst of one model through the
+        # model's slice, but is not that burst.
+        own = parse_key(primary_cause([key_text(keys[fp]) for fp in alerts]))
+        olds = sorted((n for n in nodes if n in incidents
+                       and related(own, parse_key(incidents[n].cause))),
+                      key=lambda k: (incidents[k].opened_at or "", k))
+        if not olds and all(_metric(records[fp]) in platform
+                            and keys[fp] == slice_key(records[fp].labels) for fp in alerts):
+            deferred += alerts
+            continue
+        target = olds[0] if olds else _open(groups, scope, now, alerts)
+        for fp in alerts:
+            out[fp] = target
+    return deferred
+
+
+def _platform_metrics(overall: list[str], keyed: list[str], records: dict[str, AlertRecord],
+                      keys: dict[str, Key], out: dict[str, str],
+                      incidents: dict[str, GroupState]) -> set[str]:
+    """Metrics that moved platform-wide: those of a member of an open overall incident, and
+    those of a new overall alert without a cause whose bare slices (no cause of their own)
+    span two values of one dimension (an API outage fails every model; one model's burst
+    is that model's incident). Their bare slices are symptoms, not incidents of their own."""
+    bare: dict[str, set[tuple[str, str]]] = {}
+    for fp in keyed:
+        if keys[fp] == slice_key(records[fp].labels):
+            bare.setdefault(_metric(records[fp]), set()).update(keys[fp])
+    broad = {m for m, pairs in bare.items()
+             if len({d for d, _ in pairs}) < len(pairs)}  # some dimension has 2+ values
+    metrics = {_metric(records[fp]) for fp in overall} & broad
+    return metrics | {_metric(records[fp]) for fp, k in out.items()
+                      if k in incidents and _is_overall(incidents[k])}
+
+
+def _is_overall(gs: GroupState) -> bool:
+    """An incident of the whole platform (its symptoms' slices never make it joinable)."""
+    return bool(gs.labels.get("overall")) or (not gs.keys and not gs.labels.get("standalone"))
+
+
+def _metric(rec: AlertRecord) -> str:
+    return rec.labels.get("metric") or rec.rule
+
+
+def _place_overall(overall: list[str], symptoms: list[str], records: dict[str, AlertRecord],
+                   out: dict[str, str], groups: dict[str, GroupState],
+                   incidents: dict[str, GroupState], scope: str, now: str,
+                   recent_window: timedelta) -> None:
+    """Overall alerts without a cause: each joins the only incident of this evaluation with
+    a firing member of the same metric (the overall success rate follows the one model
+    whose success rate fell); the others join an open overall incident with that metric or
+    opened within ``recent_window``, else open one together."""
+    live: dict[str, set[str]] = {}
+    for fp, k in out.items():
+        if not groups[k].labels.get("standalone"):
+            live.setdefault(k, set()).add(_metric(records[fp]))
+    rest = list(symptoms)  # slices of a platform-wide move go where the overall alerts go
+    moved = {_metric(records[fp]) for fp in symptoms}
+    for fp in overall:
+        same = [k for k, metrics in live.items() if _metric(records[fp]) in metrics]
+        if len(same) == 1 and _metric(records[fp]) not in moved:
+            out[fp] = same[0]
+        else:
+            rest.append(fp)
+    if not rest:
+        return
+    # An open overall incident takes them when it already has this metric, or opened
+    # recently (the other symptoms of one outage); a week-old budget alert does not.
+    recent = parse_iso(now) - recent_window
+    overall_open = sorted((k for k in incidents if _is_overall(incidents[k])),
+                          key=lambda k: (incidents[k].opened_at or "", k))
+    fresh_rest = []
+    for fp in rest:
+        target = next((k for k in overall_open if _metric(records[fp]) in live.get(k, set())),
+                      None) or next((k for k in overall_open if (opened := incidents[k].opened_at)
+                                     and parse_iso(opened) >= recent), None)
+        if target is None:
+            fresh_rest.append(fp)
+        else:
+            out[fp] = target
+    if fresh_rest:
+        target = _open(groups, scope, now, fresh_rest, overall=True)
+        for fp in fresh_rest:
+            out[fp] = target
+
+
+def _open(groups: dict[str, GroupState], scope: str, now: str, fps: list[str],
+          standalone: str | None = None, overall: bool = False) -> str:
+    iid = _new_id(scope, now, fps)
+    key = INCIDENT_PREFIX + iid
+    labels = {"incident": iid, **({"standalone": standalone} if standalone else {}),
+              **({"overall": "true"} if overall else {})}
+    groups[key] = GroupState(labels, -1, opened_at=now)
+    return key
+
+
+def primary_cause(keys: list[str]) -> str:
+    """The incident's primary cause: its most general non-empty key, the one most of its
+    members' keys contain ("" for an overall incident)."""
+    parsed = [parse_key(k) for k in keys if k]
+    if not parsed:
+        return ""
+    best = min(parsed, key=lambda k: (len(k), -sum(k <= o for o in parsed), key_text(k)))
+    return key_text(best)
+
+
+def worst(records: Iterable[AlertRecord]) -> AlertRecord | None:
+    """The member that sets an incident's severity and route (worst, then by rule)."""
+    return min(records, key=lambda r: (-SEVERITY_ORDER.get(r.severity, -1), r.rule,
+                                       r.fingerprint), default=None)
+
+
+def tag(records: dict[str, AlertRecord], placed: dict[str, str]) -> dict[str, AlertRecord]:
+    """The records with their incident ids (resolved ones keep theirs)."""
+    return {fp: replace(r, incident_id=incident_id(placed[fp])) if fp in placed else r
+            for fp, r in records.items()}
+
+
+def scope_of(views: Iterable[dict]) -> set[tuple[str, str, str]]:
+    """An incident's scope: (rule, dimension, slice) of its members."""
+    return {(v["rule"], v.get("labels", {}).get("dimension", ""),
+             v.get("labels", {}).get("slice", "")) for v in views}
+
+
+def severity_of(views: Iterable[dict]) -> int:
+    return max((SEVERITY_ORDER.get(v["severity"], -1) for v in views), default=-1)
+
+
+__all__ = ["INCIDENT_PREFIX", "assign", "correlation_key", "incident_id", "is_incident",
+           "iso", "key_text", "parse_key", "primary_cause", "related", "scope_of",
+           "severity_of", "slice_key", "tag", "worst"]
