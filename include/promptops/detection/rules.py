@@ -12,7 +12,18 @@ Rule kinds (see :mod:`promptops.detection.thresholds`):
 - comparison: now against the same slice one hour / one day / one week earlier. Both the
   ratio and the absolute change must be exceeded, and both sides need ``min_samples``.
 - composite: every condition holds on the same (dimension, slice).
-- budget: the day's total (UTC) against a budget, projected to the end of the day.
+- budget: the day's total (UTC) against a budget, projected to the end of the day (a rule
+  without a budget is off).
+
+Sampling error (``use_bound``, on by default): a threshold rule judges the end of the
+value's two-sided ``confidence`` interval nearest its level (a success rate's upper bound
+against ``below 99%``); a comparison needs the change between the confident ends of both
+sides (``above``: now's lower bound against the baseline's upper bound); a composite's
+``op``/``value`` condition judges the bound nearest its value. The metric table carries each
+row's 95% interval; at another confidence the interval is re-derived by the family the
+rule's unit implies: Wilson for ``ratio`` (from value and samples), exact Poisson for
+``count`` and ``calls/min``, the stored interval rescaled by the normal quantiles otherwise.
+A row without an interval (an exact observation) is judged on its value.
 
 Budget projection: ``projected = spent / observed_hours * 24``, where ``spent`` sums the
 day's hourly values from 00:00 up to and including the evaluated hour and ``observed_hours``
@@ -65,6 +76,12 @@ from promptops.detection.thresholds import (
     format_window,
 )
 from promptops.errors import InvalidInput
+from promptops.stats import (
+    INTERVAL_CONFIDENCE,
+    poisson_interval,
+    rescale_interval,
+    wilson_interval,
+)
 from promptops.timeutil import as_utc
 
 if TYPE_CHECKING:
@@ -262,15 +279,49 @@ def evaluate(config: ThresholdsConfig, current: pa.Table, history: MetricHistory
     return sorted(findings, key=lambda f: (f.rule, f.labels["dimension"], f.labels["slice"]))
 
 
+def bounds_at(value: np.ndarray, lower: np.ndarray, upper: np.ndarray, samples: np.ndarray,
+              unit: str | None, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' two-sided sampling interval at ``confidence`` from the table's 95% one
+    (see the module docstring); NaN where a row has no interval."""
+    value, lower, upper = (np.asarray(a, dtype=np.float64) for a in (value, lower, upper))
+    if confidence == INTERVAL_CONFIDENCE or len(value) == 0:
+        return lower, upper
+    has = ~(np.isnan(lower) | np.isnan(upper))
+    lo, hi = (np.array(a, dtype=np.float64) for a in
+              rescale_interval(value, lower, upper, confidence))
+    alpha = 1.0 - confidence
+    if unit == "ratio":
+        n = np.asarray(samples, dtype=np.float64)
+        ok = has & (n > 0) & (value >= 0) & (value <= 1)
+        if ok.any():
+            lo[ok], hi[ok] = wilson_interval(value[ok] * n[ok], n[ok], alpha)
+    elif unit in ("count", "calls/min"):
+        ok = has & (value >= 0)
+        if ok.any():
+            lo[ok], hi[ok] = poisson_interval(value[ok], alpha)
+    return np.where(has, lo, np.nan), np.where(has, hi, np.nan)
+
+
+def _judged(rows: pd.DataFrame, unit: str | None, confidence: float, use_bound: bool,
+            side: str, suffix: str = "") -> np.ndarray:
+    """The value, or its ``lower``/``upper`` bound at ``confidence`` where it has one."""
+    value = rows["value" + suffix].to_numpy(dtype="float64")
+    if not use_bound:
+        return value
+    lo, hi = bounds_at(value, rows["lower" + suffix].to_numpy(dtype="float64"),
+                       rows["upper" + suffix].to_numpy(dtype="float64"),
+                       rows["samples" + suffix].to_numpy(dtype="float64"), unit, confidence)
+    bound = lo if side == "lower" else hi
+    return np.where(np.isnan(bound), value, bound)
+
+
 def _threshold_masks(rule: ThresholdRule, rows: pd.DataFrame,
                      ) -> tuple[np.ndarray, np.ndarray, pd.Series]:
-    """(warning-or-worse, critical) masks over ``rows`` and the series that was judged."""
-    judged = rows["value"].astype("float64")
-    if rule.use_bound:
-        # The bound nearest the level: only a confidently bad slice breaches.
-        bound = rows["upper" if rule.direction == "below" else "lower"].astype("float64")
-        judged = bound.fillna(judged)
-    x = judged.to_numpy()
+    """(warning-or-worse, critical) masks over ``rows`` and the series that was judged:
+    the bound nearest the level, so only a confidently bad slice breaches."""
+    x = _judged(rows, rule.unit, rule.confidence, rule.use_bound,
+                "upper" if rule.direction == "below" else "lower")
+    judged = pd.Series(x, index=rows.index)
 
     def breach(level: float | None) -> np.ndarray:
         if level is None:
@@ -301,8 +352,11 @@ def _threshold_findings(name: str, rule: ThresholdRule, frame: MetricFrame) -> l
             shown += f" ({side} bound {format_value(float(judged.iloc[i]), rule.unit)})"
         summary = (f"{metric_label(rule.metric)} {shown} {op} {format_value(level, rule.unit)} "
                    f"{_where(dim, slc)} ({_samples(rule.metric, row['samples'])})")
+        extra = {"levels": levels}
+        if rule.use_bound:
+            extra["confidence"] = _confidence_note(rule.confidence)
         out.append(_finding(name, rule, severity, "threshold", rule.metric, dim, slc, summary,
-                            value, level, {"levels": levels}))
+                            value, level, extra))
     return out
 
 
@@ -321,13 +375,19 @@ def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
     joined = now_rows.join(base_rows, how="inner", suffixes=("", "_base"))
     cur = joined["value"].to_numpy(dtype="float64")
     base = joined["value_base"].to_numpy(dtype="float64")
+    # The confident ends: for ``above`` now's lower bound against the baseline's upper one.
+    up = rule.direction == "above"
+    cur_j = _judged(joined, rule.unit, rule.confidence, rule.use_bound,
+                    "lower" if up else "upper")
+    base_j = _judged(joined, rule.unit, rule.confidence, rule.use_bound,
+                     "upper" if up else "lower", "_base")
 
     def holds(level: Change | None) -> np.ndarray:
         if level is None:
             return np.zeros(len(cur), dtype=bool)
-        if rule.direction == "above":
-            return (cur >= base * level.ratio) & (cur - base >= level.change)
-        return (cur <= base / level.ratio) & (base - cur >= level.change)
+        if up:
+            return (cur_j >= base_j * level.ratio) & (cur_j - base_j >= level.change)
+        return (cur_j <= base_j / level.ratio) & (base_j - cur_j >= level.change)
 
     crit, warn = holds(rule.critical), holds(rule.warning)
     warn |= crit
@@ -345,10 +405,17 @@ def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
         summary = (f"{metric_label(rule.metric)} {format_value(now_v, rule.unit)} is "
                    f"{factor} the {against} ({format_value(base_v, rule.unit)}) "
                    f"{_where(dim, slc)} ({_samples(rule.metric, joined['samples'].iloc[i])})")
-        threshold = base_v * level.ratio if rule.direction == "above" else base_v / level.ratio
+        threshold = base_j[i] * level.ratio if up else base_j[i] / level.ratio
         ann = {"comparison": detail, "baseline_hour": f"{then:%Y-%m-%dT%H:%MZ}",
                "levels": f"ratio >= {level.ratio:g} and change >= "
                          f"{format_value(level.change, rule.unit)} ({severity})"}
+        if rule.use_bound and (cur_j[i] != now_v or base_j[i] != base_v):
+            ann["judged"] = (f"{'lower' if up else 'upper'} bound now "
+                             f"{format_value(float(cur_j[i]), rule.unit)} vs "
+                             f"{'upper' if up else 'lower'} bound then "
+                             f"{format_value(float(base_j[i]), rule.unit)}")
+        if rule.use_bound:
+            ann["confidence"] = _confidence_note(rule.confidence)
         out.append(_finding(name, rule, severity, "comparison", rule.metric, dim, slc, summary,
                             now_v, threshold, ann))
     return out
@@ -370,7 +437,8 @@ def _condition_mask(cond: Condition, rule: CompositeRule, frame: MetricFrame,
                 f"{op} {format_value(ref.level(cond.level), ref.unit)}")
     min_samples = cond.min_samples if cond.min_samples is not None else rule.min_samples
     rows = frame.rows(cond.metric, rule.dimensions, min_samples)
-    x = rows["value"].to_numpy(dtype="float64")
+    x = _judged(rows, cond.unit, rule.confidence, rule.use_bound,
+                "lower" if cond.op in (">", ">=") else "upper")
     v = cond.value
     mask = {">": x > v, ">=": x >= v, "<": x < v, "<=": x <= v}[cond.op]  # type: ignore[index]
     return rows[mask], cond.unit or "count", f"{cond.op} {format_value(v, cond.unit)}"
@@ -397,6 +465,9 @@ def _composite_findings(name: str, rule: CompositeRule, frame: MetricFrame,
 
 def _budget_findings(name: str, rule: BudgetRule, frame: MetricFrame,
                      history: MetricHistory, hour: datetime) -> list[Finding]:
+    if rule.budget is None:  # off until a person sets a budget
+        return []
+    budget: float = rule.budget
     hour = hour.replace(minute=0, second=0, microsecond=0)
     day = _day_start(hour)
     hours = [day + timedelta(hours=i) for i in range(hour.hour + 1)]
@@ -420,9 +491,9 @@ def _budget_findings(name: str, rule: BudgetRule, frame: MetricFrame,
         projected = np.where(n_obs > 0, spent / n_obs * 24.0, np.nan)
     projecting = n_obs >= rule.min_hours
     judged = np.where(projecting, projected, spent)
-    crit = judged >= rule.budget * rule.critical if rule.critical is not None else \
+    crit = judged >= budget * rule.critical if rule.critical is not None else \
         np.zeros(len(judged), dtype=bool)
-    warn = (judged >= rule.budget * rule.warning) | crit
+    warn = (judged >= budget * rule.warning) | crit
     out = []
     for i in np.flatnonzero(warn):
         dim, slc = union[i]
@@ -435,11 +506,11 @@ def _budget_findings(name: str, rule: BudgetRule, frame: MetricFrame,
         label = f"daily {metric_label(rule.metric)}"
         if projecting[i]:
             head = (f"{label} projected {fmt(projected[i])} by end of day vs budget "
-                    f"{fmt(rule.budget)} (x{projected[i] / rule.budget:.1f}); "
+                    f"{fmt(budget)} (x{projected[i] / budget:.1f}); "
                     f"spent {fmt(spent[i])} by {hour:%H}:59 UTC")
         else:
             head = (f"{label} spent {fmt(spent[i])} by {hour:%H}:59 UTC vs budget "
-                    f"{fmt(rule.budget)} (x{spent[i] / rule.budget:.1f})")
+                    f"{fmt(budget)} (x{spent[i] / budget:.1f})")
         summary = f"{head} {_where(dim, slc)}"
         method = (f"spent {fmt(spent[i])} over {int(n_obs[i])} observed hour(s) of "
                   f"{len(hours)} since 00:00 UTC; projected = spent / {int(n_obs[i])} x 24 = "
@@ -447,12 +518,12 @@ def _budget_findings(name: str, rule: BudgetRule, frame: MetricFrame,
         if not projecting[i]:
             method += (f" (fewer than {rule.min_hours} observed hours: judged on what was "
                        "spent, not the projection)")
-        ann = {"budget": method, "budget_level": f"{severity} at {share:g} x {fmt(rule.budget)}",
+        ann = {"budget": method, "budget_level": f"{severity} at {share:g} x {fmt(budget)}",
                "missing_hours": ", ".join(f"{h:%H:00}" for h in gaps) or "none"}
         if gaps:
             summary += f"; {len(gaps)} hour(s) missing: {ann['missing_hours']}"
         out.append(_finding(name, rule, severity, "budget", rule.metric, dim, slc, summary,
-                            float(judged[i]), rule.budget * share, ann))
+                            float(judged[i]), budget * share, ann))
     return out
 
 
@@ -475,6 +546,10 @@ def _finding(name: str, rule: Any, severity: str, kind: str, metric: str, dim: s
     return Finding(rule=name, severity=severity, kind=kind, labels=labels,  # type: ignore[arg-type]
                    summary=summary, value=value, threshold=threshold, pending_for=rule.for_,
                    keep_firing_for=rule.keep_firing_for, annotations=annotations)
+
+
+def _confidence_note(confidence: float) -> str:
+    return f"judged on the {confidence * 100:g}% sampling interval's bound nearest the level"
 
 
 def _where(dim: str, slc: str) -> str:
