@@ -17,8 +17,10 @@ Rule kinds (see :mod:`promptops.detection.thresholds`):
 
 Sampling error (``use_bound``, on by default): a threshold rule judges the end of the
 value's two-sided ``confidence`` interval nearest its level (a success rate's upper bound
-against ``below 99%``); a comparison needs the change between the confident ends of both
-sides (``above``: now's lower bound against the baseline's upper bound); a composite's
+against ``below 99%``); a comparison needs its change to hold beyond the sampling error of
+both sides (a two-sample test: for ``above``, now minus ``ratio`` times the baseline must
+exceed the two sides' interval half-widths, towards each other, added in quadrature, and
+likewise for the absolute change); a composite's
 ``op``/``value`` condition judges the bound nearest its value. The metric table carries each
 row's 95% interval; at another confidence the interval is re-derived by the family the
 rule's unit implies: Wilson for ``ratio`` (from value and samples), exact Poisson for
@@ -375,19 +377,29 @@ def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
     joined = now_rows.join(base_rows, how="inner", suffixes=("", "_base"))
     cur = joined["value"].to_numpy(dtype="float64")
     base = joined["value_base"].to_numpy(dtype="float64")
-    # The confident ends: for ``above`` now's lower bound against the baseline's upper one.
+    # Sampling error of each side: the half-width of its interval on the side the change
+    # moves towards (now's lower side and the baseline's upper side for ``above``).
     up = rule.direction == "above"
-    cur_j = _judged(joined, rule.unit, rule.confidence, rule.use_bound,
-                    "lower" if up else "upper")
-    base_j = _judged(joined, rule.unit, rule.confidence, rule.use_bound,
-                     "upper" if up else "lower", "_base")
+    cur_m = np.abs(cur - _judged(joined, rule.unit, rule.confidence, rule.use_bound,
+                                 "lower" if up else "upper"))
+    base_m = np.abs(_judged(joined, rule.unit, rule.confidence, rule.use_bound,
+                            "upper" if up else "lower", "_base") - base)
+
+    def margins(level: Change) -> tuple[np.ndarray, np.ndarray]:
+        """How far beyond each limit the point values must lie: a two-sample test at the
+        rule's confidence (the two sides' errors add in quadrature)."""
+        scale = level.ratio if up else 1.0 / level.ratio
+        return np.hypot(cur_m, scale * base_m), np.hypot(cur_m, base_m)
 
     def holds(level: Change | None) -> np.ndarray:
         if level is None:
             return np.zeros(len(cur), dtype=bool)
+        by_ratio, by_change = margins(level)
         if up:
-            return (cur_j >= base_j * level.ratio) & (cur_j - base_j >= level.change)
-        return (cur_j <= base_j / level.ratio) & (base_j - cur_j >= level.change)
+            return ((cur - base * level.ratio >= by_ratio)
+                    & (cur - base - level.change >= by_change))
+        return ((base / level.ratio - cur >= by_ratio)
+                & (base - cur - level.change >= by_change))
 
     crit, warn = holds(rule.critical), holds(rule.warning)
     warn |= crit
@@ -405,17 +417,15 @@ def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
         summary = (f"{metric_label(rule.metric)} {format_value(now_v, rule.unit)} is "
                    f"{factor} the {against} ({format_value(base_v, rule.unit)}) "
                    f"{_where(dim, slc)} ({_samples(rule.metric, joined['samples'].iloc[i])})")
-        threshold = base_j[i] * level.ratio if up else base_j[i] / level.ratio
+        threshold = base_v * level.ratio if up else base_v / level.ratio
         ann = {"comparison": detail, "baseline_hour": f"{then:%Y-%m-%dT%H:%MZ}",
                "levels": f"ratio >= {level.ratio:g} and change >= "
                          f"{format_value(level.change, rule.unit)} ({severity})"}
-        if rule.use_bound and (cur_j[i] != now_v or base_j[i] != base_v):
-            ann["judged"] = (f"{'lower' if up else 'upper'} bound now "
-                             f"{format_value(float(cur_j[i]), rule.unit)} vs "
-                             f"{'upper' if up else 'lower'} bound then "
-                             f"{format_value(float(base_j[i]), rule.unit)}")
-        if rule.use_bound:
-            ann["confidence"] = _confidence_note(rule.confidence)
+        by_ratio, _ = margins(level)
+        if rule.use_bound and by_ratio[i] > 0:
+            ann["judged"] = (f"beyond {format_value(threshold, rule.unit)} by more than its "
+                             f"sampling error ({format_value(float(by_ratio[i]), rule.unit)} at "
+                             f"{rule.confidence * 100:g}% confidence)")
         out.append(_finding(name, rule, severity, "comparison", rule.metric, dim, slc, summary,
                             now_v, threshold, ann))
     return out

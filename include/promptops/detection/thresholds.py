@@ -201,8 +201,9 @@ class ComparisonRule(RuleBase):
     critical: Change | None = None
     #: Minimum samples on both sides (now and at the baseline).
     min_samples: int = Field(default=0, ge=0)
-    #: The change must hold between the confident ends of both sides (``above``: now's
-    #: lower bound against the baseline's upper bound), not just the point values.
+    #: The change must hold beyond the sampling error of both sides (a two-sample test at
+    #: ``confidence``: the sides' interval half-widths added in quadrature), not just
+    #: between the point values.
     use_bound: bool = True
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
