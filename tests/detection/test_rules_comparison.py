@@ -98,3 +98,26 @@ def test_zero_baseline_and_unknown_values():
     (f,) = evaluate(config(err=err), now, history, HOUR)
     assert f.labels["slice"] == "a"
     assert f.annotations["comparison"] == "new vs previous hour: 0.0% -> 5.0%"
+
+
+def test_a_change_within_sampling_error_does_not_fire_and_the_finding_says_why():
+    """Error rate x4 on small hours (2 of 250 -> 8 of 250): tripled on the point values, but
+    within both hours' sampling error. 30 of 250 is beyond it; the finding names the margin."""
+    err = {"kind": "comparison", "metric": "error_rate", "direction": "above",
+           "against": "previous_hour", "unit": "ratio",
+           "warning": {"ratio": 3.0, "change": 0.02}, "min_samples": 200}
+    then = HOUR - timedelta(hours=1)
+
+    def row(k, n=250):
+        from promptops.stats import wilson_interval
+        lo, hi = wilson_interval(k, n)
+        return ("error_rate", "model", "m", k / n, n, lo, hi)
+
+    history = MetricHistory.from_tables([metrics([row(2)], then)])
+    assert evaluate(config(err=err), metrics([row(8)]), history, HOUR) == []
+    # Judged on the point values (use_bound off) the same hour fires.
+    assert len(evaluate(config(err={**err, "use_bound": False}), metrics([row(8)]), history,
+                        HOUR)) == 1
+    (f,) = evaluate(config(err=err), metrics([row(30)]), history, HOUR)
+    assert f.annotations["judged"].startswith("beyond 2.4% by more than its sampling error (")
+    assert f.annotations["judged"].endswith(" at 95% confidence)")

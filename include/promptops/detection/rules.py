@@ -403,6 +403,8 @@ def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
 
     crit, warn = holds(rule.critical), holds(rule.warning)
     warn |= crit
+    ratio_margin = {sev: margins(lvl)[0] for sev, lvl in
+                    (("warning", rule.warning), ("critical", rule.critical)) if lvl is not None}
     against = rule.against.replace("_", " ")
     out = []
     for i in np.flatnonzero(warn):
@@ -421,10 +423,10 @@ def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
         ann = {"comparison": detail, "baseline_hour": f"{then:%Y-%m-%dT%H:%MZ}",
                "levels": f"ratio >= {level.ratio:g} and change >= "
                          f"{format_value(level.change, rule.unit)} ({severity})"}
-        by_ratio, _ = margins(level)
-        if rule.use_bound and by_ratio[i] > 0:
+        margin = float(ratio_margin[severity][i])
+        if rule.use_bound and margin > 0:
             ann["judged"] = (f"beyond {format_value(threshold, rule.unit)} by more than its "
-                             f"sampling error ({format_value(float(by_ratio[i]), rule.unit)} at "
+                             f"sampling error ({format_value(margin, rule.unit)} at "
                              f"{rule.confidence * 100:g}% confidence)")
         out.append(_finding(name, rule, severity, "comparison", rule.metric, dim, slc, summary,
                             now_v, threshold, ann))
