@@ -2,7 +2,8 @@
 
 For the hour overall and for every slice of model, provider, app, team, user, prompt
 template (``"<template>@<version>"``), region and GPU node, the table holds requests,
-errors, success and error rate, latency mean and exact p50/p95/p99, token counts, cost,
+errors, success and error rate, latency mean, 10%-trimmed mean (``latency_trimmed_mean_ms``,
+robust to a few very slow calls) and exact p50/p95/p99, token counts, cost,
 intent accuracy with its Wilson interval, relevance mean and coverage; per user and overall
 the peak calls in one minute; and on the labelled records of the hour per-intent precision,
 recall, F1 and the confusion matrix (scikit-learn). Layout and naming:
@@ -26,7 +27,8 @@ Choices worth knowing (also what the tests pin down):
 - Every estimate carries its two-sided 95% sampling interval in ``lower``/``upper``
   (:mod:`promptops.stats`), so rules and baselines judge it with its sampling error: Wilson
   for rates (success, error, intent accuracy, relevance coverage, per-intent precision and
-  recall), Student-t for means (latency, relevance), distribution-free order statistics for
+  recall), Student-t for means (latency, relevance; Tukey-McLaughlin for the trimmed mean),
+  distribution-free order statistics for
   p50/p95/p99, exact Poisson for counts (requests, errors, unpriced requests, peak calls per
   minute) and compound Poisson (sum of squared sizes) for token and cost sums. F1,
   confusion cells and an empty hour's zeros have none.
@@ -82,6 +84,10 @@ _REQUIRED = ("ts", "user_id", "app", "model", "status", "latency_ms", "prompt_to
 DIMENSION_COLUMNS = {"model": "model", "provider": "provider", "app": "app", "team": "team",
                      "user": "user_id", "template": None, "region": "region",
                      "gpu_node": "gpu_node"}
+#: A robust latency location: the mean of the middle 80% of calls, with its interval.
+LATENCY_TRIMMED_MEAN_MS = "latency_trimmed_mean_ms"
+#: Share of calls cut from each end for the trimmed mean (scipy's ``proportiontocut``).
+TRIM = 0.1
 QUANTILES = ((mt.LATENCY_P50_MS, 0.50), (mt.LATENCY_P95_MS, 0.95), (mt.LATENCY_P99_MS, 0.99))
 SUCCESS_STATUS = "success"
 #: Level of every row's sampling interval (``lower``/``upper``): two-sided 95%.
@@ -274,36 +280,59 @@ class _Inputs:
     sums: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def _quantiles(dim: _Dim, x: _Inputs, requests: np.ndarray
+def _by_group(dim: _Dim, x: _Inputs) -> np.ndarray:
+    """Latencies grouped by slice (in label order), sorted within each slice."""
+    if len(dim.labels) == 1:
+        return x.latency_sorted  # one group: the global order is the group's order
+    return x.latency_sorted[np.argsort(dim.small_codes[x.latency_order], kind="stable")]
+
+
+def _quantiles(ordered: np.ndarray, requests: np.ndarray
                ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Exact per-group quantiles (linear interpolation, numpy's default method), each with
     its distribution-free order-statistic 95% interval (:func:`promptops.stats.quantile_ranks`)."""
-    if len(dim.labels) == 1:
-        perm = None  # one group: the global order is the group's order
-    else:
-        perm = np.argsort(dim.small_codes[x.latency_order], kind="stable")
     starts = np.concatenate(([0], np.cumsum(requests)[:-1]))
     out = []
-
-    def at(rank: np.ndarray) -> np.ndarray:
-        i = starts + rank
-        return x.latency_sorted[i if perm is None else perm[i]]
-
     for _, q in QUANTILES:
         pos = q * (requests - 1)
         lo = np.floor(pos).astype(np.int64)
         hi = np.minimum(lo + 1, requests - 1)
         t = pos - lo
-        ia, ib = starts + lo, starts + hi
-        if perm is not None:
-            ia, ib = perm[ia], perm[ib]
-        a, b = x.latency_sorted[ia], x.latency_sorted[ib]
+        a, b = ordered[starts + lo], ordered[starts + hi]
         # numpy's lerp: the same formula gives the same last bit as np.percentile.
         diff = b - a
         value = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
         r_lo, r_hi = quantile_ranks(requests, q, ACCURACY_ALPHA)
-        out.append((value, at(r_lo), at(r_hi)))
+        out.append((value, ordered[starts + r_lo], ordered[starts + r_hi]))
     return out
+
+
+def _trimmed_means(ordered: np.ndarray, requests: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group: the mean without the fastest and slowest :data:`TRIM` of calls (as
+    ``scipy.stats.trim_mean``) and its 95% Tukey-McLaughlin interval (winsorised variance,
+    Student-t on ``n - 2k - 1`` degrees of freedom). Latency is heavy-tailed: a few very slow
+    calls move the mean far more than the typical call changed."""
+    from scipy.stats import t as student_t
+
+    n = requests.astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(n)[:-1]))
+    k = np.floor(TRIM * n).astype(np.int64)
+    c1 = np.concatenate(([0.0], np.cumsum(ordered)))
+    c2 = np.concatenate(([0.0], np.cumsum(ordered * ordered)))
+    lo_i, hi_i = starts + k, starts + n - k  # the kept calls: [lo_i, hi_i)
+    kept = (n - 2 * k).astype(np.float64)
+    mean = (c1[hi_i] - c1[lo_i]) / kept
+    # Winsorised: the k trimmed at each end count as the nearest kept value.
+    low, high = ordered[lo_i], ordered[hi_i - 1]
+    w1 = c1[hi_i] - c1[lo_i] + k * (low + high)
+    w2 = c2[hi_i] - c2[lo_i] + k * (low * low + high * high)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w_var = np.maximum(w2 - w1 * w1 / n, 0.0) / (n - 1)
+        se = np.sqrt(w_var) * n / kept / np.sqrt(n)
+        half = student_t.ppf(1 - ACCURACY_ALPHA / 2, np.maximum(kept - 1, 1)) * se
+    half = np.where(kept >= 2, half, np.nan)
+    return mean, mean - half, mean + half
 
 
 def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
@@ -331,9 +360,12 @@ def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
         var = (total(x.latency_sq) - req * mean ** 2) / (req - 1)
     rows.add(mt.LATENCY_MEAN_MS, name, labels, mean, req,
              *mean_interval(mean, np.sqrt(np.maximum(var, 0.0)), req, ACCURACY_ALPHA))
+    ordered = _by_group(dim, x)
     for (metric, _), (values, lo_q, hi_q) in zip(
-            QUANTILES, _quantiles(dim, x, req.astype(np.int64)), strict=True):
+            QUANTILES, _quantiles(ordered, req.astype(np.int64)), strict=True):
         rows.add(metric, name, labels, values, req, lo_q, hi_q)
+    trimmed, lo_t, hi_t = _trimmed_means(ordered, req)
+    rows.add(LATENCY_TRIMMED_MEAN_MS, name, labels, trimmed, req, lo_t, hi_t)
 
     def add_sum(metric: str, samples: np.ndarray, rows_idx: np.ndarray | None = None,
                 keep: np.ndarray | None = None) -> None:
