@@ -8,12 +8,14 @@ import pytest
 from scipy import stats as sps
 
 from promptops.stats import (
+    exact_binomial_interval,
     mean_interval,
     poisson_interval,
     quantile_interval,
     quantile_ranks,
     rescale_interval,
     sum_interval,
+    wilson_interval,
     z_value,
 )
 
@@ -100,3 +102,17 @@ def test_rescaling_an_interval_to_another_confidence():
     assert lo == pytest.approx(10 - 1.96 * 2.576 / 1.96, abs=0.01)
     assert hi == pytest.approx(10 + 3.92 * 2.575829 / 1.959964, abs=1e-6)
     assert rescale_interval(1.0, 0.5, 2.0, 0.95) == (0.5, 2.0)
+
+
+@pytest.mark.parametrize(("n", "p"), [(150, 0.01), (102, 0.01), (60, 0.05), (2000, 0.003)])
+def test_exact_binomial_bounds_never_err_more_than_their_share(n, p):
+    """Clopper-Pearson: each one-sided bound misses the true rate at most alpha/2 of the
+    time, computed exactly over the binomial distribution (Wilson's may miss far more)."""
+    k = np.arange(n + 1)
+    weight = sps.binom.pmf(k, n, p)
+    lo, hi = exact_binomial_interval(k, np.full(n + 1, n))
+    assert weight[lo > p].sum() <= 0.025 and weight[hi < p].sum() <= 0.025
+    w_lo, _ = wilson_interval(k, np.full(n + 1, n))
+    if (n, p) == (150, 0.01):
+        assert weight[w_lo > p].sum() > 0.06  # 1.5 expected events: Wilson errs 2.6x
+    assert exact_binomial_interval(0, 0) == (0.0, 1.0)

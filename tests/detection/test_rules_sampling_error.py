@@ -14,7 +14,12 @@ import pytest
 from promptops.contracts.metric_table import METRICS_SCHEMA
 from promptops.detection.rules import MetricHistory, bounds_at, evaluate
 from promptops.detection.thresholds import load_thresholds
-from promptops.stats import mean_interval, poisson_interval, wilson_interval
+from promptops.stats import (
+    exact_binomial_interval,
+    mean_interval,
+    poisson_interval,
+    wilson_interval,
+)
 from tests.helpers.rules import HOUR, config
 
 WINDOWS = 10_000
@@ -63,39 +68,50 @@ def consecutive(hits: np.ndarray, n: int) -> int:
 
 def test_five_minute_success_rate_at_a_healthy_half_percent_error_rate():
     """The issue's case: 0.5% errors on 150 calls per 5 minutes, 10,000 windows. Judged on
-    the point value, 99% breaks whenever 2 calls fail (17% of windows); judged on the Wilson
-    bound it takes 4 (0.7% of windows). The rule's ``for: 2`` needs two such windows in a
-    row: about 0.5 alerts in 10,000 windows (35 days of 5-minute checks)."""
+    the point value, 99% breaks whenever 2 calls fail (17% of windows); judged on the exact
+    binomial bound it takes 5 (0.1% of windows), and the rule's ``for: 2`` (two such windows
+    in a row) never fires."""
     cfg = shipped("api_success_rate_5m")
     rule = cfg.rules["api_success_rate_5m"]
     assert rule.use_bound and rule.confidence == 0.95 and rule.for_ == 2
     rows = success_windows(np.random.default_rng(13), 0.005, 150)
     hits = fired(cfg, rows, "health")
     # One-sided, the confidence allows 2.5% of windows at the level; 0.5% is far below it.
-    assert hits.sum() <= 0.01 * WINDOWS
-    assert consecutive(hits, rule.for_) <= 1
+    assert hits.sum() <= 0.003 * WINDOWS
+    assert consecutive(hits, rule.for_) == 0
     point = fired(shipped("api_success_rate_5m", use_bound=False), rows, "health")
     assert point.sum() > 0.15 * WINDOWS and consecutive(point, 2) > 100
 
 
-@pytest.mark.parametrize(("p_error", "share"), [(0.03, 0.60), (0.05, 0.90), (0.20, 1.0)])
+@pytest.mark.parametrize(("p_error", "share"), [(0.03, 0.42), (0.05, 0.84), (0.20, 1.0)])
 def test_five_minute_success_rate_catches_a_real_rise(p_error, share):
+    """On 150 calls 3% errors (4.5 expected failures) is caught in about half the 5-minute
+    windows, 5% in most, an outage in every one."""
     cfg = shipped("api_success_rate_5m")
     hits = fired(cfg, success_windows(np.random.default_rng(14), p_error, 150, 2000), "health")
     assert hits.mean() >= share
 
 
-def test_a_higher_confidence_fires_less_and_rederives_the_wilson_bound():
-    """0.7% errors, 30% short of the 1% level: each confidence keeps its one-sided share
-    (2.5% of windows at 95%, 0.5% at 99%). Right at the level, on 1.5 expected failures,
-    Wilson's discreteness lets more through (6.5% at 95%), a known limit of the interval."""
-    rows = success_windows(np.random.default_rng(15), 0.007, 150)
+def test_the_hourly_rule_catches_three_percent_errors_every_hour():
+    """The same 3% over an hour of the same traffic (1,800 calls): no doubt left."""
+    hits = fired(shipped("success_rate"), success_windows(np.random.default_rng(20), 0.03,
+                                                          1800, 2000))
+    assert hits.mean() >= 0.999
+
+
+def test_at_the_level_itself_the_confidence_bounds_the_false_alarms():
+    """A true error rate of exactly 1% (the level) on 150 calls: each confidence keeps its
+    one-sided share (2.5% of windows at 95%, 0.5% at 99%), because rates are judged on the
+    exact binomial bound. Wilson's bound (the table's) would let 6.5% through at 95%."""
+    rows = success_windows(np.random.default_rng(15), 0.01, 150)
     at95 = fired(shipped("api_success_rate_5m"), rows, "health").sum()
     at99 = fired(shipped("api_success_rate_5m", confidence=0.99), rows, "health").sum()
     assert at99 < at95 / 3 and at95 <= allowed(0.025) and at99 <= allowed(0.005)
     d = rows.slice(0, 50).to_pandas()
+    wilson_upper = d["upper"].to_numpy()
+    assert (wilson_upper < 0.99).mean() > 0.04  # the table's Wilson bound alone
     lo, hi = bounds_at(d["value"], d["lower"], d["upper"], d["samples"], "ratio", 0.99)
-    want = wilson_interval(d["value"] * 150, d["samples"], alpha=0.01)
+    want = exact_binomial_interval(np.rint(d["value"] * 150), d["samples"], alpha=0.01)
     assert np.allclose(lo, want[0]) and np.allclose(hi, want[1])
 
 

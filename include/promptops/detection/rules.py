@@ -22,10 +22,12 @@ both sides (a two-sample test: for ``above``, now minus ``ratio`` times the base
 exceed the two sides' interval half-widths, towards each other, added in quadrature, and
 likewise for the absolute change); a composite's
 ``op``/``value`` condition judges the bound nearest its value. The metric table carries each
-row's 95% interval; at another confidence the interval is re-derived by the family the
-rule's unit implies: Wilson for ``ratio`` (from value and samples), exact Poisson for
-``count`` and ``calls/min``, the stored interval rescaled by the normal quantiles otherwise.
-A row without an interval (an exact observation) is judged on its value.
+row's 95% interval; rules re-derive it at their confidence by the family the rule's unit
+implies: a ``ratio`` on the exact (Clopper-Pearson) binomial interval from value and samples
+(Wilson's, which the table shows, lets up to 3x its share through on a few expected
+failures), exact Poisson for ``count`` and ``calls/min``, and otherwise the stored interval
+rescaled by the normal quantiles. A row without an interval (an exact observation) is
+judged on its value.
 
 Budget projection: ``projected = spent / observed_hours * 24``, where ``spent`` sums the
 day's hourly values from 00:00 up to and including the evaluated hour and ``observed_hours``
@@ -80,9 +82,9 @@ from promptops.detection.thresholds import (
 from promptops.errors import InvalidInput
 from promptops.stats import (
     INTERVAL_CONFIDENCE,
+    exact_binomial_interval,
     poisson_interval,
     rescale_interval,
-    wilson_interval,
 )
 from promptops.timeutil import as_utc
 
@@ -286,7 +288,7 @@ def bounds_at(value: np.ndarray, lower: np.ndarray, upper: np.ndarray, samples: 
     """The rows' two-sided sampling interval at ``confidence`` from the table's 95% one
     (see the module docstring); NaN where a row has no interval."""
     value, lower, upper = (np.asarray(a, dtype=np.float64) for a in (value, lower, upper))
-    if confidence == INTERVAL_CONFIDENCE or len(value) == 0:
+    if len(value) == 0 or (confidence == INTERVAL_CONFIDENCE and unit != "ratio"):
         return lower, upper
     has = ~(np.isnan(lower) | np.isnan(upper))
     lo, hi = (np.array(a, dtype=np.float64) for a in
@@ -296,7 +298,8 @@ def bounds_at(value: np.ndarray, lower: np.ndarray, upper: np.ndarray, samples: 
         n = np.asarray(samples, dtype=np.float64)
         ok = has & (n > 0) & (value >= 0) & (value <= 1)
         if ok.any():
-            lo[ok], hi[ok] = wilson_interval(value[ok] * n[ok], n[ok], alpha)
+            # Round: value * samples is a count up to the last bit of the stored rate.
+            lo[ok], hi[ok] = exact_binomial_interval(np.rint(value[ok] * n[ok]), n[ok], alpha)
     elif unit in ("count", "calls/min"):
         ok = has & (value >= 0)
         if ok.any():
