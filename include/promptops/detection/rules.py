@@ -10,7 +10,10 @@ Rule kinds (see :mod:`promptops.detection.thresholds`):
 - threshold: the slice's value beyond the warning / critical level in the rule's direction,
   on at least ``min_samples`` samples. A null value (unknown) is never judged.
 - comparison: now against the same slice one hour / one day / one week earlier. Both the
-  ratio and the absolute change must be exceeded, and both sides need ``min_samples``.
+  ratio and the absolute change must be exceeded, and both sides need ``min_samples``;
+  with ``also_against`` the change must hold against those baselines too (where they have
+  the slice), so one unusual reference day (a holiday) does not make the next normal day
+  look like a surge.
 - composite: every condition holds on the same (dimension, slice).
 - budget: the day's total (UTC) against a budget, projected to the end of the day (a rule
   without a budget is off).
@@ -249,7 +252,7 @@ def needed_history(config: ThresholdsConfig | None, hour: datetime,
     metrics: set[str] = set()
     for rule in config.rules_for(source).values():
         if isinstance(rule, ComparisonRule):
-            hours.add(hour - BASELINE_OFFSETS[rule.against])
+            hours |= {hour - BASELINE_OFFSETS[b] for b in (rule.against, *rule.also_against)}
             metrics.add(rule.metric)
         elif isinstance(rule, BudgetRule):
             hours |= day_hours
@@ -365,18 +368,18 @@ def _threshold_findings(name: str, rule: ThresholdRule, frame: MetricFrame) -> l
     return out
 
 
-def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
-                         history: MetricHistory, hour: datetime) -> list[Finding]:
-    then = hour - BASELINE_OFFSETS[rule.against]
-    before = history.frame(then)
-    if before is None:
-        log.info("rule %s: no metrics for %s (%s), comparison skipped", name,
-                 f"{then:%Y-%m-%d %H:%M}", rule.against)
-        return []
-    now_rows = frame.rows(rule.metric, rule.dimensions, rule.min_samples)
-    base_rows = before.rows(rule.metric, rule.dimensions, rule.min_samples)
-    if now_rows.empty or base_rows.empty:
-        return []
+@dataclass
+class _Compared:
+    """One comparison of now against one baseline hour, per joined (dimension, slice)."""
+
+    joined: pd.DataFrame
+    warn: np.ndarray
+    crit: np.ndarray
+    #: Per severity: how far beyond ``base x ratio`` the value had to lie (sampling error).
+    ratio_margin: dict[str, np.ndarray]
+
+
+def _compare(rule: ComparisonRule, now_rows: pd.DataFrame, base_rows: pd.DataFrame) -> _Compared:
     joined = now_rows.join(base_rows, how="inner", suffixes=("", "_base"))
     cur = joined["value"].to_numpy(dtype="float64")
     base = joined["value_base"].to_numpy(dtype="float64")
@@ -404,36 +407,83 @@ def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
         return ((base / level.ratio - cur >= by_ratio)
                 & (base - cur - level.change >= by_change))
 
-    crit, warn = holds(rule.critical), holds(rule.warning)
-    warn |= crit
-    ratio_margin = {sev: margins(lvl)[0] for sev, lvl in
-                    (("warning", rule.warning), ("critical", rule.critical)) if lvl is not None}
+    crit = holds(rule.critical)
+    return _Compared(joined, holds(rule.warning) | crit, crit,
+                     {sev: margins(lvl)[0] for sev, lvl in
+                      (("warning", rule.warning), ("critical", rule.critical))
+                      if lvl is not None})
+
+
+def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
+                         history: MetricHistory, hour: datetime) -> list[Finding]:
+    then = hour - BASELINE_OFFSETS[rule.against]
+    before = history.frame(then)
+    if before is None:
+        log.info("rule %s: no metrics for %s (%s), comparison skipped", name,
+                 f"{then:%Y-%m-%d %H:%M}", rule.against)
+        return []
+    now_rows = frame.rows(rule.metric, rule.dimensions, rule.min_samples)
+    base_rows = before.rows(rule.metric, rule.dimensions, rule.min_samples)
+    if now_rows.empty or base_rows.empty:
+        return []
+    main = _compare(rule, now_rows, base_rows)
+    joined, warn, crit = main.joined, main.warn.copy(), main.crit.copy()
+    also: list[tuple[str, _Compared]] = []
+    for extra in rule.also_against:
+        other = history.frame(hour - BASELINE_OFFSETS[extra])
+        if other is None:
+            continue  # no evidence either way: the main baseline decides
+        c = _compare(rule, now_rows, other.rows(rule.metric, rule.dimensions, rule.min_samples))
+        # A slice without a row then (no traffic) does not overrule the main baseline.
+        warn &= _on(c.warn, c.joined.index, joined.index)
+        crit &= _on(c.crit, c.joined.index, joined.index)
+        also.append((extra, c))
+    cur = joined["value"].to_numpy(dtype="float64")
+    base = joined["value_base"].to_numpy(dtype="float64")
+    up = rule.direction == "above"
     against = rule.against.replace("_", " ")
     out = []
     for i in np.flatnonzero(warn):
         dim, slc = joined.index[i]
         severity: Level = "critical" if crit[i] else "warning"
         level = rule.level(severity)
-        assert level is not None  # holds(None) marks no row
+        assert level is not None  # no row holds at a missing level
         now_v, base_v = float(cur[i]), float(base[i])
-        factor = f"x{now_v / base_v:.1f}" if base_v else "new"
-        change = f"{format_value(base_v, rule.unit)} -> {format_value(now_v, rule.unit)}"
-        detail = f"{factor} vs {against}: {change}"
+        detail = _change_text(rule, now_v, base_v, against)
         summary = (f"{metric_label(rule.metric)} {format_value(now_v, rule.unit)} is "
-                   f"{factor} the {against} ({format_value(base_v, rule.unit)}) "
+                   f"{_factor(now_v, base_v)} the {against} ({format_value(base_v, rule.unit)}) "
                    f"{_where(dim, slc)} ({_samples(rule.metric, joined['samples'].iloc[i])})")
         threshold = base_v * level.ratio if up else base_v / level.ratio
         ann = {"comparison": detail, "baseline_hour": f"{then:%Y-%m-%dT%H:%MZ}",
                "levels": f"ratio >= {level.ratio:g} and change >= "
                          f"{format_value(level.change, rule.unit)} ({severity})"}
-        margin = float(ratio_margin[severity][i])
+        margin = float(main.ratio_margin[severity][i])
         if rule.use_bound and margin > 0:
             ann["judged"] = (f"beyond {format_value(threshold, rule.unit)} by more than its "
                              f"sampling error ({format_value(margin, rule.unit)} at "
                              f"{rule.confidence * 100:g}% confidence)")
+        seen = [_change_text(rule, now_v, float(c.joined["value_base"].loc[(dim, slc)]),
+                             extra.replace("_", " "))
+                for extra, c in also if (dim, slc) in c.joined.index]
+        if seen:
+            ann["also_against"] = "; ".join(seen)
         out.append(_finding(name, rule, severity, "comparison", rule.metric, dim, slc, summary,
                             now_v, threshold, ann))
     return out
+
+
+def _on(mask: np.ndarray, index: pd.Index, target: pd.Index) -> np.ndarray:
+    """``mask`` (over ``index``) on ``target``'s rows; True where ``index`` lacks the row."""
+    return pd.Series(mask, index=index).reindex(target, fill_value=True).to_numpy(dtype=bool)
+
+
+def _factor(now_v: float, base_v: float) -> str:
+    return f"x{now_v / base_v:.1f}" if base_v else "new"
+
+
+def _change_text(rule: ComparisonRule, now_v: float, base_v: float, against: str) -> str:
+    return (f"{_factor(now_v, base_v)} vs {against}: {format_value(base_v, rule.unit)} -> "
+            f"{format_value(now_v, rule.unit)}")
 
 
 def _condition_mask(cond: Condition, rule: CompositeRule, frame: MetricFrame,

@@ -196,6 +196,9 @@ class ComparisonRule(RuleBase):
     metric: str = Field(min_length=1)
     direction: Direction
     against: Baseline
+    #: Further baselines the change must also hold against (where they have the slice):
+    #: a rebound after a holiday is x2 yesterday but not x2 last week.
+    also_against: list[Baseline] = Field(default_factory=list)
     unit: Unit
     warning: Change
     critical: Change | None = None
