@@ -106,7 +106,8 @@ _VALUE_COLUMNS = ["value", "samples", "lower", "upper"]
 #: How a metric is called in a summary line (else its name with spaces).
 METRIC_LABELS = {
     "success_rate": "success rate", "error_rate": "error rate", "requests": "requests",
-    "latency_mean_ms": "mean latency", "latency_p50_ms": "p50 latency",
+    "latency_mean_ms": "mean latency", "latency_trimmed_mean_ms": "trimmed mean latency",
+    "latency_p50_ms": "p50 latency",
     "latency_p95_ms": "p95 latency", "latency_p99_ms": "p99 latency",
     "total_tokens": "tokens", "prompt_tokens": "prompt tokens",
     "completion_tokens": "completion tokens", "cost_usd": "cost",
