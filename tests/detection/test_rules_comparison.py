@@ -98,3 +98,55 @@ def test_zero_baseline_and_unknown_values():
     (f,) = evaluate(config(err=err), now, history, HOUR)
     assert f.labels["slice"] == "a"
     assert f.annotations["comparison"] == "new vs previous hour: 0.0% -> 5.0%"
+
+
+def test_a_change_within_sampling_error_does_not_fire_and_the_finding_says_why():
+    """Error rate x4 on small hours (2 of 250 -> 8 of 250): tripled on the point values, but
+    within both hours' sampling error. 30 of 250 is beyond it; the finding names the margin."""
+    err = {"kind": "comparison", "metric": "error_rate", "direction": "above",
+           "against": "previous_hour", "unit": "ratio",
+           "warning": {"ratio": 3.0, "change": 0.02}, "min_samples": 200}
+    then = HOUR - timedelta(hours=1)
+
+    def row(k, n=250):
+        from promptops.stats import wilson_interval
+        lo, hi = wilson_interval(k, n)
+        return ("error_rate", "model", "m", k / n, n, lo, hi)
+
+    history = MetricHistory.from_tables([metrics([row(2)], then)])
+    assert evaluate(config(err=err), metrics([row(8)]), history, HOUR) == []
+    # Judged on the point values (use_bound off) the same hour fires.
+    assert len(evaluate(config(err={**err, "use_bound": False}), metrics([row(8)]), history,
+                        HOUR)) == 1
+    (f,) = evaluate(config(err=err), metrics([row(30)]), history, HOUR)
+    assert f.annotations["judged"].startswith("beyond 2.4% by more than its sampling error (")
+    assert f.annotations["judged"].endswith(" at 95% confidence)")
+
+
+def test_also_against_needs_the_change_against_every_baseline():
+    """Tokens the day after a holiday: x2.5 the same hour yesterday (the holiday), but as
+    much as the same hour last week: no surge. A real surge is up against both."""
+    tokens = {"kind": "comparison", "metric": "total_tokens", "direction": "above",
+              "against": "same_hour_yesterday", "also_against": ["same_hour_last_week"],
+              "unit": "tokens", "warning": {"ratio": 2.0, "change": 1000}, "min_samples": 10}
+    yesterday, last_week = HOUR - timedelta(days=1), HOUR - timedelta(weeks=1)
+    history = MetricHistory.from_tables([
+        metrics([("total_tokens", "app", "rebound", 4000.0, 40),
+                 ("total_tokens", "app", "surge", 10_000.0, 100),
+                 ("total_tokens", "app", "new_last_week", 4000.0, 40)], yesterday),
+        metrics([("total_tokens", "app", "rebound", 10_000.0, 100),
+                 ("total_tokens", "app", "surge", 10_000.0, 100)], last_week)])
+    now = metrics([("total_tokens", "app", "rebound", 10_000.0, 100),
+                   ("total_tokens", "app", "surge", 40_000.0, 400),
+                   ("total_tokens", "app", "new_last_week", 10_000.0, 100)])
+    found = evaluate(config(tokens=tokens), now, history, HOUR)
+    # No row last week (no traffic then): the main baseline decides.
+    assert [f.labels["slice"] for f in found] == ["new_last_week", "surge"]
+    surge = found[1]
+    assert surge.annotations["comparison"] == \
+        "x4.0 vs same hour yesterday: 10,000 tokens -> 40,000 tokens"
+    assert surge.annotations["also_against"] == \
+        "x4.0 vs same hour last week: 10,000 tokens -> 40,000 tokens"
+    # Without last week's partition the main baseline alone decides.
+    only_yesterday = MetricHistory({yesterday: history.frame(yesterday)})
+    assert len(evaluate(config(tokens=tokens), now, only_yesterday, HOUR)) == 3

@@ -137,3 +137,15 @@ def test_cost_budget_with_unknown_hour():
     assert f.value == pytest.approx(65.0 / 13 * 24)
     assert f.annotations["missing_hours"] == "05:00"
     assert "projected $120.00 by end of day vs budget $100.00" in f.summary
+
+
+def test_a_budget_is_off_until_a_person_sets_one():
+    """``budget: null`` (the shipped default): no finding however much is spent; the same
+    rule with a budget set fires as before."""
+    history = day({h: [("total_tokens", OVERALL, "*", 5e9, 100)] for h in range(13)})
+    now = metrics([("total_tokens", OVERALL, "*", 5e9, 100)])
+    unset = {k: v for k, v in TOKENS.items() if k != "budget"}
+    assert evaluate(config(daily_tokens=unset), now, history, HOUR) == []
+    assert evaluate(config(daily_tokens={**unset, "budget": None}), now, history, HOUR) == []
+    (f,) = evaluate(config(daily_tokens=TOKENS), now, history, HOUR)
+    assert f.severity == "critical"

@@ -34,7 +34,11 @@ def healthy_hour(hour, bad: dict[tuple, float] | None = None, *,
 
 def test_history_reads_only_what_the_rules_need(tmp_path):
     lake = Lake(f"file://{tmp_path}")
-    cfg = load_thresholds(env={})
+    # Budgets are off by default (no day hours to read); with one set, the day is read.
+    hours, _ = needed_history(load_thresholds(env={}), HOUR)
+    assert hours == {HOUR - timedelta(hours=1), HOUR - timedelta(days=1),
+                     HOUR - timedelta(weeks=1)}
+    cfg = load_thresholds(env={"PROMPTOPS_THRESHOLD__daily_tokens__budget": "500000000"})
     for h in range(24 * 8 + 1):
         hour = HOUR - timedelta(hours=h)
         lake.write_partition(METRICS, hour, metrics(healthy_hour(hour), hour))

@@ -52,7 +52,18 @@ def test_shipped_file_is_valid_and_holds_the_seed_table():
             (rule.critical > rule.warning), name
     tokens = r["daily_tokens"]
     assert isinstance(tokens, BudgetRule) and tokens.metric == "total_tokens"
-    assert tokens.budget == 100_000 and tokens.heal == "high_token_usage"
+    assert tokens.heal == "high_token_usage"
+    # Budgets are off until a person sets one: a made-up default pages on real traffic.
+    assert tokens.budget is None and r["daily_cost"].budget is None
+    assert not {"daily_tokens", "daily_cost"} & set(cfg.rules_for("hourly"))
+    # Every rule that judges an estimate judges it with its sampling error: at 99% an hour's
+    # ~1,000 slice judgements a day, at 95% the 5-minute ones that need two in a row.
+    for name in ("success_rate", "latency_mean", "intent_accuracy", "relevance"):
+        assert r[name].use_bound and r[name].confidence == 0.99, name
+    for name in ("api_success_rate_5m", "api_latency_mean_5m"):
+        assert r[name].use_bound and r[name].confidence == 0.95 and r[name].for_ == 2, name
+    assert all(x.use_bound for x in r.values() if isinstance(x, ComparisonRule))
+    assert not r["unpriced_model"].use_bound  # a count of unpriced calls is a fact
     gpu = r["gpu_utilization"]
     assert gpu.source == "health" and gpu.dimensions == ["gpu_node"]
     assert gpu.for_ == 3
@@ -179,7 +190,7 @@ def test_airflow_variable_overrides_and_precedence(monkeypatch):
     assert cfg.rules["daily_tokens"].budget == 7_000_000     # env beats the Variable
     assert cfg.rules["success_rate"].warning == 0.97         # the argument beats both
     # The Variable counts only where the caller hands it in (the DAG tasks do).
-    assert load_thresholds(env=NO_ENV).rules["daily_tokens"].budget == 100_000
+    assert load_thresholds(env=NO_ENV).rules["daily_tokens"].budget is None
     assert thresholds().rules["daily_tokens"].min_hours == 6
 
 
@@ -192,3 +203,22 @@ def test_airflow_variable_that_is_not_json(monkeypatch):
 
 def test_default_path_is_the_shipped_file():
     assert DEFAULT_PATH.name == "thresholds.yaml" and DEFAULT_PATH.is_file()
+
+
+def test_confidence_from_defaults_per_rule_and_env(tmp_path):
+    path = write(tmp_path, """
+defaults: {confidence: 0.99}
+rules:
+  a: {kind: threshold, metric: m, direction: above, unit: ms, warning: 1}
+  b: {kind: threshold, metric: m, direction: above, unit: ms, warning: 1, confidence: 0.9}
+  c: {kind: budget, metric: total_tokens, unit: tokens}
+  d: {kind: comparison, metric: m, direction: above, against: previous_hour, unit: ms,
+      warning: {ratio: 2, change: 1}}
+""")
+    cfg = load_thresholds(path, env={"PROMPTOPS_THRESHOLD__d__confidence": "0.975"})
+    assert (cfg.rules["a"].confidence, cfg.rules["b"].confidence,
+            cfg.rules["d"].confidence) == (0.99, 0.9, 0.975)
+    assert cfg.rules["a"].use_bound  # on by default
+    assert cfg.rules["c"].budget is None and "c" not in cfg.rules_for("hourly")
+    with pytest.raises(ThresholdsConfigError, match=r"rules.a.confidence: .*less than 1"):
+        load_thresholds(path, env={"PROMPTOPS_THRESHOLD__a__confidence": "1.5"})

@@ -177,3 +177,36 @@ def test_overlapping_health_evaluations_keep_each_others_rows(tmp_path, monkeypa
     stored = health.read_health_metrics(lake, t1, t2 + timedelta(minutes=1))
     req = {r["hour"]: r["value"] for r in stored.to_pylist() if r["metric"] == "requests"}
     assert req == {t1: 1, t2: 2}
+
+
+def test_five_minute_rows_carry_their_sampling_intervals() -> None:
+    """Health rows are judged with their sampling error like the hourly ones: requests and
+    errors Poisson, latency mean Student-t, p95 order statistics, peaks Poisson."""
+    from scipy import stats as sps
+
+    start = END - timedelta(minutes=5)
+    rng = np.random.default_rng(3)
+    lat = rng.lognormal(6.5, 0.9, 150)
+    recs = [record(i, start + timedelta(seconds=2 * i), latency=float(lat[i]),
+                   status="error" if i < 3 else "success", user="u1" if i % 3 else "u2",
+                   tokens=(1000, 200)) for i in range(150)]
+    rows = rows_of(health.recent_call_rows(calls(recs), END))
+    req = rows[(mt.REQUESTS, "overall", "*")]
+    assert (req["lower"], req["upper"]) == pytest.approx(
+        (sps.chi2.ppf(0.025, 300) / 2, sps.chi2.ppf(0.975, 302) / 2))
+    err = rows[(mt.ERRORS, "overall", "*")]
+    assert err["lower"] < 3 < err["upper"]
+    mean = rows[(mt.LATENCY_MEAN_MS, "overall", "*")]
+    half = sps.t.ppf(0.975, 149) * lat.std(ddof=1) / np.sqrt(150)
+    assert (mean["lower"], mean["upper"]) == pytest.approx((lat.mean() - half, lat.mean() + half))
+    p95 = rows[(mt.LATENCY_P95_MS, "overall", "*")]
+    assert p95["lower"] < p95["value"] < p95["upper"]
+    # u1 makes 2 of every 3 calls at one call per 2 s: 20 calls in its busiest minute.
+    peak = rows[(mt.PEAK_CALLS_PER_MINUTE, "user", "u1")]
+    assert peak["value"] == 20
+    assert (peak["lower"], peak["upper"]) == pytest.approx(
+        (sps.chi2.ppf(0.025, 40) / 2, sps.chi2.ppf(0.975, 42) / 2))
+    tokens = rows[(health.TOKENS_PER_MINUTE_PEAK, "user", "u1")]
+    assert tokens["value"] == 20 * 1200
+    assert (tokens["lower"], tokens["upper"]) == pytest.approx(
+        (peak["lower"] * 1200, peak["upper"] * 1200))

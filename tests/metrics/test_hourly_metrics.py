@@ -398,6 +398,94 @@ def test_matches_a_pandas_reference_on_random_calls(prices):
     assert value(by_key, mt.PEAK_CALLS_PER_MINUTE) == peak.max()
 
 
+def test_every_estimate_carries_its_95_percent_sampling_interval(prices):
+    """lower/upper per slice against scipy on the slice's own records: Wilson for rates,
+    Student-t for means, order statistics for percentiles, exact Poisson for counts and
+    peaks, compound Poisson for token and cost sums."""
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(11)
+    n = 2000
+    frame = pd.DataFrame({
+        "call_id": [f"c{i}" for i in range(n)],
+        "ts": pd.to_datetime(HOUR) + pd.to_timedelta(rng.integers(0, 3_600_000, n), unit="ms"),
+        "user_id": rng.choice(["u1", "u2"], n), "app": "a",
+        "model": rng.choice(["gpt-4o", "claude-3-haiku", "llama-3-70b"], n, p=[0.7, 0.27, 0.03]),
+        "status": rng.choice(["success", "error"], n, p=[0.97, 0.03]),
+        "latency_ms": rng.lognormal(6.5, 0.8, n),
+        "prompt_tokens": rng.integers(0, 5000, n), "completion_tokens": rng.integers(0, 500, n),
+    })
+    calls = pa.Table.from_pandas(frame, preserve_index=False)
+    calls = calls.cast(pa.schema([CALLS_SCHEMA.field(c) for c in calls.column_names]))
+    by_key = rows_of(compute_hourly_metrics(calls, HOUR, prices))
+
+    def bounds(metric, name):
+        row = by_key[(metric, "model", name)]
+        return row["lower"], row["upper"]
+
+    for name, group in frame.groupby("model"):
+        k, errors = len(group), int((group["status"] == "error").sum())
+        lat = np.sort(group["latency_ms"].to_numpy())
+        assert bounds(mt.SUCCESS_RATE, name) == pytest.approx(wilson(k - errors, k))
+        lo, hi = bounds(mt.ERROR_RATE, name)
+        assert (lo, hi) == pytest.approx((1 - wilson(k - errors, k)[1], 1 - wilson(k - errors, k)[0]))
+        half = sps.t.ppf(0.975, k - 1) * lat.std(ddof=1) / math.sqrt(k)
+        assert bounds(mt.LATENCY_MEAN_MS, name) == pytest.approx((lat.mean() - half,
+                                                                  lat.mean() + half))
+        r_lo, r_hi = sps.binom.ppf(0.025, k, 0.95), sps.binom.ppf(0.975, k, 0.95)
+        assert bounds(mt.LATENCY_P95_MS, name) == (lat[int(r_lo) - 1], lat[min(int(r_hi), k - 1)])
+        lo, hi = bounds(mt.LATENCY_P95_MS, name)
+        assert lo <= value(by_key, mt.LATENCY_P95_MS, "model", name) <= hi
+        assert bounds(mt.REQUESTS, name) == pytest.approx(
+            (sps.chi2.ppf(0.025, 2 * k) / 2, sps.chi2.ppf(0.975, 2 * k + 2) / 2))
+        lo, hi = bounds(mt.ERRORS, name)
+        assert lo < errors < hi
+        tokens = (group["prompt_tokens"] + group["completion_tokens"]).to_numpy(float)
+        half = 1.959964 * math.sqrt((tokens ** 2).sum())
+        assert bounds(mt.TOTAL_TOKENS, name) == pytest.approx(
+            (max(tokens.sum() - half, 0), tokens.sum() + half), rel=1e-6)
+    for user in ("u1", "u2"):
+        row = by_key[(mt.PEAK_CALLS_PER_MINUTE, "user", user)]
+        assert row["lower"] < row["value"] < row["upper"]
+
+
+def test_latency_trimmed_mean_matches_scipy_and_its_interval_covers(prices):
+    """The robust latency location: scipy's 10% trim_mean per slice, and on lognormal
+    latencies its Tukey-McLaughlin interval covers the true trimmed mean about 95% of the
+    time (each model slice of one table is one sample)."""
+    from scipy import stats as sps
+
+    from promptops.metrics.hourly import LATENCY_TRIMMED_MEAN_MS
+
+    rng = np.random.default_rng(12)
+    slices, calls = 400, 60
+    n = slices * calls
+    frame = pd.DataFrame({
+        "call_id": [f"c{i}" for i in range(n)],
+        "ts": pd.to_datetime(HOUR) + pd.to_timedelta(rng.integers(0, 3_600_000, n), unit="ms"),
+        "user_id": "u", "app": "a", "model": np.repeat([f"m{i:03d}" for i in range(slices)],
+                                                       calls),
+        "status": "success", "latency_ms": rng.lognormal(6.5, 1.0, n),
+        "prompt_tokens": 10, "completion_tokens": 5,
+    })
+    calls_t = pa.Table.from_pandas(frame, preserve_index=False)
+    calls_t = calls_t.cast(pa.schema([CALLS_SCHEMA.field(c) for c in calls_t.column_names]))
+    by_key = rows_of(compute_hourly_metrics(calls_t, HOUR, prices))
+    # The population's 10% trimmed mean, from a very large sample.
+    truth = sps.trim_mean(np.random.default_rng(0).lognormal(6.5, 1.0, 2_000_000), 0.1)
+    hits = 0
+    for name, group in frame.groupby("model"):
+        row = by_key[(LATENCY_TRIMMED_MEAN_MS, "model", name)]
+        assert row["value"] == pytest.approx(sps.trim_mean(group["latency_ms"], 0.1))
+        assert row["samples"] == calls and row["lower"] < row["value"] < row["upper"]
+        hits += row["lower"] <= truth <= row["upper"]
+    assert 0.92 <= hits / slices <= 0.98
+    # Much narrower than the plain mean's interval on the same heavy-tailed calls.
+    widths = [(by_key[(m, "overall", "*")]["upper"] - by_key[(m, "overall", "*")]["lower"])
+              for m in (LATENCY_TRIMMED_MEAN_MS, mt.LATENCY_MEAN_MS)]
+    assert widths[0] < 0.7 * widths[1]
+
+
 # -- lake and XCom --------------------------------------------------------------------------
 
 def test_summary_for_xcom(metrics):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -272,3 +273,24 @@ def test_the_api_key_never_shows(make_judge, clean_sim, judge_rules, config, cal
             str(result.notes), repr(wrong), clean_sim.log_path.read_text()]
     for text in seen:
         assert CANARY_KEY not in text
+
+
+def test_judge_rows_carry_their_sampling_intervals() -> None:
+    """The judge's mean score has a Student-t interval and its coverage a Wilson one, overall
+    and per app; an app with one score has no interval to give."""
+    from scipy import stats as sps
+
+    scores = {f"c{i}": float(s) for i, s in enumerate([5, 4, 5, 3, 5, 4, 5, 5, 2, 5])}
+    apps = {c: ("chat" if i < 9 else "search") for i, c in enumerate(scores)}
+    result = JudgeResult(hour=HOUR, enabled=True, model="sim-judge", eligible=20, sampled=10,
+                         ok=10, scores=scores, apps=apps,
+                         eligible_by_app={"chat": 15, "search": 5})
+    table = {(r["metric"], r["dimension"], r["slice"]): r for r in result.metrics().to_pylist()}
+    x = np.array(list(scores.values()))
+    half = sps.t.ppf(0.975, 9) * x.std(ddof=1) / np.sqrt(10)
+    mean = table[("relevance_judge_mean", "overall", "*")]
+    assert (mean["lower"], mean["upper"]) == pytest.approx((x.mean() - half, x.mean() + half))
+    coverage = table[("relevance_judge_coverage", "overall", "*")]
+    assert coverage["lower"] < 0.5 < coverage["upper"]
+    assert table[("relevance_judge_mean", "app", "search")]["lower"] is None
+    assert table[("relevance_judge_mean", "app", "chat")]["lower"] < 4.33

@@ -301,12 +301,19 @@ def test_hours_not_over_yet_are_pending_not_missing(report_lake, tmp_path):
 def test_budgets_default_to_the_thresholds_config(report_lake, tmp_path, monkeypatch):
     lake = Lake(f"file://{tmp_path}")
     lake.write_partition(mt.METRICS, DAY_START, report_lake.read_partition(mt.METRICS, DAY_START))
+    # Budgets are off until a person sets one: the report says so instead of inventing one.
     result = build_report(lake, DAY, now=NOW)
-    assert result.summary["budget_tokens"] == 100_000  # the seed's default
-    assert result.summary["budget_cost_usd"] == 1000
+    s = result.summary
+    assert s["budget_tokens"] is None and s["budget_cost_usd"] is None
+    assert s["tokens_budget_share"] is None and s["cost_budget_share"] is None
+    assert "no budget set" in _text(_page(result), "tokens-budget")
+    tokens = _csv(result, "tokens_vs_budget")
+    assert {r["budget_tokens"] for r in tokens} == {""}
     monkeypatch.setenv("PROMPTOPS_THRESHOLD__daily_tokens__budget", "420000")
+    monkeypatch.setenv("PROMPTOPS_THRESHOLD__daily_cost__budget", "1000")
     result = build_report(lake, DAY, now=NOW)
     assert result.summary["budget_tokens"] == 420_000
+    assert result.summary["budget_cost_usd"] == 1000
     assert "420,000" in _text(_page(result), "tokens-budget")
 
 

@@ -4,6 +4,7 @@ real delivery to the Slack-compatible sink (webhook URL never in errors)."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,8 @@ import requests
 from slack_sdk.models.blocks import Block
 
 from promptops.airflow_adapters.resources import slack_webhooks
+from promptops.contracts import metric_table as mt
+from promptops.lake.store import Lake
 from promptops.reports.cost_report import (
     ReportError,
     build_report,
@@ -18,7 +21,7 @@ from promptops.reports.cost_report import (
     send_slack_summary,
     slack_summary,
 )
-from tests.helpers.reports import DAY, NOW
+from tests.helpers.reports import DAY, DAY_START, NOW
 
 SECRET_PATH = "/services/T0REPORT/B0REPORT/reportWebhookToken42"
 URL = "http://127.0.0.1:8080/promptops-reports/2026-11-09/"
@@ -64,6 +67,18 @@ def test_summary_of_a_complete_day_has_no_backfill(report_lake):
     assert fields["*Cost* (24/24 h)"] == "$48.00"
     assert "backfill" not in json.dumps(message)
     assert not any(b["type"] == "actions" for b in message["blocks"])  # no link given
+
+
+def test_summary_without_a_token_budget_says_so(report_lake, tmp_path, monkeypatch):
+    """Budgets are off until set: the summary shows the tokens and "no budget set"."""
+    for name in [n for n in os.environ if n.startswith("PROMPTOPS_THRESHOLD__")]:
+        monkeypatch.delenv(name)
+    lake = Lake(f"file://{tmp_path}")
+    lake.write_partition(mt.METRICS, DAY_START, report_lake.read_partition(mt.METRICS, DAY_START))
+    result = build_report(lake, DAY, now=NOW)
+    message = slack_summary(result, None)
+    assert _fields(message)["*Tokens vs budget*"].endswith("(no budget set)")
+    assert "(no budget set)" in message["text"]
 
 
 def test_report_url_points_at_the_plugin_route():

@@ -16,7 +16,13 @@ Conventions:
 - ``samples`` is how many observations the value rests on (requests for rates and latency,
   labelled records for intent accuracy, scored records for relevance); rules use it for
   their minimum sample size.
-- ``lower`` / ``upper`` hold an interval where the metric has one (Wilson for accuracy).
+- ``lower`` / ``upper`` are the two-sided 95% sampling interval of ``value`` for this hour or
+  window (:data:`promptops.stats.INTERVAL_CONFIDENCE`), null where the value has none (an
+  exact observation such as ``api_up``, an F1 score, an empty hour). Rates: Wilson; means:
+  Student-t; percentiles: order statistics; counts and peaks: exact Poisson; token and cost
+  sums: compound Poisson. Rules judge the bound nearest their level (re-derived at the
+  rule's ``confidence``); baselines widen their bands by ``(upper - lower) / (2 * 1.96)``
+  as this hour's standard error.
 """
 
 from __future__ import annotations

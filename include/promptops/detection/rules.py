@@ -10,9 +10,27 @@ Rule kinds (see :mod:`promptops.detection.thresholds`):
 - threshold: the slice's value beyond the warning / critical level in the rule's direction,
   on at least ``min_samples`` samples. A null value (unknown) is never judged.
 - comparison: now against the same slice one hour / one day / one week earlier. Both the
-  ratio and the absolute change must be exceeded, and both sides need ``min_samples``.
+  ratio and the absolute change must be exceeded, and both sides need ``min_samples``;
+  with ``also_against`` the change must hold against those baselines too (where they have
+  the slice), so one unusual reference day (a holiday) does not make the next normal day
+  look like a surge.
 - composite: every condition holds on the same (dimension, slice).
-- budget: the day's total (UTC) against a budget, projected to the end of the day.
+- budget: the day's total (UTC) against a budget, projected to the end of the day (a rule
+  without a budget is off).
+
+Sampling error (``use_bound``, on by default): a threshold rule judges the end of the
+value's two-sided ``confidence`` interval nearest its level (a success rate's upper bound
+against ``below 99%``); a comparison needs its change to hold beyond the sampling error of
+both sides (a two-sample test: for ``above``, now minus ``ratio`` times the baseline must
+exceed the two sides' interval half-widths, towards each other, added in quadrature, and
+likewise for the absolute change); a composite's
+``op``/``value`` condition judges the bound nearest its value. The metric table carries each
+row's 95% interval; rules re-derive it at their confidence by the family the rule's unit
+implies: a ``ratio`` on the exact (Clopper-Pearson) binomial interval from value and samples
+(Wilson's, which the table shows, lets up to 3x its share through on a few expected
+failures), exact Poisson for ``count`` and ``calls/min``, and otherwise the stored interval
+rescaled by the normal quantiles. A row without an interval (an exact observation) is
+judged on its value.
 
 Budget projection: ``projected = spent / observed_hours * 24``, where ``spent`` sums the
 day's hourly values from 00:00 up to and including the evaluated hour and ``observed_hours``
@@ -65,6 +83,12 @@ from promptops.detection.thresholds import (
     format_window,
 )
 from promptops.errors import InvalidInput
+from promptops.stats import (
+    INTERVAL_CONFIDENCE,
+    exact_binomial_interval,
+    poisson_interval,
+    rescale_interval,
+)
 from promptops.timeutil import as_utc
 
 if TYPE_CHECKING:
@@ -82,7 +106,8 @@ _VALUE_COLUMNS = ["value", "samples", "lower", "upper"]
 #: How a metric is called in a summary line (else its name with spaces).
 METRIC_LABELS = {
     "success_rate": "success rate", "error_rate": "error rate", "requests": "requests",
-    "latency_mean_ms": "mean latency", "latency_p50_ms": "p50 latency",
+    "latency_mean_ms": "mean latency", "latency_trimmed_mean_ms": "trimmed mean latency",
+    "latency_p50_ms": "p50 latency",
     "latency_p95_ms": "p95 latency", "latency_p99_ms": "p99 latency",
     "total_tokens": "tokens", "prompt_tokens": "prompt tokens",
     "completion_tokens": "completion tokens", "cost_usd": "cost",
@@ -228,7 +253,7 @@ def needed_history(config: ThresholdsConfig | None, hour: datetime,
     metrics: set[str] = set()
     for rule in config.rules_for(source).values():
         if isinstance(rule, ComparisonRule):
-            hours.add(hour - BASELINE_OFFSETS[rule.against])
+            hours |= {hour - BASELINE_OFFSETS[b] for b in (rule.against, *rule.also_against)}
             metrics.add(rule.metric)
         elif isinstance(rule, BudgetRule):
             hours |= day_hours
@@ -262,15 +287,50 @@ def evaluate(config: ThresholdsConfig, current: pa.Table, history: MetricHistory
     return sorted(findings, key=lambda f: (f.rule, f.labels["dimension"], f.labels["slice"]))
 
 
+def bounds_at(value: np.ndarray, lower: np.ndarray, upper: np.ndarray, samples: np.ndarray,
+              unit: str | None, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' two-sided sampling interval at ``confidence`` from the table's 95% one
+    (see the module docstring); NaN where a row has no interval."""
+    value, lower, upper = (np.asarray(a, dtype=np.float64) for a in (value, lower, upper))
+    if len(value) == 0 or (confidence == INTERVAL_CONFIDENCE and unit != "ratio"):
+        return lower, upper
+    has = ~(np.isnan(lower) | np.isnan(upper))
+    lo, hi = (np.array(a, dtype=np.float64) for a in
+              rescale_interval(value, lower, upper, confidence))
+    alpha = 1.0 - confidence
+    if unit == "ratio":
+        n = np.asarray(samples, dtype=np.float64)
+        ok = has & (n > 0) & (value >= 0) & (value <= 1)
+        if ok.any():
+            # Round: value * samples is a count up to the last bit of the stored rate.
+            lo[ok], hi[ok] = exact_binomial_interval(np.rint(value[ok] * n[ok]), n[ok], alpha)
+    elif unit in ("count", "calls/min"):
+        ok = has & (value >= 0)
+        if ok.any():
+            lo[ok], hi[ok] = poisson_interval(value[ok], alpha)
+    return np.where(has, lo, np.nan), np.where(has, hi, np.nan)
+
+
+def _judged(rows: pd.DataFrame, unit: str | None, confidence: float, use_bound: bool,
+            side: str, suffix: str = "") -> np.ndarray:
+    """The value, or its ``lower``/``upper`` bound at ``confidence`` where it has one."""
+    value = rows["value" + suffix].to_numpy(dtype="float64")
+    if not use_bound:
+        return value
+    lo, hi = bounds_at(value, rows["lower" + suffix].to_numpy(dtype="float64"),
+                       rows["upper" + suffix].to_numpy(dtype="float64"),
+                       rows["samples" + suffix].to_numpy(dtype="float64"), unit, confidence)
+    bound = lo if side == "lower" else hi
+    return np.where(np.isnan(bound), value, bound)
+
+
 def _threshold_masks(rule: ThresholdRule, rows: pd.DataFrame,
                      ) -> tuple[np.ndarray, np.ndarray, pd.Series]:
-    """(warning-or-worse, critical) masks over ``rows`` and the series that was judged."""
-    judged = rows["value"].astype("float64")
-    if rule.use_bound:
-        # The bound nearest the level: only a confidently bad slice breaches.
-        bound = rows["upper" if rule.direction == "below" else "lower"].astype("float64")
-        judged = bound.fillna(judged)
-    x = judged.to_numpy()
+    """(warning-or-worse, critical) masks over ``rows`` and the series that was judged:
+    the bound nearest the level, so only a confidently bad slice breaches."""
+    x = _judged(rows, rule.unit, rule.confidence, rule.use_bound,
+                "upper" if rule.direction == "below" else "lower")
+    judged = pd.Series(x, index=rows.index)
 
     def breach(level: float | None) -> np.ndarray:
         if level is None:
@@ -301,9 +361,58 @@ def _threshold_findings(name: str, rule: ThresholdRule, frame: MetricFrame) -> l
             shown += f" ({side} bound {format_value(float(judged.iloc[i]), rule.unit)})"
         summary = (f"{metric_label(rule.metric)} {shown} {op} {format_value(level, rule.unit)} "
                    f"{_where(dim, slc)} ({_samples(rule.metric, row['samples'])})")
+        extra = {"levels": levels}
+        if rule.use_bound:
+            extra["confidence"] = _confidence_note(rule.confidence)
         out.append(_finding(name, rule, severity, "threshold", rule.metric, dim, slc, summary,
-                            value, level, {"levels": levels}))
+                            value, level, extra))
     return out
+
+
+@dataclass
+class _Compared:
+    """One comparison of now against one baseline hour, per joined (dimension, slice)."""
+
+    joined: pd.DataFrame
+    warn: np.ndarray
+    crit: np.ndarray
+    #: Per severity: how far beyond ``base x ratio`` the value had to lie (sampling error).
+    ratio_margin: dict[str, np.ndarray]
+
+
+def _compare(rule: ComparisonRule, now_rows: pd.DataFrame, base_rows: pd.DataFrame) -> _Compared:
+    joined = now_rows.join(base_rows, how="inner", suffixes=("", "_base"))
+    cur = joined["value"].to_numpy(dtype="float64")
+    base = joined["value_base"].to_numpy(dtype="float64")
+    # Sampling error of each side: the half-width of its interval on the side the change
+    # moves towards (now's lower side and the baseline's upper side for ``above``).
+    up = rule.direction == "above"
+    cur_m = np.abs(cur - _judged(joined, rule.unit, rule.confidence, rule.use_bound,
+                                 "lower" if up else "upper"))
+    base_m = np.abs(_judged(joined, rule.unit, rule.confidence, rule.use_bound,
+                            "upper" if up else "lower", "_base") - base)
+
+    def margins(level: Change) -> tuple[np.ndarray, np.ndarray]:
+        """How far beyond each limit the point values must lie: a two-sample test at the
+        rule's confidence (the two sides' errors add in quadrature)."""
+        scale = level.ratio if up else 1.0 / level.ratio
+        return np.hypot(cur_m, scale * base_m), np.hypot(cur_m, base_m)
+
+    def holds(level: Change | None) -> np.ndarray:
+        if level is None:
+            return np.zeros(len(cur), dtype=bool)
+        by_ratio, by_change = margins(level)
+        if up:
+            return ((cur - base * level.ratio >= by_ratio)
+                    & (cur - base - level.change >= by_change))
+        return ((base / level.ratio - cur >= by_ratio)
+                & (base - cur - level.change >= by_change))
+
+    crit = holds(rule.critical)
+    return _Compared(joined, holds(rule.warning) | crit, crit,
+                     {sev: margins(lvl)[0] for sev, lvl in
+                      (("warning", rule.warning), ("critical", rule.critical))
+                      if lvl is not None})
 
 
 def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
@@ -318,40 +427,64 @@ def _comparison_findings(name: str, rule: ComparisonRule, frame: MetricFrame,
     base_rows = before.rows(rule.metric, rule.dimensions, rule.min_samples)
     if now_rows.empty or base_rows.empty:
         return []
-    joined = now_rows.join(base_rows, how="inner", suffixes=("", "_base"))
+    main = _compare(rule, now_rows, base_rows)
+    joined, warn, crit = main.joined, main.warn.copy(), main.crit.copy()
+    also: list[tuple[str, _Compared]] = []
+    for extra in rule.also_against:
+        other = history.frame(hour - BASELINE_OFFSETS[extra])
+        if other is None:
+            continue  # no evidence either way: the main baseline decides
+        c = _compare(rule, now_rows, other.rows(rule.metric, rule.dimensions, rule.min_samples))
+        # A slice without a row then (no traffic) does not overrule the main baseline.
+        warn &= _on(c.warn, c.joined.index, joined.index)
+        crit &= _on(c.crit, c.joined.index, joined.index)
+        also.append((extra, c))
     cur = joined["value"].to_numpy(dtype="float64")
     base = joined["value_base"].to_numpy(dtype="float64")
-
-    def holds(level: Change | None) -> np.ndarray:
-        if level is None:
-            return np.zeros(len(cur), dtype=bool)
-        if rule.direction == "above":
-            return (cur >= base * level.ratio) & (cur - base >= level.change)
-        return (cur <= base / level.ratio) & (base - cur >= level.change)
-
-    crit, warn = holds(rule.critical), holds(rule.warning)
-    warn |= crit
+    up = rule.direction == "above"
     against = rule.against.replace("_", " ")
     out = []
     for i in np.flatnonzero(warn):
         dim, slc = joined.index[i]
         severity: Level = "critical" if crit[i] else "warning"
         level = rule.level(severity)
-        assert level is not None  # holds(None) marks no row
+        assert level is not None  # no row holds at a missing level
         now_v, base_v = float(cur[i]), float(base[i])
-        factor = f"x{now_v / base_v:.1f}" if base_v else "new"
-        change = f"{format_value(base_v, rule.unit)} -> {format_value(now_v, rule.unit)}"
-        detail = f"{factor} vs {against}: {change}"
+        detail = _change_text(rule, now_v, base_v, against)
         summary = (f"{metric_label(rule.metric)} {format_value(now_v, rule.unit)} is "
-                   f"{factor} the {against} ({format_value(base_v, rule.unit)}) "
+                   f"{_factor(now_v, base_v)} the {against} ({format_value(base_v, rule.unit)}) "
                    f"{_where(dim, slc)} ({_samples(rule.metric, joined['samples'].iloc[i])})")
-        threshold = base_v * level.ratio if rule.direction == "above" else base_v / level.ratio
+        threshold = base_v * level.ratio if up else base_v / level.ratio
         ann = {"comparison": detail, "baseline_hour": f"{then:%Y-%m-%dT%H:%MZ}",
                "levels": f"ratio >= {level.ratio:g} and change >= "
                          f"{format_value(level.change, rule.unit)} ({severity})"}
+        margin = float(main.ratio_margin[severity][i])
+        if rule.use_bound and margin > 0:
+            ann["judged"] = (f"beyond {format_value(threshold, rule.unit)} by more than its "
+                             f"sampling error ({format_value(margin, rule.unit)} at "
+                             f"{rule.confidence * 100:g}% confidence)")
+        seen = [_change_text(rule, now_v, float(c.joined["value_base"].loc[(dim, slc)]),
+                             extra.replace("_", " "))
+                for extra, c in also if (dim, slc) in c.joined.index]
+        if seen:
+            ann["also_against"] = "; ".join(seen)
         out.append(_finding(name, rule, severity, "comparison", rule.metric, dim, slc, summary,
                             now_v, threshold, ann))
     return out
+
+
+def _on(mask: np.ndarray, index: pd.Index, target: pd.Index) -> np.ndarray:
+    """``mask`` (over ``index``) on ``target``'s rows; True where ``index`` lacks the row."""
+    return pd.Series(mask, index=index).reindex(target, fill_value=True).to_numpy(dtype=bool)
+
+
+def _factor(now_v: float, base_v: float) -> str:
+    return f"x{now_v / base_v:.1f}" if base_v else "new"
+
+
+def _change_text(rule: ComparisonRule, now_v: float, base_v: float, against: str) -> str:
+    return (f"{_factor(now_v, base_v)} vs {against}: {format_value(base_v, rule.unit)} -> "
+            f"{format_value(now_v, rule.unit)}")
 
 
 def _condition_mask(cond: Condition, rule: CompositeRule, frame: MetricFrame,
@@ -370,7 +503,8 @@ def _condition_mask(cond: Condition, rule: CompositeRule, frame: MetricFrame,
                 f"{op} {format_value(ref.level(cond.level), ref.unit)}")
     min_samples = cond.min_samples if cond.min_samples is not None else rule.min_samples
     rows = frame.rows(cond.metric, rule.dimensions, min_samples)
-    x = rows["value"].to_numpy(dtype="float64")
+    x = _judged(rows, cond.unit, rule.confidence, rule.use_bound,
+                "lower" if cond.op in (">", ">=") else "upper")
     v = cond.value
     mask = {">": x > v, ">=": x >= v, "<": x < v, "<=": x <= v}[cond.op]  # type: ignore[index]
     return rows[mask], cond.unit or "count", f"{cond.op} {format_value(v, cond.unit)}"
@@ -397,6 +531,9 @@ def _composite_findings(name: str, rule: CompositeRule, frame: MetricFrame,
 
 def _budget_findings(name: str, rule: BudgetRule, frame: MetricFrame,
                      history: MetricHistory, hour: datetime) -> list[Finding]:
+    if rule.budget is None:  # off until a person sets a budget
+        return []
+    budget: float = rule.budget
     hour = hour.replace(minute=0, second=0, microsecond=0)
     day = _day_start(hour)
     hours = [day + timedelta(hours=i) for i in range(hour.hour + 1)]
@@ -420,9 +557,9 @@ def _budget_findings(name: str, rule: BudgetRule, frame: MetricFrame,
         projected = np.where(n_obs > 0, spent / n_obs * 24.0, np.nan)
     projecting = n_obs >= rule.min_hours
     judged = np.where(projecting, projected, spent)
-    crit = judged >= rule.budget * rule.critical if rule.critical is not None else \
+    crit = judged >= budget * rule.critical if rule.critical is not None else \
         np.zeros(len(judged), dtype=bool)
-    warn = (judged >= rule.budget * rule.warning) | crit
+    warn = (judged >= budget * rule.warning) | crit
     out = []
     for i in np.flatnonzero(warn):
         dim, slc = union[i]
@@ -435,11 +572,11 @@ def _budget_findings(name: str, rule: BudgetRule, frame: MetricFrame,
         label = f"daily {metric_label(rule.metric)}"
         if projecting[i]:
             head = (f"{label} projected {fmt(projected[i])} by end of day vs budget "
-                    f"{fmt(rule.budget)} (x{projected[i] / rule.budget:.1f}); "
+                    f"{fmt(budget)} (x{projected[i] / budget:.1f}); "
                     f"spent {fmt(spent[i])} by {hour:%H}:59 UTC")
         else:
             head = (f"{label} spent {fmt(spent[i])} by {hour:%H}:59 UTC vs budget "
-                    f"{fmt(rule.budget)} (x{spent[i] / rule.budget:.1f})")
+                    f"{fmt(budget)} (x{spent[i] / budget:.1f})")
         summary = f"{head} {_where(dim, slc)}"
         method = (f"spent {fmt(spent[i])} over {int(n_obs[i])} observed hour(s) of "
                   f"{len(hours)} since 00:00 UTC; projected = spent / {int(n_obs[i])} x 24 = "
@@ -447,12 +584,12 @@ def _budget_findings(name: str, rule: BudgetRule, frame: MetricFrame,
         if not projecting[i]:
             method += (f" (fewer than {rule.min_hours} observed hours: judged on what was "
                        "spent, not the projection)")
-        ann = {"budget": method, "budget_level": f"{severity} at {share:g} x {fmt(rule.budget)}",
+        ann = {"budget": method, "budget_level": f"{severity} at {share:g} x {fmt(budget)}",
                "missing_hours": ", ".join(f"{h:%H:00}" for h in gaps) or "none"}
         if gaps:
             summary += f"; {len(gaps)} hour(s) missing: {ann['missing_hours']}"
         out.append(_finding(name, rule, severity, "budget", rule.metric, dim, slc, summary,
-                            float(judged[i]), rule.budget * share, ann))
+                            float(judged[i]), budget * share, ann))
     return out
 
 
@@ -475,6 +612,10 @@ def _finding(name: str, rule: Any, severity: str, kind: str, metric: str, dim: s
     return Finding(rule=name, severity=severity, kind=kind, labels=labels,  # type: ignore[arg-type]
                    summary=summary, value=value, threshold=threshold, pending_for=rule.for_,
                    keep_firing_for=rule.keep_firing_for, annotations=annotations)
+
+
+def _confidence_note(confidence: float) -> str:
+    return f"judged on the {confidence * 100:g}% sampling interval's bound nearest the level"
 
 
 def _where(dim: str, slc: str) -> str:

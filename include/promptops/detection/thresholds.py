@@ -8,8 +8,16 @@ The file holds four kinds of rule, keyed by rule name (the name becomes ``Findin
   ratio and an absolute change must be exceeded, on enough samples on both sides.
 - ``composite``: several conditions that must all hold on the same (dimension, slice).
 - ``budget``: a daily total (tokens, cost) against a budget, projected to the end of the day.
+  A budget is off until a person sets one: ``budget: null`` (the shipped default) disables
+  the rule.
 
 A ``defaults`` block fills fields a rule leaves out (only fields that rule kind has).
+
+Threshold, comparison and composite rules judge an estimate together with its sampling
+error: the end of its two-sided ``confidence`` interval nearest the level (``use_bound``,
+on by default; the metric table's ``lower``/``upper`` re-derived at the rule's confidence).
+A higher ``confidence`` (0.99) asks for stronger evidence: fewer false alerts on small
+slices, a real change needs more calls to show.
 
 Single values can be changed without editing the file, lowest to highest precedence:
 
@@ -153,7 +161,9 @@ class ThresholdRule(RuleBase):
     min_samples: int = Field(default=0, ge=0)
     #: Judge the interval bound nearest to the level (``upper`` for ``below``) instead of
     #: the point value, so a small sample only alerts when it is confidently bad.
-    use_bound: bool = False
+    use_bound: bool = True
+    #: Two-sided level of that interval (0.95: the bound is a one-sided 97.5% bound).
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
     @field_validator("critical")
     @classmethod
@@ -186,11 +196,19 @@ class ComparisonRule(RuleBase):
     metric: str = Field(min_length=1)
     direction: Direction
     against: Baseline
+    #: Further baselines the change must also hold against (where they have the slice):
+    #: a rebound after a holiday is x2 yesterday but not x2 last week.
+    also_against: list[Baseline] = Field(default_factory=list)
     unit: Unit
     warning: Change
     critical: Change | None = None
     #: Minimum samples on both sides (now and at the baseline).
     min_samples: int = Field(default=0, ge=0)
+    #: The change must hold beyond the sampling error of both sides (a two-sample test at
+    #: ``confidence``: the sides' interval half-widths added in quadrature), not just
+    #: between the point values.
+    use_bound: bool = True
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
     @field_validator("critical")
     @classmethod
@@ -238,6 +256,10 @@ class CompositeRule(RuleBase):
     conditions: list[Condition] = Field(min_length=2)
     severity: Level = "critical"
     min_samples: int = Field(default=0, ge=0)
+    #: ``op``/``value`` conditions judge the bound nearest the value (``>``: lower bound);
+    #: level conditions follow their threshold rule's own settings.
+    use_bound: bool = True
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
 
 class BudgetRule(RuleBase):
@@ -246,7 +268,8 @@ class BudgetRule(RuleBase):
     kind: Literal["budget"] = "budget"
     metric: str = Field(min_length=1)
     unit: Unit
-    budget: float = Field(gt=0)
+    #: None (the default): no budget set, the rule judges nothing until a person sets one.
+    budget: float | None = Field(default=None, gt=0)
     #: Fire when the projected end-of-day figure reaches this share of the budget.
     warning: float = Field(default=1.0, gt=0)
     critical: float | None = Field(default=None, gt=0)
@@ -356,9 +379,11 @@ class ThresholdsConfig(_Strict):
         return self
 
     def rules_for(self, source: Source | None = "hourly") -> dict[str, Any]:
-        """Enabled rules of one source (``None``: every source)."""
+        """Enabled rules of one source (``None``: every source). A budget rule without a
+        budget is off."""
         return {n: r for n, r in self.rules.items()
-                if r.enabled and (source is None or r.source == source)}
+                if r.enabled and (source is None or r.source == source)
+                and not (isinstance(r, BudgetRule) and r.budget is None)}
 
     def threshold_rule_for(self, cond: Condition,
                            source: Source | None = None) -> tuple[str, ThresholdRule]:

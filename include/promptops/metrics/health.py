@@ -6,10 +6,12 @@ as the hourly DAG evaluate them:
 
 - :func:`api_health_rows`: ``/health`` as ``api_up`` (1/0) and ``api_health_latency_ms``.
 - :func:`recent_call_rows`: over the last ``minutes`` of call records, overall ``requests``,
-  ``success_rate`` (Wilson interval, as the hourly metrics), ``error_rate``,
-  ``latency_mean_ms`` and ``latency_p95_ms`` (numpy's linear interpolation, as hourly); per
-  user the abuse signals ``peak_calls_per_minute`` and ``tokens_per_minute_peak`` (prompt +
-  completion tokens in the user's busiest minute).
+  ``success_rate``, ``error_rate``, ``latency_mean_ms`` and ``latency_p95_ms`` (numpy's
+  linear interpolation, as hourly); per user the abuse signals ``peak_calls_per_minute``
+  and ``tokens_per_minute_peak`` (prompt + completion tokens in the user's busiest minute).
+  Every row but an empty window's carries its 95% sampling interval, as the hourly metrics
+  do: Wilson for rates, Student-t for the mean, order statistics for p95, exact Poisson for
+  counts and peaks (a token peak: its minute's call-count interval times tokens per call).
 - :func:`fetch_recent_calls`: the window's records from the platform, validated, de-duplicated.
 - :func:`write_health_metrics`: the rows into the lake dataset ``health_metrics``.
 """
@@ -31,7 +33,7 @@ from promptops.errors import InvalidInput, PromptOpsError
 from promptops.lake.store import Lake, PartitionInfo
 from promptops.metrics.gpu import metric_rows
 from promptops.metrics.hourly import ACCURACY_ALPHA, SUCCESS_STATUS
-from promptops.stats import wilson_interval
+from promptops.stats import mean_interval, poisson_interval, quantile_interval, wilson_interval
 from promptops.timeutil import as_utc
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ TOKENS_PER_MINUTE_PEAK = "tokens_per_minute_peak"
 USER_DIMENSION = "user"
 
 _Row = tuple[str, str, str, float | None, int]
+_Bounds = tuple[float | None, float | None]
 
 
 def api_health_rows(client: Any, now: datetime) -> pa.Table:
@@ -84,9 +87,10 @@ def recent_call_rows(calls_table: pa.Table, window_end: datetime, minutes: int =
     calls = _window(calls_table, window_end - timedelta(minutes=minutes), window_end)
     n = calls.num_rows
     rows: list[_Row] = [(mt.REQUESTS, mt.OVERALL, mt.ALL, float(n), n)]
-    bounds: list[tuple[float | None, float | None]] = [(None, None)]
+    bounds: list[_Bounds] = [(None, None)]
     if n == 0:
         return metric_rows(rows, window_end, bounds)
+    bounds = [poisson_interval(n, ACCURACY_ALPHA)]
 
     status = calls.column("status").cast(pa.string())
     ok = int(pc.sum(pc.equal(status, SUCCESS_STATUS)).as_py() or 0)
@@ -97,19 +101,29 @@ def recent_call_rows(calls_table: pa.Table, window_end: datetime, minutes: int =
              (mt.SUCCESS_RATE, mt.OVERALL, mt.ALL, ok / n, n),
              (mt.ERROR_RATE, mt.OVERALL, mt.ALL, (n - ok) / n, n)]
     lo, hi = wilson_interval(ok, n, ACCURACY_ALPHA)
-    bounds += [(None, None), (lo, hi), (1 - hi, 1 - lo)]
+    bounds += [poisson_interval(n - ok, ACCURACY_ALPHA), (lo, hi), (1 - hi, 1 - lo)]
     if len(latency):
-        rows += [(mt.LATENCY_MEAN_MS, mt.OVERALL, mt.ALL, float(latency.mean()), len(latency)),
+        mean = float(latency.mean())
+        sd = float(latency.std(ddof=1)) if len(latency) > 1 else float("nan")
+        rows += [(mt.LATENCY_MEAN_MS, mt.OVERALL, mt.ALL, mean, len(latency)),
                  (mt.LATENCY_P95_MS, mt.OVERALL, mt.ALL,
                   float(np.percentile(latency, 95)), len(latency))]
-        bounds += [(None, None)] * 2
-    abuse = _abuse_rows(calls)
-    return metric_rows(rows + abuse, window_end, bounds + [(None, None)] * len(abuse))
+        bounds += [_known(mean_interval(mean, sd, len(latency), ACCURACY_ALPHA)),
+                   quantile_interval(latency, 0.95, ACCURACY_ALPHA)]
+    abuse, abuse_bounds = _abuse_rows(calls)
+    return metric_rows(rows + abuse, window_end, bounds + abuse_bounds)
 
 
-def _abuse_rows(calls: pa.Table) -> list[_Row]:
+def _known(bounds: tuple[float, float]) -> _Bounds:
+    """NaN bounds (no interval) as nulls."""
+    return (None, None) if any(np.isnan(b) for b in bounds) else bounds
+
+
+def _abuse_rows(calls: pa.Table) -> tuple[list[_Row], list[_Bounds]]:
     """Per user: the most calls and the most tokens in one calendar minute of the window,
-    with ``samples`` = the user's calls in the window."""
+    with ``samples`` = the user's calls in the window, and their 95% intervals: the minute's
+    calls are a Poisson count (exact interval), its tokens that interval times the tokens
+    per call of that minute."""
     ts_us = calls.column("ts").cast(pa.int64()).to_numpy()
     tokens = (pc.fill_null(calls.column("prompt_tokens"), 0).cast(pa.int64()).to_numpy()
               + pc.fill_null(calls.column("completion_tokens"), 0).cast(pa.int64()).to_numpy())
@@ -124,12 +138,18 @@ def _abuse_rows(calls: pa.Table) -> list[_Row]:
                              minlength=len(names) * span).reshape(len(names), span)
     per_user = calls_per.sum(axis=1)
     rows: list[_Row] = []
+    bounds: list[_Bounds] = []
     for metric, table in ((mt.PEAK_CALLS_PER_MINUTE, calls_per),
                           (TOKENS_PER_MINUTE_PEAK, tokens_per)):
-        peaks = table.max(axis=1)
-        rows += [(metric, USER_DIMENSION, str(name), float(peak), int(k))
-                 for name, peak, k in zip(names, peaks, per_user, strict=True)]
-    return rows
+        at = table.argmax(axis=1)
+        peaks = table[np.arange(len(names)), at].astype(np.float64)
+        k = calls_per[np.arange(len(names)), at].astype(np.float64)
+        c_lo, c_hi = poisson_interval(k, ACCURACY_ALPHA)
+        scale = np.divide(peaks, k, out=np.zeros_like(peaks), where=k > 0)
+        rows += [(metric, USER_DIMENSION, str(name), float(peak), int(n))
+                 for name, peak, n in zip(names, peaks, per_user, strict=True)]
+        bounds += list(zip((c_lo * scale).tolist(), (c_hi * scale).tolist(), strict=True))
+    return rows, bounds
 
 
 def fetch_recent_calls(client: Any, window_end: datetime, minutes: int = 5) -> pa.Table:

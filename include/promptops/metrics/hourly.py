@@ -2,7 +2,8 @@
 
 For the hour overall and for every slice of model, provider, app, team, user, prompt
 template (``"<template>@<version>"``), region and GPU node, the table holds requests,
-errors, success and error rate, latency mean and exact p50/p95/p99, token counts, cost,
+errors, success and error rate, latency mean, 10%-trimmed mean (``latency_trimmed_mean_ms``,
+robust to a few very slow calls) and exact p50/p95/p99, token counts, cost,
 intent accuracy with its Wilson interval, relevance mean and coverage; per user and overall
 the peak calls in one minute; and on the labelled records of the hour per-intent precision,
 recall, F1 and the confusion matrix (scikit-learn). Layout and naming:
@@ -23,6 +24,14 @@ Choices worth knowing (also what the tests pin down):
   requests); one whose records are all unpriced gets a null cost. ``unpriced_requests`` and
   ``unpriced_tokens`` (prompt + completion) are always given overall, and for every other
   slice that has unpriced records.
+- Every estimate carries its two-sided 95% sampling interval in ``lower``/``upper``
+  (:mod:`promptops.stats`), so rules and baselines judge it with its sampling error: Wilson
+  for rates (success, error, intent accuracy, relevance coverage, per-intent precision and
+  recall), Student-t for means (latency, relevance; Tukey-McLaughlin for the trimmed mean),
+  distribution-free order statistics for
+  p50/p95/p99, exact Poisson for counts (requests, errors, unpriced requests, peak calls per
+  minute) and compound Poisson (sum of squared sizes) for token and cost sums. F1,
+  confusion cells and an empty hour's zeros have none.
 - Per-intent precision with no prediction of that intent is null with ``samples`` 0 (recall
   and F1 rest on the intent's labelled records). Confusion cells (dimension ``intent_pair``,
   slice ``"<expected>|<predicted>"``) are counts, ``samples`` = the expected intent's
@@ -51,7 +60,14 @@ from promptops.contracts.datasets import CALLS
 from promptops.errors import InvalidInput, MissingData
 from promptops.lake.store import Lake, PartitionInfo
 from promptops.metrics.pricing import PriceTable
-from promptops.stats import wilson_interval
+from promptops.stats import (
+    INTERVAL_ALPHA,
+    mean_interval,
+    poisson_interval,
+    quantile_ranks,
+    sum_interval,
+    wilson_interval,
+)
 from promptops.timeutil import hour_floor
 
 log = logging.getLogger(__name__)
@@ -68,10 +84,14 @@ _REQUIRED = ("ts", "user_id", "app", "model", "status", "latency_ms", "prompt_to
 DIMENSION_COLUMNS = {"model": "model", "provider": "provider", "app": "app", "team": "team",
                      "user": "user_id", "template": None, "region": "region",
                      "gpu_node": "gpu_node"}
+#: A robust latency location: the mean of the middle 80% of calls, with its interval.
+LATENCY_TRIMMED_MEAN_MS = "latency_trimmed_mean_ms"
+#: Share of calls cut from each end for the trimmed mean (scipy's ``proportiontocut``).
+TRIM = 0.1
 QUANTILES = ((mt.LATENCY_P50_MS, 0.50), (mt.LATENCY_P95_MS, 0.95), (mt.LATENCY_P99_MS, 0.99))
 SUCCESS_STATUS = "success"
-#: Wilson interval level for intent accuracy.
-ACCURACY_ALPHA = 0.05
+#: Level of every row's sampling interval (``lower``/``upper``): two-sided 95%.
+ACCURACY_ALPHA = INTERVAL_ALPHA
 
 
 class MissingCallsPartition(MissingData):
@@ -241,6 +261,7 @@ class _Inputs:
     dimension sums them over a fraction of the rows."""
 
     latency: np.ndarray
+    latency_sq: np.ndarray
     latency_order: np.ndarray
     latency_sorted: np.ndarray
     prompt: np.ndarray
@@ -254,14 +275,22 @@ class _Inputs:
     correct: np.ndarray  # 1.0 / 0.0 per labelled row
     scored: np.ndarray  # row indices
     relevance: np.ndarray  # score per scored row
+    #: Per-record sizes summed per slice (tokens, cost) and their squares, for the
+    #: compound-Poisson interval of each sum.
+    sums: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def _quantiles(dim: _Dim, x: _Inputs, requests: np.ndarray) -> list[np.ndarray]:
-    """Exact per-group quantiles, linear interpolation (numpy's default method)."""
+def _by_group(dim: _Dim, x: _Inputs) -> np.ndarray:
+    """Latencies grouped by slice (in label order), sorted within each slice."""
     if len(dim.labels) == 1:
-        perm = None  # one group: the global order is the group's order
-    else:
-        perm = np.argsort(dim.small_codes[x.latency_order], kind="stable")
+        return x.latency_sorted  # one group: the global order is the group's order
+    return x.latency_sorted[np.argsort(dim.small_codes[x.latency_order], kind="stable")]
+
+
+def _quantiles(ordered: np.ndarray, requests: np.ndarray
+               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Exact per-group quantiles (linear interpolation, numpy's default method), each with
+    its distribution-free order-statistic 95% interval (:func:`promptops.stats.quantile_ranks`)."""
     starts = np.concatenate(([0], np.cumsum(requests)[:-1]))
     out = []
     for _, q in QUANTILES:
@@ -269,14 +298,41 @@ def _quantiles(dim: _Dim, x: _Inputs, requests: np.ndarray) -> list[np.ndarray]:
         lo = np.floor(pos).astype(np.int64)
         hi = np.minimum(lo + 1, requests - 1)
         t = pos - lo
-        ia, ib = starts + lo, starts + hi
-        if perm is not None:
-            ia, ib = perm[ia], perm[ib]
-        a, b = x.latency_sorted[ia], x.latency_sorted[ib]
+        a, b = ordered[starts + lo], ordered[starts + hi]
         # numpy's lerp: the same formula gives the same last bit as np.percentile.
         diff = b - a
-        out.append(np.where(t >= 0.5, b - diff * (1 - t), a + diff * t))
+        value = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+        r_lo, r_hi = quantile_ranks(requests, q, ACCURACY_ALPHA)
+        out.append((value, ordered[starts + r_lo], ordered[starts + r_hi]))
     return out
+
+
+def _trimmed_means(ordered: np.ndarray, requests: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group: the mean without the fastest and slowest :data:`TRIM` of calls (as
+    ``scipy.stats.trim_mean``) and its 95% Tukey-McLaughlin interval (winsorised variance,
+    Student-t on ``n - 2k - 1`` degrees of freedom). Latency is heavy-tailed: a few very slow
+    calls move the mean far more than the typical call changed."""
+    from scipy.stats import t as student_t
+
+    n = requests.astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(n)[:-1]))
+    k = np.floor(TRIM * n).astype(np.int64)
+    c1 = np.concatenate(([0.0], np.cumsum(ordered)))
+    c2 = np.concatenate(([0.0], np.cumsum(ordered * ordered)))
+    lo_i, hi_i = starts + k, starts + n - k  # the kept calls: [lo_i, hi_i)
+    kept = (n - 2 * k).astype(np.float64)
+    mean = (c1[hi_i] - c1[lo_i]) / kept
+    # Winsorised: the k trimmed at each end count as the nearest kept value.
+    low, high = ordered[lo_i], ordered[hi_i - 1]
+    w1 = c1[hi_i] - c1[lo_i] + k * (low + high)
+    w2 = c2[hi_i] - c2[lo_i] + k * (low * low + high * high)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w_var = np.maximum(w2 - w1 * w1 / n, 0.0) / (n - 1)
+        se = np.sqrt(w_var) * n / kept / np.sqrt(n)
+        half = student_t.ppf(1 - ACCURACY_ALPHA / 2, np.maximum(kept - 1, 1)) * se
+    half = np.where(kept >= 2, half, np.nan)
+    return mean, mean - half, mean + half
 
 
 def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
@@ -292,42 +348,50 @@ def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
     req = np.bincount(c, minlength=g).astype(np.float64)
     errors = subset(x.failed)
     ok = req - errors
-    rows.add(mt.REQUESTS, name, labels, req, req)
-    rows.add(mt.ERRORS, name, labels, errors, req)
+    # Counts: exact Poisson intervals; sums of sizes (tokens, cost): compound Poisson.
+    rows.add(mt.REQUESTS, name, labels, req, req, *poisson_interval(req, ACCURACY_ALPHA))
+    rows.add(mt.ERRORS, name, labels, errors, req, *poisson_interval(errors, ACCURACY_ALPHA))
     # Wilson intervals, so rules can judge "confidently below 99%" on small slices.
-    some = req > 0
-    lo, hi = np.full(g, np.nan), np.full(g, np.nan)
-    if some.any():
-        lo[some], hi[some] = wilson_interval(ok[some], req[some], ACCURACY_ALPHA)
+    lo, hi = _rate_interval(ok, req)
     rows.add(mt.SUCCESS_RATE, name, labels, ok / req, req, lo, hi)
     rows.add(mt.ERROR_RATE, name, labels, errors / req, req, 1.0 - hi, 1.0 - lo)
-    rows.add(mt.LATENCY_MEAN_MS, name, labels, total(x.latency) / req, req)
-    for (metric, _), values in zip(QUANTILES, _quantiles(dim, x, req.astype(np.int64)),
-                                   strict=True):
-        rows.add(metric, name, labels, values, req)
+    mean = total(x.latency) / req
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = (total(x.latency_sq) - req * mean ** 2) / (req - 1)
+    rows.add(mt.LATENCY_MEAN_MS, name, labels, mean, req,
+             *mean_interval(mean, np.sqrt(np.maximum(var, 0.0)), req, ACCURACY_ALPHA))
+    ordered = _by_group(dim, x)
+    for (metric, _), (values, lo_q, hi_q) in zip(
+            QUANTILES, _quantiles(ordered, req.astype(np.int64)), strict=True):
+        rows.add(metric, name, labels, values, req, lo_q, hi_q)
+    trimmed, lo_t, hi_t = _trimmed_means(ordered, req)
+    rows.add(LATENCY_TRIMMED_MEAN_MS, name, labels, trimmed, req, lo_t, hi_t)
 
-    prompt, completion = total(x.prompt), total(x.completion)
-    rows.add(mt.PROMPT_TOKENS, name, labels, prompt, req)
-    rows.add(mt.COMPLETION_TOKENS, name, labels, completion, req)
-    rows.add(mt.CACHED_TOKENS, name, labels, total(x.cached), req)
-    rows.add(mt.TOTAL_TOKENS, name, labels, prompt + completion, req)
+    def add_sum(metric: str, samples: np.ndarray, rows_idx: np.ndarray | None = None,
+                keep: np.ndarray | None = None) -> None:
+        weights, squares = x.sums[metric]
+        if rows_idx is None:
+            s, q = total(weights), total(squares)
+        else:
+            s, q = subset(rows_idx, weights), subset(rows_idx, squares)
+        value = np.where(samples > 0, s, np.nan) if metric == mt.COST_USD else s
+        rows.add(metric, name, labels, value, samples, *sum_interval(value, q, ACCURACY_ALPHA),
+                 keep=keep)
 
+    for metric in (mt.PROMPT_TOKENS, mt.COMPLETION_TOKENS, mt.CACHED_TOKENS, mt.TOTAL_TOKENS):
+        add_sum(metric, req)
     unpriced = subset(x.unpriced)
-    priced = req - unpriced
-    cost = np.where(priced > 0, total(x.cost), np.nan)
-    rows.add(mt.COST_USD, name, labels, cost, priced)
+    add_sum(mt.COST_USD, req - unpriced)
     with_unpriced = unpriced > 0 if name != mt.OVERALL else None
-    rows.add(mt.UNPRICED_REQUESTS, name, labels, unpriced, req, keep=with_unpriced)
-    rows.add(mt.UNPRICED_TOKENS, name, labels, subset(x.unpriced, x.unpriced_tokens), unpriced,
-             keep=with_unpriced)
+    rows.add(mt.UNPRICED_REQUESTS, name, labels, unpriced, req,
+             *poisson_interval(unpriced, ACCURACY_ALPHA), keep=with_unpriced)
+    add_sum(mt.UNPRICED_TOKENS, unpriced, x.unpriced, keep=with_unpriced)
 
     labelled = subset(x.labelled)
     has_labels = labelled > 0
     if has_labels.any():
         correct = subset(x.labelled, x.correct)
-        lower, upper = np.full(g, np.nan), np.full(g, np.nan)
-        lower[has_labels], upper[has_labels] = wilson_interval(
-            correct[has_labels], labelled[has_labels], ACCURACY_ALPHA)
+        lower, upper = _rate_interval(correct, labelled)
         with np.errstate(invalid="ignore", divide="ignore"):
             accuracy = correct / labelled
         rows.add(mt.INTENT_ACCURACY, name, labels, accuracy, labelled, lower, upper,
@@ -336,14 +400,25 @@ def _dimension_rows(rows: _Rows, dim: _Dim, x: _Inputs) -> np.ndarray:
     scored = subset(x.scored)
     with np.errstate(invalid="ignore", divide="ignore"):
         relevance = subset(x.scored, x.relevance) / scored
-    # Normal 95% interval of the mean (scores are bounded, n is tens or more per slice).
+    # Student-t 95% interval of the mean (scores are bounded, n is tens or more per slice).
     with np.errstate(invalid="ignore", divide="ignore"):
-        spread = subset(x.scored, x.relevance * x.relevance) / scored - relevance ** 2
-        half = 1.959964 * np.sqrt(np.maximum(spread, 0.0) / np.maximum(scored - 1, 1))
-    rows.add(mt.RELEVANCE_MEAN, name, labels, relevance, scored, relevance - half,
-             relevance + half, keep=scored > 0)
-    rows.add(mt.RELEVANCE_COVERAGE, name, labels, scored / req, req)
+        spread = (subset(x.scored, x.relevance * x.relevance) - scored * relevance ** 2) / (
+            scored - 1)
+    rows.add(mt.RELEVANCE_MEAN, name, labels, relevance, scored,
+             *mean_interval(relevance, np.sqrt(np.maximum(spread, 0.0)), scored, ACCURACY_ALPHA),
+             keep=scored > 0)
+    rows.add(mt.RELEVANCE_COVERAGE, name, labels, scored / req, req,
+             *_rate_interval(scored, req))
     return req
+
+
+def _rate_interval(successes: np.ndarray, trials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson 95% intervals where there are trials, NaN (no interval) elsewhere."""
+    some = trials > 0
+    lo, hi = np.full(len(trials), np.nan), np.full(len(trials), np.nan)
+    if some.any():
+        lo[some], hi[some] = wilson_interval(successes[some], trials[some], ACCURACY_ALPHA)
+    return lo, hi
 
 
 def _intent_rows(rows: _Rows, expected: np.ndarray, predicted: np.ndarray,
@@ -360,8 +435,11 @@ def _intent_rows(rows: _Rows, expected: np.ndarray, predicted: np.ndarray,
         y_true, y_pred, labels=classes, zero_division=np.nan)
     predicted_n = np.bincount(y_pred, minlength=none + 1)[classes]
     labels = names[classes]
-    rows.add(mt.INTENT_PRECISION, "intent", labels, precision, predicted_n)
-    rows.add(mt.INTENT_RECALL, "intent", labels, recall, support)
+    predicted_f, support_f = predicted_n.astype(np.float64), support.astype(np.float64)
+    rows.add(mt.INTENT_PRECISION, "intent", labels, precision, predicted_n,
+             *_rate_interval(np.nan_to_num(precision) * predicted_f, predicted_f))
+    rows.add(mt.INTENT_RECALL, "intent", labels, recall, support,
+             *_rate_interval(np.nan_to_num(recall) * support_f, support_f))
     rows.add(mt.INTENT_F1, "intent", labels, f1, support)
 
     columns = classes if not (y_pred == none).any() else np.append(classes, none)
@@ -448,14 +526,20 @@ def compute_hourly_metrics(calls: pa.Table, hour: datetime, prices: PriceTable,
     relevance = _floats(calls.column("relevance_score"))
     scored = np.flatnonzero(~np.isnan(relevance))
     unpriced = np.flatnonzero(~costs.priced)
+    cost = np.where(costs.priced, costs.cost, 0.0)
+    unpriced_tokens = prompt[unpriced] + completion[unpriced]
+    sizes = {mt.PROMPT_TOKENS: prompt, mt.COMPLETION_TOKENS: completion, mt.CACHED_TOKENS: cached,
+             mt.TOTAL_TOKENS: prompt + completion, mt.COST_USD: cost,
+             mt.UNPRICED_TOKENS: unpriced_tokens}
     x = _Inputs(
-        latency=latency, latency_order=latency_order, latency_sorted=latency[latency_order],
+        latency=latency, latency_sq=latency * latency, latency_order=latency_order, latency_sorted=latency[latency_order],
         prompt=prompt, completion=completion, cached=cached,
-        cost=np.where(costs.priced, costs.cost, 0.0), failed=np.flatnonzero(~ok),
-        unpriced=unpriced, unpriced_tokens=prompt[unpriced] + completion[unpriced],
+        cost=cost, failed=np.flatnonzero(~ok),
+        unpriced=unpriced, unpriced_tokens=unpriced_tokens,
         labelled=labelled,
         correct=(predicted[labelled] == expected[labelled]).astype(np.float64),
-        scored=scored, relevance=relevance[scored])
+        scored=scored, relevance=relevance[scored],
+        sums={k: (v, v * v) for k, v in sizes.items()})
 
     rows = _Rows.empty()
     overall = _dim(mt.OVERALL, np.zeros(n, dtype=np.intp), np.array([mt.ALL], dtype=object))
@@ -492,9 +576,12 @@ def compute_hourly_metrics(calls: pa.Table, hour: datetime, prices: PriceTable,
     group_of_user = np.zeros(len(user_names) + 1, dtype=np.int64)
     group_of_user[user_codes] = user_dim.codes
     np.maximum.at(per_group, group_of_user, peak)
-    rows.add(mt.PEAK_CALLS_PER_MINUTE, mt.OVERALL, overall.labels, np.array([peak.max()]),
-             overall_requests)
-    rows.add(mt.PEAK_CALLS_PER_MINUTE, "user", user_dim.labels, per_group, user_requests)
+    # A peak is a count in one minute: its Poisson interval says what rate it shows.
+    top = np.array([peak.max()], dtype=np.float64)
+    rows.add(mt.PEAK_CALLS_PER_MINUTE, mt.OVERALL, overall.labels, top, overall_requests,
+             *poisson_interval(top, ACCURACY_ALPHA))
+    rows.add(mt.PEAK_CALLS_PER_MINUTE, "user", user_dim.labels, per_group, user_requests,
+             *poisson_interval(per_group.astype(np.float64), ACCURACY_ALPHA))
     return _sorted(rows.table(hour))
 
 

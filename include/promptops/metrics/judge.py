@@ -613,6 +613,7 @@ class JudgeResult:
         rules see "no data", not zeros); an enabled one always gives the overall rows."""
         if not self.enabled:
             return METRICS_SCHEMA.empty_table()
+        all_scores = list(self.scores.values())
         rows = [
             (RELEVANCE_JUDGE_MEAN, OVERALL, ALL, self.mean_score, self.ok),
             (RELEVANCE_JUDGE_COVERAGE, OVERALL, ALL,
@@ -621,6 +622,9 @@ class JudgeResult:
             (JUDGE_TOKENS, OVERALL, ALL, float(self.total_tokens), self.billed),
             (JUDGE_FAILURES, OVERALL, ALL, float(self.failures), self.sampled),
         ]
+        # Sampling intervals (95%): Student-t for the mean score, Wilson for the coverage.
+        bounds = [_mean_bounds(all_scores), _share_bounds(self.ok, self.eligible),
+                  *[(None, None)] * 3]
         if per_app:
             by_app: dict[str, list[float]] = {}
             for call_id, score in self.scores.items():
@@ -632,6 +636,7 @@ class JudgeResult:
                              sum(scores) / len(scores) if scores else None, len(scores)))
                 rows.append((RELEVANCE_JUDGE_COVERAGE, "app", app,
                              len(scores) / n if n else None, n))
+                bounds += [_mean_bounds(scores), _share_bounds(len(scores), n)]
         hour = self.hour.astimezone(UTC)
         return pa.table({
             "hour": pa.array([hour] * len(rows), pa.timestamp("us", tz="UTC")),
@@ -639,9 +644,28 @@ class JudgeResult:
             "slice": [r[2] for r in rows],
             "value": pa.array([r[3] for r in rows], pa.float64()),
             "samples": pa.array([r[4] for r in rows], pa.int64()),
-            "lower": pa.nulls(len(rows), pa.float64()),
-            "upper": pa.nulls(len(rows), pa.float64()),
+            "lower": pa.array([b[0] for b in bounds], pa.float64()),
+            "upper": pa.array([b[1] for b in bounds], pa.float64()),
         }, schema=METRICS_SCHEMA)
+
+
+def _mean_bounds(scores: list[float]) -> tuple[float | None, float | None]:
+    from promptops.stats import mean_interval
+
+    if len(scores) < 2:
+        return None, None
+    x = np.asarray(scores, dtype=np.float64)
+    lo, hi = mean_interval(float(x.mean()), float(x.std(ddof=1)), len(x))
+    return float(lo), float(hi)
+
+
+def _share_bounds(k: int, n: int) -> tuple[float | None, float | None]:
+    from promptops.stats import wilson_interval
+
+    if not n:
+        return None, None
+    lo, hi = wilson_interval(k, n)
+    return float(lo), float(hi)
 
 
 def _count_by_app(table: pa.Table) -> dict[str, int]:

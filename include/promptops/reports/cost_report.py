@@ -41,6 +41,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import uuid
@@ -74,8 +75,8 @@ log = logging.getLogger(__name__)
 #: The DAG whose runs fill an hour's partitions (the backfill command names it).
 #: Where the UI plugin serves the reports (``/promptops-reports/YYYY-MM-DD/``).
 UI_URL_PREFIX = "/promptops-reports"
-#: The seed's token budget, used when the thresholds config has no ``daily_tokens`` rule.
-DEFAULT_TOKEN_BUDGET = 100_000
+#: What the report says where no budget is set (budgets are off until a person sets one).
+NO_BUDGET = "no budget set"
 TEMPLATE = "daily_report.html.j2"
 
 #: Chart names: each is ``<name>.png`` + ``<name>.csv`` beside ``index.html``.
@@ -270,14 +271,15 @@ def cost_by_hour_table(day: pd.DataFrame, statuses: list[HourStatus]) -> pd.Data
     return table
 
 
-def tokens_table(day: pd.DataFrame, statuses: list[HourStatus], budget: float) -> pd.DataFrame:
+def tokens_table(day: pd.DataFrame, statuses: list[HourStatus],
+                 budget: float | None) -> pd.DataFrame:
     overall = day[(day["dimension"] == mt.OVERALL) & (day["metric"] == mt.TOTAL_TOKENS)]
     tokens = overall.groupby("hour")["value"].sum()
     table = _with_status(pd.DataFrame({"total_tokens": tokens}), statuses)
     # Cumulative over the hours that have data; missing hours have no value (a gap).
     table["cumulative_tokens"] = table["total_tokens"].fillna(0).cumsum()
     table.loc[table["status"] != "ok", "cumulative_tokens"] = float("nan")
-    table["budget_tokens"] = float(budget)
+    table["budget_tokens"] = float("nan") if budget is None else float(budget)
     return table
 
 
@@ -514,14 +516,16 @@ def chart_tokens(table: pd.DataFrame) -> bytes:
            zorder=2)
     ax.plot(hours, table["cumulative_tokens"], marker="o", color="#1b4f72",
             label="cumulative", zorder=3)
-    budget = float(table["budget_tokens"].iloc[0])
-    ax.axhline(budget, color="#c0392b", linestyle="--", label=f"daily budget {budget:,.0f}")
+    budget = float(table["budget_tokens"].iloc[0]) if len(table) else float("nan")
+    if not math.isnan(budget):
+        ax.axhline(budget, color="#c0392b", linestyle="--", label=f"daily budget {budget:,.0f}")
     _mark_gaps(ax, hours, table["status"].tolist())
     ax.set_xticks(range(0, 24, 2))
     ax.set_xlim(-0.5, 23.5)
     ax.set_xlabel("hour (UTC)")
     ax.set_ylabel("tokens")
-    ax.set_title("Tokens against the daily budget")
+    ax.set_title("Tokens against the daily budget" if not math.isnan(budget) else
+                 f"Tokens per hour ({NO_BUDGET})")
     ax.legend(fontsize=7, loc="upper left")
     return _png(fig)
 
@@ -591,15 +595,21 @@ def chart_quality(table: pd.DataFrame) -> bytes:
 
 # -- the report -----------------------------------------------------------------------------
 
-def configured_budgets(thresholds: ThresholdsConfig | None = None) -> tuple[float, float | None]:
+def configured_budgets(thresholds: ThresholdsConfig | None = None
+                       ) -> tuple[float | None, float | None]:
     """(daily token budget, daily cost budget) from the thresholds config (default: the
-    file's, without the Variable's overrides a DAG task passes in)."""
+    file's, without the Variable's overrides a DAG task passes in); None where none is set
+    or the rule is disabled."""
     from promptops.detection.thresholds import load_thresholds
 
     rules = (thresholds if thresholds is not None else load_thresholds()).rules
-    tokens = getattr(rules.get("daily_tokens"), "budget", None) or DEFAULT_TOKEN_BUDGET
-    cost = getattr(rules.get("daily_cost"), "budget", None)
-    return float(tokens), (float(cost) if cost is not None else None)
+
+    def budget(name: str) -> float | None:
+        rule = rules.get(name)
+        value = getattr(rule, "budget", None) if rule is not None and rule.enabled else None
+        return float(value) if value is not None else None
+
+    return budget("daily_tokens"), budget("daily_cost")
 
 
 def _change(now: float | None, before: float | None) -> float | None:
@@ -707,7 +717,7 @@ def completeness_section(d: ReportDay, cost_by_hour: pd.DataFrame,
         })
 
 
-def totals_section(d: ReportDay, budget_tokens: float, budget_cost_usd: float | None
+def totals_section(d: ReportDay, budget_tokens: float | None, budget_cost_usd: float | None
                    ) -> Section:
     """The day's cost, requests and tokens, against the budgets."""
     overall = d.rows[d.rows["dimension"] == mt.OVERALL]
@@ -720,7 +730,8 @@ def totals_section(d: ReportDay, budget_tokens: float, budget_cost_usd: float | 
     return Section(summary={
         "cost_usd": cost, "requests": requests,
         "total_tokens": tokens, "budget_tokens": budget_tokens,
-        "tokens_budget_share": tokens / budget_tokens if tokens is not None else None,
+        "tokens_budget_share": tokens / budget_tokens if tokens is not None and budget_tokens
+        else None,
         "tokens_projected_day": tokens_projected,
         "budget_cost_usd": budget_cost_usd,
         "cost_budget_share": cost / budget_cost_usd if cost is not None and budget_cost_usd
@@ -753,7 +764,7 @@ def breakdown_section(d: ReportDay) -> Section:
                  if other_users is not None else None})
 
 
-def tokens_section(d: ReportDay, budget_tokens: float) -> Section:
+def tokens_section(d: ReportDay, budget_tokens: float | None) -> Section:
     table = tokens_table(d.rows, d.statuses, budget_tokens)
     return Section(tables={"tokens_vs_budget": table},
                    charts={"tokens_vs_budget": chart_tokens(table)})
@@ -852,7 +863,7 @@ def movers_section(d: ReportDay) -> Section:
                         "comparisons": [c.as_dict(config.top) for c in movers]}})
 
 
-def report_sections(d: ReportDay, budget_tokens: float, budget_cost_usd: float | None
+def report_sections(d: ReportDay, budget_tokens: float | None, budget_cost_usd: float | None
                     ) -> dict[str, Section]:
     """Every section of the day's report, in the order their files are written."""
     cost_by_hour = cost_by_hour_section(d)
@@ -881,7 +892,8 @@ def build_report(lake: Lake, day: date | datetime | str, *, budget_tokens: float
     """Build the day's report and write it to ``<lake>/reports/date=YYYY-MM-DD/``.
 
     ``budget_tokens`` / ``budget_cost_usd``: default to the ``daily_tokens`` /
-    ``daily_cost`` budgets of ``thresholds`` (default: the file's). ``run_url``: the Airflow run, linked in the
+    ``daily_cost`` budgets of ``thresholds`` (default: the file's); where none is set the
+    report says "no budget set". ``run_url``: the Airflow run, linked in the
     footer. ``now``: hours ending after it are *pending*, not missing (default: the clock).
     Rebuilding a day replaces its files."""
     day, _, _ = day_bounds(day)
@@ -889,7 +901,7 @@ def build_report(lake: Lake, day: date | datetime | str, *, budget_tokens: float
         cfg_tokens, cfg_cost = configured_budgets(thresholds)
         budget_tokens = cfg_tokens if budget_tokens is None else budget_tokens
         budget_cost_usd = cfg_cost if budget_cost_usd is None else budget_cost_usd
-    if budget_tokens <= 0:
+    if budget_tokens is not None and budget_tokens <= 0:
         raise ReportError(f"token budget {budget_tokens!r}: must be positive (thresholds "
                           f"rule daily_tokens.budget)")
 
@@ -1100,8 +1112,10 @@ def slack_summary(result: ReportResult, report_url: str | None) -> dict[str, Any
         context += f" · <{s['run_url']}|Airflow run>"
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=context[:3000])]))
     hours = f"{s['hours_present']}/24 h"
+    tokens = f"{fmt_pct(s['tokens_budget_share'], 0)} of budget" if s["budget_tokens"] else \
+        f"{fmt_num(s['total_tokens'])} ({NO_BUDGET})"
     text = (f"promptops daily cost {s['day']}: {fmt_usd(s['cost_usd'])} ({hours}), tokens "
-            f"{fmt_pct(s['tokens_budget_share'], 0)} of budget, MTD {fmt_usd(s['mtd_cost_usd'])}")
+            f"{tokens}, MTD {fmt_usd(s['mtd_cost_usd'])}")
     top = next((c for c in s["cost_movers"]["comparisons"] if c["movers"]), None)
     if top:
         m = top["movers"][0]
@@ -1123,7 +1137,8 @@ def _summary_fields(result: ReportResult) -> list[str]:
     s = result.summary
     hours = f"{s['hours_present']}/24 h"
     tokens = f"{fmt_num(s['total_tokens'])} of {fmt_num(s['budget_tokens'])} " \
-             f"({fmt_pct(s['tokens_budget_share'], 0)})"
+             f"({fmt_pct(s['tokens_budget_share'], 0)})" if s["budget_tokens"] else \
+        f"{fmt_num(s['total_tokens'])} ({NO_BUDGET})"
     previous = s["previous_day"]
     # Why a comparison is n/a: the report day itself first, then the days it is compared to.
     no_cost_today = (f"no data for {s['day']}" if not s["hours_present"] else
