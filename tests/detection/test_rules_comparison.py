@@ -150,3 +150,29 @@ def test_also_against_needs_the_change_against_every_baseline():
     # Without last week's partition the main baseline alone decides.
     only_yesterday = MetricHistory({yesterday: history.frame(yesterday)})
     assert len(evaluate(config(tokens=tokens), now, only_yesterday, HOUR)) == 3
+
+
+def _requests(slice_: str, count: int, hour) -> tuple:
+    from promptops.stats import poisson_interval
+
+    lower, upper = poisson_interval(count)
+    return ("requests", "app", slice_, float(count), count, float(lower), float(upper))
+
+
+def test_shipped_traffic_drop_catches_a_small_app_and_ignores_an_unusual_last_week():
+    """The shipped requests_drop_vs_last_week: an app of ~600 calls an hour losing 80% of
+    them warns; an app whose same hour last week held a flood (13,000 calls), and that is
+    as busy as yesterday, does not; a holiday (40% of the traffic) does not."""
+    from promptops.detection.thresholds import load_thresholds
+
+    shipped = load_thresholds()
+    yesterday, last_week = HOUR - timedelta(days=1), HOUR - timedelta(weeks=1)
+    apps = {"dropped": (623, 610, 116), "flooded_last_week": (13_477, 231, 225),
+            "holiday": (2200, 2150, 880)}
+    history = MetricHistory.from_tables([
+        metrics([_requests(a, v[1], yesterday) for a, v in apps.items()], yesterday),
+        metrics([_requests(a, v[0], last_week) for a, v in apps.items()], last_week)])
+    now = metrics([_requests(a, v[2], HOUR) for a, v in apps.items()])
+    found = [f for f in evaluate(shipped, now, history, HOUR)
+             if f.rule == "requests_drop_vs_last_week"]
+    assert [(f.labels["slice"], f.severity) for f in found] == [("dropped", "warning")]

@@ -141,6 +141,24 @@ def test_short_history_warns_but_never_pages():
     assert early.severity == "critical"
 
 
+def test_volume_bands_wait_for_a_whole_week_and_the_weekday_again():
+    # The first Monday after the first weekend: tokens far above a band learnt mostly on
+    # the weekend. Volumes follow the weekly cycle, so a band younger than 8 days says
+    # nothing about them; an error-rate band of the same age still warns.
+    now = now_rows("total_tokens", "overall", ["*"], 9_000_000.0, 4000)
+    band = dict(expected=2_000_000.0, lower=1_000_000.0, upper=3_000_000.0)
+    young = band_rows("total_tokens", "overall", ["*"], *band.values(), history_hours=7 * 24)
+    assert band_findings(now, young, HOUR) == []
+    grown = band_rows("total_tokens", "overall", ["*"], *band.values(), history_hours=8 * 24)
+    [f] = band_findings(now, grown, HOUR)
+    assert f.severity == "warning"  # volumes never page on a band
+    assert band_findings(now, young, HOUR, BaselineConfig(min_volume_history_days=7))
+    rate_now = now_rows("error_rate", "overall", ["*"], 0.2, 5000)
+    [rate] = band_findings(rate_now, band_rows("error_rate", "overall", ["*"], 0.01, 0.005,
+                                               0.015, history_hours=7 * 24), HOUR)
+    assert rate.severity == "critical"
+
+
 def test_a_real_4x_latency_spike_on_a_region_still_pages():
     band = band_rows("latency_mean_ms", "region", ["eu-west"], 800.0, 650.0, 950.0)
     spike = now_rows("latency_mean_ms", "region", ["eu-west"], 3200.0, 400, 2950.0, 3450.0)

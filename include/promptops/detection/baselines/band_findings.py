@@ -42,7 +42,12 @@ import pyarrow.compute as pc
 from promptops.contracts.findings import Finding
 from promptops.contracts.metric_table import METRICS, OVERALL
 from promptops.detection.baselines.bands import read_bands, refit_baselines
-from promptops.detection.baselines.config import METRIC_UNITS, BaselineConfig, metric_bounds
+from promptops.detection.baselines.config import (
+    METRIC_UNITS,
+    VOLUME_METRICS,
+    BaselineConfig,
+    metric_bounds,
+)
 from promptops.detection.baselines.holt_winters import HOLT_WINTERS
 from promptops.detection.rules import SAMPLE_NOUNS, format_value, metric_label
 from promptops.errors import InvalidInput, MissingData
@@ -151,8 +156,10 @@ def _judge(df: pd.DataFrame, config: BaselineConfig) -> dict[str, np.ndarray]:
     low = (value < down) & (direction != "above")
     change = np.abs(value - expected)
     history = _history_days(df)
+    volume = np.isin(metrics, sorted(VOLUME_METRICS))
     fires = ((high | low) & (change >= needed) & (change > 0) & enough
-             & ~(history < config.min_warn_history_days))
+             & ~(history < config.min_warn_history_days)
+             & ~(volume & (history < config.min_volume_history_days)))
     half = np.where(high, up - expected, expected - down)
     critical = (change >= config.critical_factor * half) & ~np.isin(metrics, config.warning_only)
     cap = np.array([_severity_cap(m, d, config) for m, d in

@@ -187,6 +187,11 @@ class BaselineConfig(BaseSettings):
     #: Below this much history a band finding is not raised at all (one or two days say
     #: too little about an hour to warn on).
     min_warn_history_days: float = Field(default=2.0, ge=0.0)
+    #: Volumes (requests, tokens, cost) follow the weekly cycle, which a band cannot know
+    #: before it has seen a whole week and the weekday again: until then their departures
+    #: are not raised (the first Monday after the first weekend is outside every daily band).
+    #: The comparison rules (same hour yesterday / last week) watch volumes meanwhile.
+    min_volume_history_days: float = Field(default=8.0, ge=0.0)
     #: Coverage of the metric table's ``lower``/``upper`` (this hour's sampling interval,
     #: 95% by the metric table's contract); sets the z that turns it into a standard error.
     sampling_coverage: float = Field(default=0.95, gt=0.5, lt=1.0)
