@@ -183,7 +183,7 @@ def msg_of(notification: Any) -> Msg:
     firing = tuple(get("firing") or ()) or tuple(get("resolved") or ())
     return Msg(str(get("scope", "")), str(get("reason", "")), str(get("severity", "info")),
                get("evaluated_at"), tuple(get("connections") or ()), firing,
-               get("incident_id"), _text_or_none(get("root_cause")))
+               get("incident_id"), _text_or_none(get("cause") or get("root_cause")))
 
 
 def _text_or_none(value: Any) -> str | None:
@@ -321,7 +321,12 @@ def score_incident(label: Label, mine: list[Msg]) -> dict[str, Any]:
         row.update(delay_min=None, within=False, cause=None, cause_ok=False)
         return row
     first = firing[0]
-    firsts = [m for m in firing if m.at == first.at]
+    # The cause is read from the first messages that localise one: the 5-minute sensor sees
+    # the platform as a whole, so its early page names no slice; the hourly run does.
+    located = [m for m in firing if m.root_cause or any(
+        (a.get("annotations") or {}).get("root_cause_set") for a in m.alerts)]
+    named = located[0] if located else first
+    firsts = [m for m in (located or firing) if m.at == named.at]
     causes = [message_cause(m, label) for m in sorted(firsts, key=lambda m: (
         _SEVERITY_RANK.get(m.severity, 3), m.scope))]
     cause = causes[0]

@@ -215,3 +215,19 @@ def test_an_unrelated_alert_in_an_incidents_window_is_noise_not_a_detection():
     assert not batch.claims(msg(at(1, 2, 30), alerts=[latency]))
     assert batch.claims(msg(at(1, 2, 30), alerts=[alert("token_burst_5m", "user",
                                                         "svc-nightly-batch")]))
+
+
+def test_the_cause_is_read_from_the_first_message_that_localises_one():
+    """The 5-minute sensor pages first and sees only the platform as a whole; the hourly
+    run's incident names the model. The delay is the page's, the cause the hourly run's."""
+    burst = label("error_burst", at(8, 10), 2, {"model": "claude-3-5-sonnet"})
+    page = msg(at(8, 10, 10), "warning", scope="health",
+               alerts=[alert("api_success_rate_5m", severity="warning")])
+    hourly = msg(at(8, 11), "critical", root_cause="model=claude-3-5-sonnet",
+                 alerts=[alert("success_rate", "app", "chat", "critical",
+                               cause="app=chat&model=claude-3-5-sonnet")])
+    row = aq.score_incident(burst, [page, hourly])
+    assert row["delay_min"] == 10 and row["cause"] == "model=claude-3-5-sonnet"
+    assert row["cause_ok"]
+    # Without any localised message, the first message's slice is the answer.
+    assert aq.score_incident(burst, [page])["cause"] == "overall"

@@ -125,7 +125,11 @@ def test_at_most_one_message_per_incident_per_route_per_hour(sink, lake):
 
 
 def test_two_unrelated_causes_are_two_incidents(sink, lake):
-    findings = [finding(slice_="gpt-4o"), finding("latency_p95", "warning", slice_="gpt-4o"),
+    # The model's own slice is its cause (the whole slice moved alike, as the root-cause
+    # localisation says then).
+    whole = {"root_cause_set": "model=gpt-4o"}
+    findings = [finding(slice_="gpt-4o", annotations=whole),
+                finding("latency_p95", "warning", slice_="gpt-4o", annotations=whole),
                 finding(dimension="region", slice_="eu-west-1"),
                 finding("latency_p95", "warning", dimension="region", slice_="eu-west-1",
                         annotations={"root_cause_set": "region=eu-west-1"})]
@@ -406,3 +410,31 @@ def test_a_regional_latency_spike_is_not_the_open_burst_of_one_model(sink, lake)
     incident_of = {a["fingerprint"]: a["incident_id"] for a in out.firing}
     assert len({incident_of[f.fingerprint] for f in spike}) == 1
     assert incident_of[spike[1].fingerprint] != incident_of[burst()[0].fingerprint]
+
+
+def test_a_slice_without_a_cause_of_its_own_is_a_symptom_of_the_incident_that_explains_it(
+        sink, lake):
+    """A team whose error rate rose a little with one model's burst: the localisation finds
+    no cause within the team (too few of its calls moved), and the one incident with a
+    located cause on another dimension and the same metric explains it. It is a member of
+    that incident, not an incident (and a message) of its own; with two such incidents it
+    cannot know which one and stays its own."""
+    on_model = {"root_cause_set": "model=gpt-4o"}
+    burst_findings = [finding(slice_="gpt-4o", annotations=on_model),
+                      finding(dimension="overall", slice_="*", annotations=on_model),
+                      finding("success_rate", "warning", dimension="team", slice_="research"),
+                      finding("success_rate", "warning", dimension="region",
+                              slice_="ap-southeast-1")]
+    out = engine(lake, incident_config()).evaluate(burst_findings, T0, run_id="r0")
+    assert [(n.reason, n.firing) for n in out.notifications] == [("new", 4)]
+    assert len({a["incident_id"] for a in out.firing}) == 1
+    # A second located incident of the same metric: a new bare slice is ambiguous.
+    on_region = {"root_cause_set": "region=eu-west-1"}
+    later = [*burst_findings,
+             finding(dimension="region", slice_="eu-west-1", annotations=on_region),
+             finding("success_rate", "warning", dimension="app", slice_="search")]
+    out = engine(lake, incident_config()).evaluate(later, T0 + timedelta(hours=1),
+                                                   run_id="r1")
+    firing = {a["labels"]["slice"]: a["incident_id"] for a in out.firing}
+    assert len(set(firing.values())) == 3
+    assert firing["search"] not in (firing["gpt-4o"], firing["eu-west-1"])

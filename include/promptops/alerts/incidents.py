@@ -22,7 +22,12 @@ Each evaluation, firing alerts (muted ones too, so the log names their incident)
    success rate follows the one model whose success rate fell); else they join an open
    overall incident that has their metric or opened within ``min_message_interval`` (the
    other symptoms of one outage), or open one together;
-4. alerts of ``incidents.standalone_rules`` are each an incident of their own.
+4. alerts of ``incidents.standalone_rules`` are each an incident of their own;
+5. new alerts without any localised cause (a slice that moved too little to localise, such
+   as a team whose error rate rose a little with one model's burst) that relate to no
+   open incident join the one incident of this evaluation that explains them: a located
+   cause on other dimensions than theirs and a member of the same metric. With none, or
+   more than one, they are an incident of their own.
 
 An incident is open while its :class:`~promptops.alerts.state.GroupState` lives: from its
 first firing member until Slack has heard it resolved (or, never posted, until no member
@@ -181,6 +186,7 @@ def _place_keyed(keyed: list[str], records: dict[str, AlertRecord], keys: dict[s
     for node in [*keyed, *(k for k in joinable if k in uf.parent)]:
         parts.setdefault(uf.find(node), []).append(node)
     deferred: list[str] = []
+    bare_parts: list[list[str]] = []
     for nodes in parts.values():
         alerts = [n for n in nodes if n in records]
         # The part's own primary cause must relate to the incident's: an hour whose
@@ -194,10 +200,46 @@ def _place_keyed(keyed: list[str], records: dict[str, AlertRecord], keys: dict[s
                             and keys[fp] == slice_key(records[fp].labels) for fp in alerts):
             deferred += alerts
             continue
+        # No localised cause at all (not even "the slice itself"): a slice that moved too
+        # little to localise; placed once every caused incident is known.
+        if not olds and not any(records[fp].annotations.get("root_cause_set")
+                                for fp in alerts):
+            bare_parts.append(alerts)
+            continue
         target = olds[0] if olds else _open(groups, scope, now, alerts)
         for fp in alerts:
             out[fp] = target
+    for alerts in bare_parts:
+        target = _explaining_incident(alerts, records, keys, out, groups) \
+            or _open(groups, scope, now, alerts)
+        for fp in alerts:
+            out[fp] = target
     return deferred
+
+
+def _explaining_incident(alerts: list[str], records: dict[str, AlertRecord],
+                         keys: dict[str, Key], out: dict[str, str],
+                         groups: dict[str, GroupState]) -> str | None:
+    """The one incident that explains bare slices (no cause of their own, such as a team
+    whose error rate rose a little with one model's burst): an incident with a located
+    cause on other dimensions than the slices' and a member of the same metric. None when
+    no incident, or more than one, could explain them: then they are an incident."""
+    dims = {d for fp in alerts for d, _ in keys[fp]}
+    metrics = {_metric(records[fp]) for fp in alerts}
+    found: dict[str, tuple[set[str], set[str]]] = {}
+    for fp, k in out.items():
+        gs = groups[k]
+        if gs.labels.get("standalone") or gs.labels.get("overall"):
+            continue
+        cause_dims, member_metrics = found.setdefault(k, (set(), set()))
+        # Only a localised cause explains other slices: a member's located primary cause
+        # (its slice itself when the whole slice moved), never a bare member's slice.
+        located = (records[fp].annotations.get("root_cause_set") or "").split(";")[0]
+        cause_dims.update(d for d, _ in parse_key(located))
+        member_metrics.add(_metric(records[fp]))
+    candidates = [k for k, (cause_dims, member_metrics) in found.items()
+                  if cause_dims and not cause_dims & dims and metrics & member_metrics]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def _platform_metrics(overall: list[str], keyed: list[str], records: dict[str, AlertRecord],

@@ -244,9 +244,9 @@ class Platform:
             # Batched inference smooths load: a GPU follows the hour's traffic more than the
             # chance count of a few calls in the last 5 minutes (about 8 per node at the
             # average rate, so the raw count swings by a third).
-            recent = counts[name] / ref if ref > 0 else 0.0
+            last_5m = counts[name] / ref if ref > 0 else 0.0
             hourly = node_total[name] / 12.0 / ref if ref > 0 else 0.0
-            load = 0.25 * recent + 0.75 * hourly
+            load = 0.25 * last_5m + 0.75 * hourly
             rng = np.random.default_rng([self.config.seed, minute, ni])
             noise = rng.uniform(-4.0, 4.0, n_gpus)
             for g in range(n_gpus):
