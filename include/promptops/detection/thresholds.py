@@ -16,8 +16,9 @@ A ``defaults`` block fills fields a rule leaves out (only fields that rule kind 
 Threshold, comparison and composite rules judge an estimate together with its sampling
 error: the end of its two-sided ``confidence`` interval nearest the level (``use_bound``,
 on by default; the metric table's ``lower``/``upper`` re-derived at the rule's confidence).
-A higher ``confidence`` (0.99) asks for stronger evidence: fewer false alerts on small
-slices, a real change needs more calls to show.
+A higher ``confidence`` asks for stronger evidence: fewer false alerts on small slices, a
+real change needs more calls to show. The shipped file sets 0.99 in ``defaults`` (0.95 for
+the 5-minute rules, which need two bad windows in a row); a file that sets none gets 0.95.
 
 Single values can be changed without editing the file, lowest to highest precedence:
 
