@@ -183,7 +183,20 @@ def msg_of(notification: Any) -> Msg:
     firing = tuple(get("firing") or ()) or tuple(get("resolved") or ())
     return Msg(str(get("scope", "")), str(get("reason", "")), str(get("severity", "info")),
                get("evaluated_at"), tuple(get("connections") or ()), firing,
-               get("incident_id"), _text_or_none(get("cause") or get("root_cause")))
+               get("incident_id"), _incident_cause(notification))
+
+
+def _incident_cause(notification: Any) -> str | None:
+    """The engine's cause of the message's incident. An hourly incident without one moved
+    platform-wide ("overall"); the 5-minute sensor localises nothing, so its messages are
+    read from their alerts' slices."""
+    cause = getattr(notification, "cause", None)
+    if cause is None:
+        return _text_or_none(getattr(notification, "root_cause", None))
+    if cause:
+        return str(cause)
+    hourly = getattr(notification, "scope", "") == "hourly"
+    return "overall" if hourly and getattr(notification, "incident_id", None) else None
 
 
 def _text_or_none(value: Any) -> str | None:
@@ -323,8 +336,8 @@ def score_incident(label: Label, mine: list[Msg]) -> dict[str, Any]:
     first = firing[0]
     # The cause is read from the first messages that localise one: the 5-minute sensor sees
     # the platform as a whole, so its early page names no slice; the hourly run does.
-    located = [m for m in firing if m.root_cause or any(
-        (a.get("annotations") or {}).get("root_cause_set") for a in m.alerts)]
+    located = [m for m in firing if m.scope != "health" and (m.root_cause or any(
+        (a.get("annotations") or {}).get("root_cause_set") for a in m.alerts))]
     named = located[0] if located else first
     firsts = [m for m in (located or firing) if m.at == named.at]
     causes = [message_cause(m, label) for m in sorted(firsts, key=lambda m: (

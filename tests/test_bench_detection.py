@@ -231,3 +231,23 @@ def test_the_cause_is_read_from_the_first_message_that_localises_one():
     assert row["cause_ok"]
     # Without any localised message, the first message's slice is the answer.
     assert aq.score_incident(burst, [page])["cause"] == "overall"
+
+
+def test_an_hourly_incident_without_a_cause_moved_platform_wide():
+    """The engine names no cause for a platform-wide incident: for an hourly message that
+    reads "overall"; a 5-minute message's cause comes from its alerts' slices."""
+    from types import SimpleNamespace
+
+    def note(scope, cause):
+        return SimpleNamespace(scope=scope, reason="new", severity="critical",
+                               evaluated_at=at(17, 17), connections=["c"], firing=[
+                                   alert("baseline_error_rate", "app", "chat", "critical",
+                                         cause="app=chat")],
+                               incident_id="i1", cause=cause)
+
+    assert aq.msg_of(note("hourly", "")).root_cause == "overall"
+    assert aq.msg_of(note("hourly", "model=m")).root_cause == "model=m"
+    assert aq.msg_of(note("health", "")).root_cause is None
+    outage = label("api_down", at(17, 16), 1)
+    row = aq.score_incident(outage, [aq.msg_of(note("hourly", ""))])
+    assert row["cause"] == "overall" and row["cause_ok"]

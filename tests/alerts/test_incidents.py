@@ -422,11 +422,16 @@ def test_a_slice_without_a_cause_of_its_own_is_a_symptom_of_the_incident_that_ex
     on_model = {"root_cause_set": "model=gpt-4o"}
     burst_findings = [finding(slice_="gpt-4o", annotations=on_model),
                       finding(dimension="overall", slice_="*", annotations=on_model),
+                      # Another team and region, localised within themselves to the model.
+                      finding("success_rate", "warning", dimension="team", slice_="support",
+                              annotations={"root_cause_set": "model=gpt-4o&team=support"}),
+                      finding("success_rate", "warning", dimension="region", slice_="eu-1",
+                              annotations={"root_cause_set": "model=gpt-4o&region=eu-1"}),
                       finding("success_rate", "warning", dimension="team", slice_="research"),
                       finding("success_rate", "warning", dimension="region",
                               slice_="ap-southeast-1")]
     out = engine(lake, incident_config()).evaluate(burst_findings, T0, run_id="r0")
-    assert [(n.reason, n.firing) for n in out.notifications] == [("new", 4)]
+    assert [(n.reason, n.firing) for n in out.notifications] == [("new", 6)]
     assert len({a["incident_id"] for a in out.firing}) == 1
     # A second located incident of the same metric: a new bare slice is ambiguous.
     on_region = {"root_cause_set": "region=eu-west-1"}

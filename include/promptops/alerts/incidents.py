@@ -235,7 +235,11 @@ def _explaining_incident(alerts: list[str], records: dict[str, AlertRecord],
         # Only a localised cause explains other slices: a member's located primary cause
         # (its slice itself when the whole slice moved), never a bare member's slice.
         located = (records[fp].annotations.get("root_cause_set") or "").split(";")[0]
-        cause_dims.update(d for d, _ in parse_key(located))
+        own = dict(slice_key(records[fp].labels))
+        # Within a slice, the slice's own dimension is no cause (team=support's cause
+        # "model=M&team=support" is the model); a whole slice that moved is its own cause.
+        inner = {d for d, _ in parse_key(located) if d not in own}
+        cause_dims.update(inner or {d for d, _ in parse_key(located)})
         member_metrics.add(_metric(records[fp]))
     candidates = [k for k, (cause_dims, member_metrics) in found.items()
                   if cause_dims and not cause_dims & dims and metrics & member_metrics]
