@@ -29,21 +29,15 @@ from tests.helpers.caller_history import (
     BATCH_RATE,
     BATCH_TOKENS,
     BATCH_USER,
+    CALLS_RULE,
     TODAY,
+    TOKENS_RULE,
     batch_users,
     health_rows,
     write_batch_days,
 )
 from tests.helpers.rules import config as rules_config
 
-# The shipped per-caller health rules, judged on the value itself (the rows' own interval is
-# the rules' business, not this test's).
-CALLS_RULE = {"kind": "threshold", "source": "health", "window": "5m",
-              "metric": "peak_calls_per_minute", "direction": "above", "unit": "calls/min",
-              "warning": 100, "critical": 300, "min_samples": 1, "dimensions": ["user"],
-              "use_bound": False}
-TOKENS_RULE = {**CALLS_RULE, "metric": "tokens_per_minute_peak", "unit": "tokens",
-               "warning": 100_000, "critical": 300_000}
 THRESHOLDS = rules_config(abusive_caller_5m=CALLS_RULE, token_burst_5m=TOKENS_RULE)
 
 AT_BATCH = TODAY + timedelta(hours=2, minutes=30)

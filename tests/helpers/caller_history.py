@@ -22,6 +22,15 @@ BATCH_RATE = 70
 BATCH_TOKENS = 2_100
 STEP = timedelta(minutes=5)
 
+# The shipped per-caller health rules, judged on the value itself (the rows' own interval is
+# the rules' business, not these tests').
+CALLS_RULE = {"kind": "threshold", "source": "health", "window": "5m",
+              "metric": "peak_calls_per_minute", "direction": "above", "unit": "calls/min",
+              "warning": 100, "critical": 300, "min_samples": 1, "dimensions": ["user"],
+              "use_bound": False}
+TOKENS_RULE = {**CALLS_RULE, "metric": "tokens_per_minute_peak", "unit": "tokens",
+               "warning": 100_000, "critical": 300_000}
+
 
 def window_calls(at: datetime, users: dict[str, tuple[int, int]]) -> pa.Table:
     """Call records of the 5 minutes before ``at``: per user (calls per minute, tokens per

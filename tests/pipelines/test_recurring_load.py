@@ -19,7 +19,9 @@ from promptops.pipelines.hourly import findings_for_hour
 from tests.helpers.alerts import SECRET_PATH, slack_connection
 from tests.helpers.caller_history import (
     BATCH_USER,
+    CALLS_RULE,
     TODAY,
+    TOKENS_RULE,
     batch_users,
     health_rows,
     write_batch_days,
@@ -27,12 +29,8 @@ from tests.helpers.caller_history import (
 from tests.helpers.metric_tables import metric_rows
 from tests.helpers.rules import config as rules_config
 
-CALLS_5M = {"kind": "threshold", "source": "health", "window": "5m",
-            "metric": "peak_calls_per_minute", "direction": "above", "unit": "calls/min",
-            "warning": 100, "critical": 300, "min_samples": 1, "dimensions": ["user"],
-            "keep_firing_for": 0, "use_bound": False}
-TOKENS_5M = {**CALLS_5M, "metric": "tokens_per_minute_peak", "unit": "tokens",
-             "warning": 100_000, "critical": 300_000}
+CALLS_5M = {**CALLS_RULE, "keep_firing_for": 0}
+TOKENS_5M = {**TOKENS_RULE, "keep_firing_for": 0}
 CALLS_HOURLY = {**CALLS_5M, "source": "hourly", "window": "1h"}
 THRESHOLDS = rules_config(abusive_caller=CALLS_HOURLY, abusive_caller_5m=CALLS_5M,
                           token_burst_5m=TOKENS_5M)
