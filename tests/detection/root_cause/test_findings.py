@@ -294,3 +294,27 @@ def test_a_slow_region_is_named_within_each_model(tmp_path):
                      *(finding("latency_p95_ms", "model", m) for m in models))
     assert [n.get("root_cause_primary") for n in notes] == [
         "region=eu", "model=m0&region=eu", "model=m1&region=eu", "model=m2&region=eu"]
+
+
+def test_a_lake_younger_than_a_day_compares_with_the_hours_before(tmp_path):
+    """The first day of a deployment has no same hour on an earlier day: the cause is
+    still named, against the hours just before (the e2e burst otherwise paged once per
+    slice, none of them localised)."""
+    from datetime import timedelta
+
+    from promptops.contracts.datasets import CALLS
+
+    week = Lake(f"file://{tmp_path}/week")
+    lake_week(week, HOUR, error_rate={("m2", None): 0.3}, seed=3)
+    young = Lake(f"file://{tmp_path}/young")
+    # Only this hour and two healthy hours before it (yesterday's same hours, moved).
+    young.write_partition(CALLS, HOUR, week.read_partition(CALLS, HOUR))
+    for back in (1, 2):
+        young.write_partition(CALLS, HOUR - timedelta(hours=back),
+                              week.read_partition(CALLS, HOUR - timedelta(days=back)))
+    [notes] = [f.annotations for f in annotate_findings(young, HOUR, [finding()])]
+    assert notes["root_cause_primary"] == "model=m2"
+    # No earlier hour at all: nothing to compare with, no cause (and no failure).
+    alone = Lake(f"file://{tmp_path}/alone")
+    alone.write_partition(CALLS, HOUR, week.read_partition(CALLS, HOUR))
+    assert annotate_findings(alone, HOUR, [finding()])[0].annotations == {}

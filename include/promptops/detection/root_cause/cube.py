@@ -41,23 +41,31 @@ DEFAULT_DIMS = ("model", "provider", "app", "region", "team", "template", "gpu_n
 #: Per-call squared latency, summed per leaf for the standard error of a mean latency.
 LATENCY_SQ = "latency_sq_ms"
 
-_BASELINE = re.compile(r"^(previous_hour|previous_day|previous_week|same_hour_avg_(\d+)d)$")
+_BASELINE = re.compile(
+    r"^(previous_hour|previous_day|previous_week|same_hour_avg_(\d+)d|previous_(\d+)h)$")
 
 
 def baseline_hours(hour: datetime, baseline: str) -> list[datetime]:
     """The hours a baseline averages: ``previous_hour``, ``previous_day`` (same hour
-    yesterday), ``previous_week`` (same hour a week ago) or ``same_hour_avg_<k>d`` (the
-    same hour of each of the last k days)."""
+    yesterday), ``previous_week`` (same hour a week ago), ``same_hour_avg_<k>d`` (the
+    same hour of each of the last k days) or ``previous_<k>h`` (each of the k hours before,
+    for a lake younger than a day)."""
     match = _BASELINE.match(baseline)
     if not match:
         raise InvalidInput(f"unknown baseline {baseline!r}; use previous_hour, previous_day, "
-                         f"previous_week or same_hour_avg_<k>d (e.g. same_hour_avg_7d)")
+                         f"previous_week, same_hour_avg_<k>d (e.g. same_hour_avg_7d) or "
+                         f"previous_<k>h (e.g. previous_3h)")
     if baseline == "previous_hour":
         return [hour - timedelta(hours=1)]
     if baseline == "previous_day":
         return [hour - timedelta(days=1)]
     if baseline == "previous_week":
         return [hour - timedelta(days=7)]
+    if match.group(3):
+        hours = int(match.group(3))
+        if not 1 <= hours <= 48:
+            raise InvalidInput(f"baseline {baseline!r}: k must be between 1 and 48 hours")
+        return [hour - timedelta(hours=k) for k in range(1, hours + 1)]
     days = int(match.group(2))
     if not 1 <= days <= 60:
         raise InvalidInput(f"baseline {baseline!r}: k must be between 1 and 60 days")

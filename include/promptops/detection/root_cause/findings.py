@@ -46,6 +46,7 @@ from promptops.detection.root_cause.localization import (
     format_value,
     localize,
 )
+from promptops.errors import MissingData
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -417,7 +418,7 @@ def _explain(lake: Lake, hour: datetime, name: str, scope: dict[str, str],
     if (name, with_user) not in cubes:
         dims = DEFAULT_DIMS + (("user",) if with_user else ())
         try:
-            cubes[(name, with_user)] = (leaf_cube(lake, hour, name, dims, baseline, prices),
+            cubes[(name, with_user)] = (_leaf_cube(lake, hour, name, dims, baseline, prices),
                                         dims)
         except Exception as exc:  # no baseline yet, unreadable partition...
             log.warning("root cause for %s at %s skipped: %s", name, hour.isoformat(), exc)
@@ -432,6 +433,27 @@ def _explain(lake: Lake, hour: datetime, name: str, scope: dict[str, str],
         log.warning("root cause for %s on %s at %s skipped: %s", name,
                     absolute_label(scope) or OVERALL, hour.isoformat(), exc)
         return None
+
+
+#: A lake younger than the baseline (no same hour on any earlier day): the hours just before.
+YOUNG_LAKE_BASELINE = "previous_3h"
+
+
+def _leaf_cube(lake: Lake, hour: datetime, name: str, dims: tuple[str, ...], baseline: str,
+               prices: PriceTable | None) -> pd.DataFrame:
+    """The hour's leaf cube against ``baseline``; in a lake too young for it (the first day
+    of a deployment), against the hours just before, so a first incident still names its
+    cause (those hours may hold the incident's own start: a cause is then less likely to
+    be found, never a wrong one)."""
+    try:
+        return leaf_cube(lake, hour, name, dims, baseline, prices)
+    except MissingData:
+        if baseline == YOUNG_LAKE_BASELINE:
+            raise
+        log.info("root cause for %s at %s: no %s baseline yet, comparing with %s", name,
+                 hour.isoformat(), baseline, YOUNG_LAKE_BASELINE)
+        cube = leaf_cube(lake, hour, name, dims, YOUNG_LAKE_BASELINE, prices)
+        return cube
 
 
 def _isolation_forest_view(lake: Lake, hour: datetime) -> dict[tuple[str, str], str]:
