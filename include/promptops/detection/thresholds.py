@@ -150,7 +150,22 @@ class RuleBase(_Strict):
         return value
 
 
-class ThresholdRule(RuleBase):
+class _Judged(RuleBase):
+    """A rule that judges estimates with their sampling error.
+
+    ``use_bound``: a threshold judges the interval bound nearest its level (``upper`` for
+    ``below``) instead of the point value, so a small sample only alerts when it is
+    confidently bad; a comparison's change must hold beyond the sampling error of both
+    sides (a two-sample test: the sides' half-widths added in quadrature); a composite's
+    ``op``/``value`` conditions judge the bound nearest the value (``>``: lower bound), its
+    level conditions follow their threshold rule's own settings. ``confidence``: the
+    two-sided level of those intervals (0.95: a bound is a one-sided 97.5% bound)."""
+
+    use_bound: bool = True
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+
+
+class ThresholdRule(_Judged):
     kind: Literal["threshold"] = "threshold"
     metric: str = Field(min_length=1)
     #: ``below``: bad when the value is below the level; ``above``: bad when above it.
@@ -160,11 +175,6 @@ class ThresholdRule(RuleBase):
     critical: float | None = None
     #: Fewer samples than this and the slice is not judged (too little evidence).
     min_samples: int = Field(default=0, ge=0)
-    #: Judge the interval bound nearest to the level (``upper`` for ``below``) instead of
-    #: the point value, so a small sample only alerts when it is confidently bad.
-    use_bound: bool = True
-    #: Two-sided level of that interval (0.95: the bound is a one-sided 97.5% bound).
-    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
     @field_validator("critical")
     @classmethod
@@ -192,7 +202,7 @@ class Change(_Strict):
     change: float = Field(ge=0.0)
 
 
-class ComparisonRule(RuleBase):
+class ComparisonRule(_Judged):
     kind: Literal["comparison"] = "comparison"
     metric: str = Field(min_length=1)
     direction: Direction
@@ -205,11 +215,6 @@ class ComparisonRule(RuleBase):
     critical: Change | None = None
     #: Minimum samples on both sides (now and at the baseline).
     min_samples: int = Field(default=0, ge=0)
-    #: The change must hold beyond the sampling error of both sides (a two-sample test at
-    #: ``confidence``: the sides' interval half-widths added in quadrature), not just
-    #: between the point values.
-    use_bound: bool = True
-    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
     @field_validator("critical")
     @classmethod
@@ -252,15 +257,11 @@ class Condition(_Strict):
         return self
 
 
-class CompositeRule(RuleBase):
+class CompositeRule(_Judged):
     kind: Literal["composite"] = "composite"
     conditions: list[Condition] = Field(min_length=2)
     severity: Level = "critical"
     min_samples: int = Field(default=0, ge=0)
-    #: ``op``/``value`` conditions judge the bound nearest the value (``>``: lower bound);
-    #: level conditions follow their threshold rule's own settings.
-    use_bound: bool = True
-    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
 
 class BudgetRule(RuleBase):

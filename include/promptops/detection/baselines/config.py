@@ -12,7 +12,7 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from promptops.contracts import metric_table as mt
@@ -106,6 +106,13 @@ def _split_list(value: Any) -> Any:
                 raise ConfigError(f"not a valid JSON list ({exc.msg}); or give a,b,c") from None
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
+
+
+#: The shipped per-metric mappings, by field.
+_PER_METRIC_DEFAULTS: dict[str, dict[str, Any]] = {
+    "direction": _DEFAULT_DIRECTION, "min_change": _DEFAULT_MIN_CHANGE,
+    "min_relative_change": _DEFAULT_MIN_RELATIVE_CHANGE, "min_samples": _DEFAULT_MIN_SAMPLES,
+}
 
 
 def _merged(defaults: dict[str, Any], value: Any) -> dict[str, Any]:
@@ -222,25 +229,12 @@ class BaselineConfig(BaseSettings):
             raise ValueError("must name at least one dimension (e.g. overall)")
         return list(dict.fromkeys(value))
 
-    @field_validator("direction", mode="before")
+    @field_validator("direction", "min_change", "min_relative_change", "min_samples",
+                     mode="before")
     @classmethod
-    def _direction(cls, value: Any) -> dict[str, Any]:
-        return _merged(_DEFAULT_DIRECTION, value)
-
-    @field_validator("min_change", mode="before")
-    @classmethod
-    def _min_change(cls, value: Any) -> dict[str, Any]:
-        return _merged(_DEFAULT_MIN_CHANGE, value)
-
-    @field_validator("min_relative_change", mode="before")
-    @classmethod
-    def _min_relative_change(cls, value: Any) -> dict[str, Any]:
-        return _merged(_DEFAULT_MIN_RELATIVE_CHANGE, value)
-
-    @field_validator("min_samples", mode="before")
-    @classmethod
-    def _min_samples(cls, value: Any) -> dict[str, Any]:
-        return _merged(_DEFAULT_MIN_SAMPLES, value)
+    def _with_defaults(cls, value: Any, info: ValidationInfo) -> dict[str, Any]:
+        """A per-metric mapping given in part keeps the shipped values of the others."""
+        return _merged(_PER_METRIC_DEFAULTS[str(info.field_name)], value)
 
     @field_validator("min_change", "min_relative_change", "min_samples")
     @classmethod
