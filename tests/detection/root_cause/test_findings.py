@@ -128,10 +128,11 @@ def test_a_change_everywhere_on_overall_has_no_label(tmp_path):
 
 
 def test_findings_without_a_measure_or_cube_slice_are_left_alone(two_failures):
-    notes = annotate(two_failures, finding("intent_accuracy"),
+    notes = annotate(two_failures, finding("relevance_coverage"),
                      finding(dimension="user", slice_="other"),
-                     finding(dimension="intent", slice_="refund"))
-    assert notes == [{}, {}, {}]
+                     finding(dimension="intent", slice_="refund"),
+                     finding("intent_accuracy"))  # a measure, but no labelled call at all
+    assert notes == [{}, {}, {}, {}]
 
 
 def _noise_cube(rng, calls: float, rate: float) -> pd.DataFrame:

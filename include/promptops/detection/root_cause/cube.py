@@ -38,8 +38,12 @@ CUBE_DIMENSIONS = {"model": "model", "provider": "provider", "app": "app", "team
 #: The default cut for the hourly root cause (``user`` has too many values to be a default).
 DEFAULT_DIMS = ("model", "provider", "app", "region", "team", "template", "gpu_node")
 
-#: Per-call squared latency, summed per leaf for the standard error of a mean latency.
+#: Per-call squared latency and relevance, summed per leaf for the standard error of a
+#: mean (the cube's ``actual_sq`` / ``expected_sq``).
 LATENCY_SQ = "latency_sq_ms"
+RELEVANCE_SQ = "relevance_sq"
+#: A mean measure's numerator -> its squared per-call quantity.
+SQUARES = {"latency_ms": LATENCY_SQ, "relevance": RELEVANCE_SQ}
 
 _BASELINE = re.compile(
     r"^(previous_hour|previous_day|previous_week|same_hour_avg_(\d+)d|previous_(\d+)h)$")
@@ -75,6 +79,7 @@ def baseline_hours(hour: datetime, baseline: str) -> list[datetime]:
 def _call_quantities(calls: pa.Table, prices: PriceTable | None,
                      wanted: set[str]) -> dict[str, np.ndarray]:
     """Per-call values of the quantities a measure sums."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     n = calls.num_rows
@@ -99,6 +104,21 @@ def _call_quantities(calls: pa.Table, prices: PriceTable | None,
         latency = calls.column("latency_ms").to_numpy(zero_copy_only=False).astype(np.float64)
         latency = np.nan_to_num(latency)
         out["latency_ms"], out[LATENCY_SQ] = latency, latency * latency
+    if wanted & {"labelled", "correct"}:
+        # As the metric table: labelled = an expected intent; correct = the predicted one
+        # equals it (a labelled call without a prediction is wrong).
+        expected = calls.column("expected_intent").cast(pa.string())
+        predicted = calls.column("predicted_intent").cast(pa.string())
+        out["labelled"] = pc.is_valid(expected).to_numpy(zero_copy_only=False).astype(np.float64)
+        correct = pc.fill_null(pc.equal(expected, predicted), False)
+        out["correct"] = correct.to_numpy(zero_copy_only=False).astype(np.float64)
+    if wanted & {"scored", "relevance", RELEVANCE_SQ}:
+        score = np.asarray(calls.column("relevance_score").cast(pa.float64())
+                           .to_numpy(zero_copy_only=False), dtype=np.float64)
+        scored = ~np.isnan(score)  # a null score reads as NaN
+        relevance = np.where(scored, score, 0.0)
+        out["scored"], out["relevance"] = scored.astype(np.float64), relevance
+        out[RELEVANCE_SQ] = relevance * relevance
     return out
 
 
@@ -132,6 +152,10 @@ def _columns_for(dims: Sequence[str], quantities: Sequence[str]) -> list[str]:
         cols |= {"prompt_tokens", "completion_tokens", "cached_tokens", "model"}
     if {"latency_ms", LATENCY_SQ} & set(quantities):
         cols.add("latency_ms")
+    if {"labelled", "correct"} & set(quantities):
+        cols |= {"expected_intent", "predicted_intent"}
+    if {"scored", "relevance", RELEVANCE_SQ} & set(quantities):
+        cols.add("relevance_score")
     for d in dims:
         cols |= {"prompt_template", "prompt_version"} if d == "template" else {CUBE_DIMENSIONS[d]}
     return sorted(cols)
@@ -146,8 +170,9 @@ def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
     value is ``(none)``; ``template`` is ``"<template>@<version>"`` as in the metric table),
     with ``actual`` and ``expected`` (the measure's numerator summed over the leaf's calls)
     and, for a ratio measure, ``actual_den`` and ``expected_den``; ``actual_calls`` and
-    ``expected_calls`` are the leaf's calls (the support of a cause) and, for mean latency,
-    ``actual_sq`` / ``expected_sq`` the summed squared latencies (its standard error). ``expected`` is the mean
+    ``expected_calls`` are the leaf's calls (the support of a cause) and, for a mean
+    (latency, relevance), ``actual_sq`` / ``expected_sq`` the summed squared per-call values
+    (its standard error). ``expected`` is the mean
     over the baseline hours (:func:`baseline_hours`) that have a partition; a leaf absent in
     one of them counts 0 there. Cost is the priced part (``prices``: the project's table by
     default).
@@ -172,8 +197,9 @@ def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
     if bad:
         raise InvalidInput(f"measure {spec.name!r} sums {', '.join(bad)}, which calls do not "
                          f"have; use one of {', '.join(CALL_QUANTITIES)}")
-    # Support columns: every leaf's calls, and squared latencies for a mean latency.
-    support = ["calls"] + ([LATENCY_SQ] if spec.numerator == "latency_ms" else [])
+    # Support columns: every leaf's calls, and squared values for a mean.
+    squared = SQUARES.get(spec.numerator)
+    support = ["calls"] + ([squared] if squared else [])
     quantities = list(dict.fromkeys([*quantities, *support]))
     columns = _columns_for(dims, quantities)
 
@@ -205,9 +231,9 @@ def leaf_cube(lake: Lake, hour: datetime, measure: str | Measure,
         result["expected_den"] = out[f"e_{spec.denominator}"].to_numpy()
     result["actual_calls"] = out["a_calls"].to_numpy()
     result["expected_calls"] = out["e_calls"].to_numpy()
-    if LATENCY_SQ in quantities:
-        result["actual_sq"] = out[f"a_{LATENCY_SQ}"].to_numpy()
-        result["expected_sq"] = out[f"e_{LATENCY_SQ}"].to_numpy()
+    if squared:
+        result["actual_sq"] = out[f"a_{squared}"].to_numpy()
+        result["expected_sq"] = out[f"e_{squared}"].to_numpy()
     result.attrs["baseline_hours"] = len(past)  # what the expected values average
     return result
 

@@ -6,9 +6,9 @@ localises the change among that slice's own leaves (a finding on ``app=search-qa
 
 - one **primary** cause: the coarsest set of dimension values that explains most of the
   slice's excess (single values first, then pairs, then triples), with at least
-  ``min_calls`` calls and significant against its own sampling noise: binomial for a rate,
-  Poisson for calls and errors, the standard error for a mean latency, a compound Poisson
-  for tokens and cost;
+  ``min_calls`` calls and significant against its own sampling noise: binomial for a rate
+  (errors, intent accuracy), Poisson for calls and errors, the standard error for a mean
+  (latency, relevance), a compound Poisson for tokens and cost;
 - at most two **secondary** causes under the same tests. Causes are localised greedily on
   disjoint leaves, so their shares of the excess are disjoint and add up to 100% or less.
 
@@ -20,8 +20,17 @@ Annotations written on each finding (the alert engine and the incident grouping 
 ``root_cause`` (the sentence), ``root_cause_table`` (Markdown), ``root_cause_primary`` (the
 primary's absolute label) and ``root_cause_set`` (primary then secondaries, ``;``-separated).
 Labels are absolute: the alerted slice's own constraint is included and dimensions are in
-alphabetical order (``app=search-qa&model=gpt-4o``). A finding on ``overall`` whose change is
-everywhere gets no label.
+alphabetical order (``app=search-qa&model=gpt-4o``), unless the cause's own values imply it:
+on ``model=llama-3-70b``, a cause on ``gpu_node=gpu-node-02``, which serves no other model
+(this hour or the baseline, in the whole cube), is labelled ``gpu_node=gpu-node-02``. A
+whole slice that moved alike keeps its constraint (``model=llama-3-70b``). A finding on
+``overall`` whose change is everywhere gets no label.
+
+``root_cause_context`` (absolute label format; absent when empty): the dimension values
+outside the primary cause that every one of its calls shares, this hour and in the
+baseline, over the whole cube (``user`` and the missing value ``(none)`` aside). A cause
+``template=code_review@v1`` whose calls all come from one app and team gets
+``app=code-assistant&team=support``: the incident grouping sees it lies within the app's.
 """
 
 from __future__ import annotations
@@ -37,9 +46,10 @@ import numpy as np
 
 from promptops.contracts.findings import Finding
 from promptops.contracts.metric_table import OTHER_SLICE, OVERALL
-from promptops.detection.root_cause.cube import CUBE_DIMENSIONS, DEFAULT_DIMS, leaf_cube
+from promptops.detection.root_cause.cube import CUBE_DIMENSIONS, DEFAULT_DIMS, SQUARES, leaf_cube
 from promptops.detection.root_cause.localization import (
     MEASURES,
+    NONE_VALUE,
     Localization,
     Measure,
     RootCause,
@@ -62,6 +72,7 @@ ROOT_CAUSE_MEASURES = {
     "requests": "calls", "total_tokens": "tokens", "prompt_tokens": "tokens",
     "completion_tokens": "tokens", "cost_usd": "cost_usd", "latency_mean_ms": "latency_mean_ms",
     "latency_p95_ms": "latency_mean_ms", "latency_p99_ms": "latency_mean_ms",
+    "intent_accuracy": "intent_accuracy", "relevance_mean": "relevance_mean",
 }
 #: A primary cause explaining at least this share of the excess ends the search for a
 #: coarser answer (an operator acts on "region=eu-west-1", not on a triple).
@@ -131,6 +142,8 @@ class SliceExplanation:
     calls: float
     causes: list[Cause] = field(default_factory=list)
     min_calls: int = MIN_CAUSE_CALLS
+    #: Dimension values outside the primary cause that all of its calls share.
+    context: dict[str, str] = field(default_factory=dict)
 
     @property
     def primary(self) -> Cause | None:
@@ -227,7 +240,63 @@ def explain_slice(cube: pd.DataFrame, dims: Sequence[str], spec: Measure,
         causes = _checked_causes(loc, sub, spec, scope, min_calls, baseline_hours, candidates)
         return SliceExplanation(spec, dict(scope), actual, expected, calls, causes, min_calls)
 
-    return _coarsest_explanation(localise)
+    # Labels are shortened only once the layer is chosen: _narrows compares whole parts.
+    return _shortened(_coarsest_explanation(localise), cube, dims)
+
+
+def _shortened(explanation: SliceExplanation, cube: pd.DataFrame,
+               dims: Sequence[str]) -> SliceExplanation:
+    """The causes without the scope constraints their own values imply, and the primary's
+    context, both judged on the full cube (a value the slice's leaves all share may still
+    be one of several outside it)."""
+    if not explanation.causes:
+        return explanation
+    scope = explanation.scope
+    causes = [c if c.parts == scope else replace(c, parts=_implied_dropped(cube, scope, c.parts))
+              for c in explanation.causes]
+    primary = causes[0].parts
+    context = _shared_values(cube, dims, primary) if primary else {}
+    return replace(explanation, causes=causes, context=context)
+
+
+def _with_calls(cube: pd.DataFrame, parts: dict[str, str]) -> np.ndarray:
+    """The leaves of ``parts`` with calls this hour or in the baseline."""
+    calls = (cube["actual_calls"] > 0).to_numpy() | (cube["expected_calls"] > 0).to_numpy()
+    return _members(cube, parts) & calls
+
+
+def _implied_dropped(cube: pd.DataFrame, scope: dict[str, str],
+                     parts: dict[str, str]) -> dict[str, str]:
+    """``parts`` less each scope constraint that every call of the rest already meets
+    (``gpu_node=g2`` serving only ``model=m1`` needs no ``model=m1``): the smallest set of
+    values naming the same calls."""
+    out = dict(parts)
+    for d, v in scope.items():
+        rest = {k: x for k, x in out.items() if k != d}
+        if not rest:
+            continue
+        inside = _with_calls(cube, rest)
+        if inside.any() and bool((cube[d].to_numpy()[inside] == v).all()):
+            out = rest
+    return out
+
+
+def _shared_values(cube: pd.DataFrame, dims: Sequence[str],
+                   parts: dict[str, str]) -> dict[str, str]:
+    """The values of the other dimensions (``user`` aside) that every call of ``parts``
+    has; a missing value (``(none)``) is no context."""
+    inside = _with_calls(cube, parts)
+    if not inside.any():
+        return {}
+    out = {}
+    for d in dims:
+        if d in parts or d == "user":
+            continue
+        values = cube[d].to_numpy()[inside]
+        first = values[0]
+        if isinstance(first, str) and first != NONE_VALUE and bool((values == first).all()):
+            out[d] = first
+    return out
 
 
 def _coarsest_explanation(localise: Callable[[int], Any]) -> Any:
@@ -321,13 +390,16 @@ def _p_value(sub: pd.DataFrame, mask: np.ndarray, spec: Measure, sign: float,
         return _conditional(a, hours * e, den / (den + den_base) if den > 0 else 0.0, sign)
     if spec.name in ("calls", "errors"):  # Poisson counts: this hour against the baseline's
         return _conditional(a, hours * e, 1.0 / (1.0 + hours), sign)
-    if spec.name == "latency_mean_ms":  # a mean: Welch's standard error
-        if n <= 1 or n_exp <= 0:
+    if spec.is_ratio and spec.numerator in SQUARES:
+        # A mean (latency, relevance): Welch's standard error over the calls it averages
+        # (the denominator: all calls for latency, the scored ones for relevance).
+        m, m_exp = total("actual_den"), total("expected_den")
+        if m <= 1 or m_exp <= 0:
             return 1.0
-        mean, mean_exp = a / n, e / n_exp
-        var = max(total("actual_sq") / n - mean * mean, 0.0)
-        var_exp = max(total("expected_sq") / n_exp - mean_exp * mean_exp, 0.0)
-        se = math.sqrt(var / n + var_exp / (hours * n_exp))
+        mean, mean_exp = a / m, e / m_exp
+        var = max(total("actual_sq") / m - mean * mean, 0.0)
+        var_exp = max(total("expected_sq") / m_exp - mean_exp * mean_exp, 0.0)
+        se = math.sqrt(var / m + var_exp / (hours * m_exp))
         return _normal(sign * (mean - mean_exp), se)
     # Tokens, cost: a compound Poisson (calls Poisson, per-call amounts with CV about 1).
     per_call = e / n_exp if n_exp > 0 else (a / n if n > 0 else 0.0)
@@ -396,6 +468,8 @@ def cause_annotations(explanation: SliceExplanation | None) -> dict[str, str]:
         notes["root_cause_set"] = ";".join(labels)
     if explanation.primary.parts:
         notes["root_cause_primary"] = explanation.primary.label
+    if explanation.context:
+        notes["root_cause_context"] = absolute_label(explanation.context)
     return notes
 
 

@@ -117,7 +117,10 @@ class Measure:
 
 
 #: Per-call quantities a leaf cube can sum (see :func:`leaf_cube`).
-CALL_QUANTITIES = ("calls", "errors", "successes", "tokens", "cost_usd", "latency_ms")
+#: ``labelled``: calls with an expected intent; ``correct``: those whose predicted intent is
+#: it; ``scored``: calls with a relevance score; ``relevance``: the score (0 when unscored).
+CALL_QUANTITIES = ("calls", "errors", "successes", "tokens", "cost_usd", "latency_ms",
+                   "labelled", "correct", "scored", "relevance")
 
 MEASURES: dict[str, Measure] = {m.name: m for m in (
     Measure("calls", "calls", "calls", unit="count", noun="calls"),
@@ -130,6 +133,11 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
     Measure("cost_per_call", "cost per call", "cost_usd", "calls", "usd", "cost"),
     Measure("tokens_per_call", "tokens per call", "tokens", "calls", "count", "tokens"),
     Measure("latency_mean_ms", "mean latency", "latency_ms", "calls", "ms", "latency"),
+    # As the metric table: correct / labelled calls, and the mean score of the scored calls.
+    Measure("intent_accuracy", "intent accuracy", "correct", "labelled", "percent",
+            "correct intents", bounded=True, den_label="labelled calls"),
+    Measure("relevance_mean", "mean relevance", "relevance", "scored", "", "relevance",
+            den_label="scored calls"),
 )}
 
 
