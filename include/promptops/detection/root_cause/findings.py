@@ -294,8 +294,10 @@ def _shared_values(cube: pd.DataFrame, dims: Sequence[str],
             continue
         values = cube[d].to_numpy()[inside]
         first = values[0]
-        if isinstance(first, str) and first != NONE_VALUE and bool((values == first).all()):
-            out[d] = first
+        if first is None or first != first or str(first) == NONE_VALUE:  # missing, NaN
+            continue
+        if bool((values == first).all()):
+            out[d] = str(first)
     return out
 
 
