@@ -61,7 +61,7 @@ def _evaluate(store: AlertStore, findings, at, run_id):
 #: Fields added for incidents; an old document gets their defaults and nothing else changes.
 _INCIDENT_DEFAULTS = {"incident_id": None, "cause": "", "opened_at": None, "threads": {},
                       "members": [], "keys": [], "route_sent": {},
-                      "first_on_route": False}
+                      "first_on_route": False, "all_clear_waits": False}
 
 
 def _without_incident_defaults(value):

@@ -240,6 +240,16 @@ class IncidentsConfig(_Strict):
     #: the all-clear alike; the opening message and the first one on a newly reached route,
     #: such as a page after an escalation, go out at once).
     min_message_interval: Duration = timedelta(hours=1)
+    #: Scopes (evaluating DAGs) that share incidents: a new incident of one whose cause
+    #: relates to an open incident of another continues that incident (same id, same
+    #: thread, one floor per route), and its all-clear waits until no scope still has it
+    #: firing. Empty: every scope keeps its own incidents.
+    link_scopes: list[str] = Field(default_factory=lambda: ["health", "hourly"])
+    #: Alerts without a cause of their own (bare slices) that no incident explains join the
+    #: one incident of their scope opened this long ago or less: symptoms that follow an
+    #: incident within minutes (the GPUs a caller's flood loads) are that incident, not
+    #: another one. 0 turns it off.
+    concurrent_window: Duration = timedelta(minutes=15)
 
 
 class AlertingConfig(_Strict):

@@ -63,6 +63,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from promptops.alerts import incidents
 from promptops.alerts.config import AlertingConfig
 from promptops.alerts.silences import Silence, SilenceSource
 from promptops.alerts.stages import Plan, plan_evaluation, plan_gap_fill
@@ -255,6 +256,7 @@ class AlertEngine:
             by_fp[f.fingerprint] = f
         active, problems = self._active_silences(now)
         warnings += problems
+        peers = self._peers(warnings)
 
         for _ in range(self.max_conflicts):
             try:
@@ -281,7 +283,8 @@ class AlertEngine:
                 notes.append(self._gap_summary(plan.outcome, plan.log_rows, last))
             else:
                 plan = plan_evaluation(state, by_fp, now, self.config, active,
-                                       scope=self.scope, run_id=run_id, run_url=run_url)
+                                       scope=self.scope, run_id=run_id, run_url=run_url,
+                                       peers=peers)
                 # What a rerun of this evaluation returns (before delivery; deliveries
                 # update it as they are recorded).
                 plan.state.last_outcome = copy.deepcopy(plan.outcome)
@@ -308,6 +311,27 @@ class AlertEngine:
                            f"concurrent commits in a row; is a run stuck in a loop?")
 
     # -- paths ----------------------------------------------------------------------------
+
+    def _peers(self, warnings: list[str]) -> list[incidents.Peer]:
+        """The open incidents of the other scopes this one shares incidents with
+        (``incidents.link_scopes``), from their last committed state. Unreadable: none,
+        with a warning (each scope then keeps its own incidents)."""
+        linked = self.config.incidents.link_scopes
+        if self.config.grouping != "incidents" or self.scope not in linked:
+            return []
+        out: list[incidents.Peer] = []
+        for scope in linked:
+            if scope == self.scope:
+                continue
+            try:
+                state = AlertStore(self.store.lake, scope).load().state
+            except (StoreUnavailable, InvalidInput) as exc:
+                warnings.append(f"incidents of scope {scope!r} not read ({exc}); this "
+                                f"evaluation links none of them")
+                continue
+            if state is not None:
+                out += incidents.peers_of(scope, state)
+        return out
 
     def _active_silences(self, now: datetime) -> tuple[list[Silence], list[str]]:
         if isinstance(self.silences, SilenceSource):

@@ -26,8 +26,23 @@ Each evaluation, firing alerts (muted ones too, so the log names their incident)
 5. new alerts without any localised cause (a slice that moved too little to localise, such
    as a team whose error rate rose a little with one model's burst) that relate to no
    open incident join the one incident of this evaluation that explains them: a located
-   cause on other dimensions than theirs and a member of the same metric. With none, or
-   more than one, they are an incident of their own.
+   cause on other dimensions than theirs and a member of the same metric; with no such
+   incident at all, the one incident of the scope opened within
+   ``incidents.concurrent_window`` (the GPU load a
+   caller's flood causes minutes after it opened). With none, or more than one, bare
+   slices of one metric and dimension are one incident together (several GPU nodes at
+   once). Such symptoms never bring their slice to the incident's keys.
+
+A key also *lies within* another alert's context: ``annotations["root_cause_context"]``
+holds the dimension values every call of the alert's cause shares, so a template used by
+one app only joins that app's incident.
+
+Incidents are shared between the scopes of ``incidents.link_scopes`` (the 5-minute health
+sensor and the hourly run): a new incident whose cause relates to an open incident of
+another scope (both overall, or related keys) continues it. It takes that incident's id,
+thread and last message per route (one floor per route across scopes), its first message
+is an ``update``, and its all-clear waits while the other scope still has it firing
+(:class:`Peer`, read from that scope's last committed state).
 
 An incident is open while its :class:`~promptops.alerts.state.GroupState` lives: from its
 first firing member until Slack has heard it resolved (or, never posted, until no member
@@ -40,16 +55,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from promptops.alerts.config import AlertingConfig
-from promptops.alerts.state import FIRING, AlertRecord, GroupState, iso, parse_iso
+from promptops.alerts.state import FIRING, AlertRecord, AlertState, GroupState, iso, parse_iso
 from promptops.contracts.findings import SEVERITY_ORDER
 from promptops.contracts.metric_table import ALL, OVERALL
 
 INCIDENT_PREFIX = "incident:"
+#: A closed incident stays in its scope's state this long, so that a scope sharing it
+#: knows its all-clear was sent.
+CLOSED_KEPT = timedelta(days=1)
 
 Key = frozenset[tuple[str, str]]
 
@@ -104,6 +122,77 @@ def related(a: Key, b: Key) -> bool:
     return bool(small) and small <= big
 
 
+def context_key(rec: AlertRecord, key: Key) -> Key:
+    """``key`` plus the dimension values every call of the alert's located cause shares
+    (``annotations["root_cause_context"]``): a template used only by one app lies within
+    that app's incident."""
+    if not rec.annotations.get("root_cause_set"):
+        return key
+    return key | parse_key(rec.annotations.get("root_cause_context") or "")
+
+
+def _touches(a: Key, a_ctx: Key, b: Key, b_ctx: Key) -> bool:
+    """Related keys, or one key lying within the other's context."""
+    return related(a, b) or (bool(a) and a <= b_ctx) or (bool(b) and b <= a_ctx)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An open incident of another scope (``incidents.link_scopes``), as its last committed
+    state holds it: a new incident here that it relates to continues it."""
+
+    scope: str
+    #: Its group key (``incident:<id>``): a linked incident here uses the same one.
+    key: str
+    cause: str
+    overall: bool
+    opened_at: str | None
+    route_sent: dict[str, str]
+    threads: dict[str, str]
+    #: It has members firing there: an all-clear here waits for that scope's.
+    firing: bool
+    #: Slack has heard of it (from that scope, or from the one it continues): a new
+    #: incident here may continue it.
+    heard: bool = True
+    #: Nothing fires there any more, and its all-clear waits for this scope's.
+    all_clear_waits: bool = False
+    #: That scope sent its all-clear (kept a day after, see ``CLOSED_KEPT``).
+    closed: bool = False
+
+
+def is_closed(gs: GroupState) -> bool:
+    """Slack heard the incident resolve (what fires next opens a new one)."""
+    return gs.last_notified_at is not None and not gs.notified
+
+
+def peers_of(scope: str, state: AlertState) -> list[Peer]:
+    """The incidents of ``scope``'s state that are open, or closed within ``CLOSED_KEPT``."""
+    out = []
+    for key, gs in sorted(state.groups.items()):
+        if not is_incident(key) or gs.labels.get("standalone"):
+            continue
+        if is_closed(gs):
+            out.append(Peer(scope, key, gs.cause, _is_overall(gs), gs.opened_at, {}, {},
+                            firing=False, heard=False, closed=True))
+            continue
+        firing = any((rec := state.alerts.get(fp)) is not None and rec.status == FIRING
+                     for fp in gs.members)
+        heard = bool(gs.notified) or bool(gs.labels.get("linked"))
+        if firing or heard:
+            out.append(Peer(scope, key, gs.cause, _is_overall(gs), gs.opened_at,
+                            dict(gs.route_sent), dict(gs.threads), firing, heard,
+                            gs.all_clear_waits and not firing))
+    return out
+
+
+def _link(peers: Sequence[Peer], key: Key | None, groups: dict[str, GroupState]) -> Peer | None:
+    """The oldest open peer incident a new incident continues: one whose cause relates to
+    ``key``, or an overall one for an overall incident (``key`` None)."""
+    found = [p for p in peers if p.heard and not p.closed and p.key not in groups and (
+        p.overall if key is None else (not p.overall and related(key, parse_key(p.cause))))]
+    return min(found, key=lambda p: (p.opened_at or "", p.key), default=None)
+
+
 def _new_id(scope: str, now: str, fps: list[str]) -> str:
     raw = json.dumps([scope, now, sorted(fps)], separators=(",", ":"))
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
@@ -127,9 +216,11 @@ class _Union:
 
 
 def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
-           config: AlertingConfig, now: str, scope: str) -> dict[str, str]:
+           config: AlertingConfig, now: str, scope: str,
+           peers: Sequence[Peer] = ()) -> dict[str, str]:
     """Place every firing alert in an incident (see the module doc). Updates ``groups`` in
-    place (new incidents, members, keys, cause) and returns fingerprint -> group key."""
+    place (new incidents, members, keys, cause) and returns fingerprint -> group key. A new
+    incident that relates to an open incident of another scope (``peers``) continues it."""
     incidents = {k: gs for k, gs in groups.items() if is_incident(k)}
     member_of = {fp: k for k, gs in incidents.items() for fp in gs.members}
     standalone = set(config.incidents.standalone_rules)
@@ -143,15 +234,16 @@ def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
     keyed = [fp for fp in fresh if fp not in out and keys[fp]]
     overall = [fp for fp in fresh if fp not in out and not keys[fp]]
     platform = _platform_metrics(overall, keyed, records, keys, out, incidents)
-    deferred = _place_keyed(keyed, records, keys, out, groups, incidents, platform, scope,
-                            now)
-    _place_overall(overall, deferred, records, out, groups, incidents, scope, now,
+    opener = _Opener(groups, scope, now, peers)
+    deferred = _place_keyed(keyed, records, keys, out, groups, incidents, platform, opener,
+                            config.incidents.concurrent_window)
+    _place_overall(overall, deferred, records, out, groups, incidents, opener,
                    config.incidents.min_message_interval)
 
     for fp in fresh:  # only a joining alert brings its key: a member's cause annotation
         gs = groups[out[fp]]  # may wander later, and must not make its incident a magnet
         gs.members.append(fp)
-        text = key_text(keys[fp])
+        text = "" if fp in opener.symptoms else key_text(keys[fp])
         if text and text not in gs.keys and not gs.labels.get("standalone") \
                 and not gs.labels.get("overall"):
             gs.keys.append(text)
@@ -162,8 +254,8 @@ def assign(records: dict[str, AlertRecord], groups: dict[str, GroupState],
 
 def _place_keyed(keyed: list[str], records: dict[str, AlertRecord], keys: dict[str, Key],
                  out: dict[str, str], groups: dict[str, GroupState],
-                 incidents: dict[str, GroupState], platform: set[str], scope: str,
-                 now: str) -> list[str]:
+                 incidents: dict[str, GroupState], platform: set[str], opener: _Opener,
+                 concurrent: timedelta) -> list[str]:
     """Join new keyed alerts through related keys with each other and the open incidents
     (transitively): a connected part with open incidents joins the oldest, one without
     opens an incident, unless all its alerts are bare slices of platform-wide metrics:
@@ -171,16 +263,17 @@ def _place_keyed(keyed: list[str], records: dict[str, AlertRecord], keys: dict[s
     # An open incident is joined through its primary cause, not through every member's
     # key: a coarse slice that joined it (an app the cause lies in) must not pull in every
     # later problem of that app.
-    joinable = {k: [parse_key(gs.cause)] for k, gs in incidents.items()
+    joinable = {k: parse_key(gs.cause) for k, gs in incidents.items()
                 if gs.cause and not gs.labels.get("standalone")}
+    ctx = {fp: context_key(records[fp], keys[fp]) for fp in keyed}
     uf = _Union()
     for i, a in enumerate(keyed):
         uf.find(a)
         for b in keyed[i + 1:]:
-            if related(keys[a], keys[b]):
+            if _touches(keys[a], ctx[a], keys[b], ctx[b]):
                 uf.join(a, b)
-        for k, ks in joinable.items():
-            if any(related(keys[a], other) for other in ks):
+        for k, cause in joinable.items():
+            if _touches(keys[a], ctx[a], cause, cause):
                 uf.join(a, k)
     parts: dict[str, list[str]] = {}
     for node in [*keyed, *(k for k in joinable if k in uf.parent)]:
@@ -193,8 +286,9 @@ def _place_keyed(keyed: list[str], records: dict[str, AlertRecord], keys: dict[s
         # latency moved in one region touches the open burst of one model through the
         # model's slice, but is not that burst.
         own = parse_key(primary_cause([key_text(keys[fp]) for fp in alerts]))
-        olds = sorted((n for n in nodes if n in incidents
-                       and related(own, parse_key(incidents[n].cause))),
+        own_ctx = own.union(*(ctx[fp] - keys[fp] for fp in alerts))
+        olds = sorted((n for n in nodes if n in incidents and _touches(
+                           own, own_ctx, joinable[n], joinable[n])),
                       key=lambda k: (incidents[k].opened_at or "", k))
         if not olds and all(_metric(records[fp]) in platform
                             and keys[fp] == slice_key(records[fp].labels) for fp in alerts):
@@ -206,24 +300,51 @@ def _place_keyed(keyed: list[str], records: dict[str, AlertRecord], keys: dict[s
                                 for fp in alerts):
             bare_parts.append(alerts)
             continue
-        target = olds[0] if olds else _open(groups, scope, now, alerts)
+        target = olds[0] if olds else opener.open(alerts, own)
         for fp in alerts:
             out[fp] = target
+    # Bare slices of one metric and dimension that nothing explains are one symptom (load
+    # on several GPU nodes at once), not an incident per slice.
+    together: dict[tuple[frozenset[str], frozenset[str]], str] = {}
     for alerts in bare_parts:
-        target = _explaining_incident(alerts, records, keys, out, groups) \
-            or _open(groups, scope, now, alerts)
+        explaining = _explaining_incidents(alerts, records, keys, out, groups)
+        found = explaining[0] if len(explaining) == 1 else None if explaining \
+            else _concurrent_incident(groups, opener.now, concurrent)
+        if found is not None:
+            opener.symptoms.update(alerts)  # explained: their slices are no cause
+        else:
+            shape = (frozenset(_metric(records[fp]) for fp in alerts),
+                     frozenset(d for fp in alerts for d, _ in keys[fp]))
+            if shape not in together:
+                together[shape] = opener.open(alerts, frozenset().union(
+                    *(keys[fp] for fp in alerts)))
+            found = together[shape]
         for fp in alerts:
-            out[fp] = target
+            out[fp] = found
     return deferred
 
 
-def _explaining_incident(alerts: list[str], records: dict[str, AlertRecord],
-                         keys: dict[str, Key], out: dict[str, str],
-                         groups: dict[str, GroupState]) -> str | None:
-    """The one incident that explains bare slices (no cause of their own, such as a team
-    whose error rate rose a little with one model's burst): an incident with a located
-    cause on other dimensions than the slices' and a member of the same metric. None when
-    no incident, or more than one, could explain them: then they are an incident."""
+def _concurrent_incident(groups: dict[str, GroupState], now: str,
+                         window: timedelta) -> str | None:
+    """The one open incident of the scope opened within ``window`` of ``now`` (this
+    evaluation's included), which symptoms no incident could explain join; None when none
+    or several."""
+    if window <= timedelta(0):
+        return None
+    since = parse_iso(now) - window
+    recent = [k for k, gs in groups.items() if is_incident(k)
+              and not gs.labels.get("standalone") and gs.opened_at is not None
+              and parse_iso(gs.opened_at) >= since]
+    return recent[0] if len(recent) == 1 else None
+
+
+def _explaining_incidents(alerts: list[str], records: dict[str, AlertRecord],
+                          keys: dict[str, Key], out: dict[str, str],
+                          groups: dict[str, GroupState]) -> list[str]:
+    """The incidents that could explain bare slices (no cause of their own, such as a team
+    whose error rate rose a little with one model's burst): those with a located cause on
+    other dimensions than the slices' and a member of the same metric. One explains them;
+    with several it is ambiguous and they are an incident."""
     dims = {d for fp in alerts for d, _ in keys[fp]}
     metrics = {_metric(records[fp]) for fp in alerts}
     found: dict[str, tuple[set[str], set[str]]] = {}
@@ -243,7 +364,7 @@ def _explaining_incident(alerts: list[str], records: dict[str, AlertRecord],
         member_metrics.add(_metric(records[fp]))
     candidates = [k for k, (cause_dims, member_metrics) in found.items()
                   if cause_dims and not cause_dims & dims and metrics & member_metrics]
-    return candidates[0] if len(candidates) == 1 else None
+    return candidates
 
 
 def _platform_metrics(overall: list[str], keyed: list[str], records: dict[str, AlertRecord],
@@ -275,7 +396,7 @@ def _metric(rec: AlertRecord) -> str:
 
 def _place_overall(overall: list[str], symptoms: list[str], records: dict[str, AlertRecord],
                    out: dict[str, str], groups: dict[str, GroupState],
-                   incidents: dict[str, GroupState], scope: str, now: str,
+                   incidents: dict[str, GroupState], opener: _Opener,
                    recent_window: timedelta) -> None:
     """Overall alerts without a cause: each joins the only incident of this evaluation with
     a firing member of the same metric (the overall success rate follows the one model
@@ -297,7 +418,7 @@ def _place_overall(overall: list[str], symptoms: list[str], records: dict[str, A
         return
     # An open overall incident takes them when it already has this metric, or opened
     # recently (the other symptoms of one outage); a week-old budget alert does not.
-    recent = parse_iso(now) - recent_window
+    recent = parse_iso(opener.now) - recent_window
     overall_open = sorted((k for k in incidents if _is_overall(incidents[k])),
                           key=lambda k: (incidents[k].opened_at or "", k))
     fresh_rest = []
@@ -310,9 +431,34 @@ def _place_overall(overall: list[str], symptoms: list[str], records: dict[str, A
         else:
             out[fp] = target
     if fresh_rest:
-        target = _open(groups, scope, now, fresh_rest, overall=True)
+        target = opener.open(fresh_rest, None)
         for fp in fresh_rest:
             out[fp] = target
+
+
+class _Opener:
+    """Opens this evaluation's new incidents: with a fresh id, or continuing the open
+    incident of another scope that it relates to (same id and thread; the floor per route
+    carries over)."""
+
+    def __init__(self, groups: dict[str, GroupState], scope: str, now: str,
+                 peers: Sequence[Peer]) -> None:
+        self.groups, self.scope, self.now, self.peers = groups, scope, now, peers
+        #: Bare alerts placed in an incident that explains them: their keys stay out of it.
+        self.symptoms: set[str] = set()
+
+    def open(self, fps: list[str], key: Key | None) -> str:
+        """A new incident of alerts ``fps`` with primary cause ``key`` (None: overall)."""
+        overall = key is None
+        link = _link(self.peers, key, self.groups) if overall or key else None
+        if link is None:
+            return _open(self.groups, self.scope, self.now, fps, overall=overall)
+        labels = {"incident": incident_id(link.key), "linked": link.scope,
+                  **({"overall": "true"} if overall else {})}
+        self.groups[link.key] = GroupState(labels, -1, opened_at=self.now,
+                                           route_sent=dict(link.route_sent),
+                                           threads=dict(link.threads))
+        return link.key
 
 
 def _open(groups: dict[str, GroupState], scope: str, now: str, fps: list[str],

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
@@ -228,9 +229,12 @@ class Schedule:
 def schedule(groups: dict[str, Group], records: dict[str, AlertRecord], muted: dict[str, str],
              known: dict[str, GroupState], waiting: set[str], now: datetime,
              config: AlertingConfig, *, scope: str, run_id: str | None,
-             run_url: str | None) -> Schedule:
+             run_url: str | None, peers: Sequence[incidents.Peer] = ()) -> Schedule:
     """What each group is sent now. A group whose older message may still be in flight
-    (``waiting``) is sent nothing until it is delivered or abandoned."""
+    (``waiting``) is sent nothing until it is delivered or abandoned; the all-clear of an
+    incident shared with other scopes (``peers``) is sent once, by the last scope to
+    recover (:func:`_all_clear_now`)."""
+    open_in = {p.key: p for p in peers}
     entries: list[OutboxEntry] = []
     kept: dict[str, GroupState] = {}
     for key, g in groups.items():
@@ -243,6 +247,10 @@ def schedule(groups: dict[str, Group], records: dict[str, AlertRecord], muted: d
             resolved = []
         if is_incident(key):
             reason = _incident_reason(g, gs, bool(resolved), now, config)
+            if reason == "resolved":
+                gs, reason = _all_clear_now(gs, open_in.get(key), scope, now)
+            elif g.firing and gs.all_clear_waits:
+                gs = replace(gs, all_clear_waits=False)
         else:
             reason = _reason(g, seen, gs.last_notified_at, bool(resolved), now, config)
         if reason is not None and key not in waiting:
@@ -255,6 +263,22 @@ def schedule(groups: dict[str, Group], records: dict[str, AlertRecord], muted: d
         if g.firing or g.members or gs.notified or key in waiting or reason is not None:
             kept[key] = gs
     return Schedule(entries, kept)
+
+
+def _all_clear_now(gs: GroupState, peer: incidents.Peer | None, scope: str,
+                   now: datetime) -> tuple[GroupState, str | None]:
+    """An incident shared with another scope gets one all-clear, from the last scope to
+    recover: while the other still has it firing this one waits; when the other closed
+    it meanwhile (it sent the all-clear) this one closes silently; when both wait, the
+    scope first in name order sends."""
+    if peer is not None and peer.firing:
+        return replace(gs, all_clear_waits=True), None
+    if gs.all_clear_waits and peer is not None and peer.closed:  # the other one sent it
+        return replace(gs, notified={}, last_notified_at=iso(now), all_clear_waits=False), \
+            None
+    if peer is not None and peer.all_clear_waits and peer.scope < scope:
+        return replace(gs, all_clear_waits=True), None
+    return gs, "resolved"
 
 
 def _resolved_views(seen: dict[str, AlertView], records: dict[str, AlertRecord],
@@ -294,16 +318,13 @@ def _incident_reason(g: Group, gs: GroupState, any_resolved: bool, now: datetime
     At most one message per route per ``incidents.min_message_interval`` (its first on a
     route goes out at once, so an escalation pages without waiting); a change otherwise
     waits ``group_interval`` since the last message unless the severity rose."""
-    last_on_route = gs.route_sent.get(str(g.route_index))
-    floor_ok = last_on_route is None or \
-        now - parse_iso(last_on_route) >= config.incidents.min_message_interval
-    if not floor_ok:
+    if not _floor_ok(g, gs, now, config):
         return None
     seen = list(gs.notified.values())
     if not g.firing:
         return "resolved" if any_resolved and seen else None
-    if not seen:
-        return "new"
+    if not seen:  # a scope continuing another's incident adds to a thread Slack knows
+        return "update" if gs.labels.get("linked") else "new"
     views = [r.view() for r in g.firing]
     severity, was = incidents.severity_of(views), incidents.severity_of(seen)
     changed = severity != was or incidents.scope_of(views) != incidents.scope_of(seen)
@@ -315,6 +336,22 @@ def _incident_reason(g: Group, gs: GroupState, any_resolved: bool, now: datetime
     if since is None or since >= config.repeat_interval_for(g.route):
         return "repeat"
     return None
+
+
+def _floor_ok(g: Group, gs: GroupState, now: datetime, config: AlertingConfig) -> bool:
+    """Whether the incident may message ``g``'s route now: some connection of the route
+    has had no message of the incident (on any route) within ``min_message_interval``. A
+    warning's channel that the critical route also posts to is not messaged twice in an
+    hour; an escalation that reaches a new channel is."""
+    floor = config.incidents.min_message_interval
+    if not g.route.connections:
+        last = gs.route_sent.get(str(g.route_index))
+        return last is None or now - parse_iso(last) >= floor
+    recent: set[str] = set()
+    for index, at in gs.route_sent.items():
+        if now - parse_iso(at) < floor:
+            recent.update(_route_at(int(index), config).connections)
+    return not set(g.route.connections) <= recent
 
 
 def _with_incident(entry: OutboxEntry, gs: GroupState) -> OutboxEntry:
@@ -369,24 +406,27 @@ def _row(view: AlertView, event: str, now: datetime, scope: str, run_id: str | N
 
 def plan_evaluation(state: AlertState | None, findings: dict[str, Finding], now: datetime,
                     config: AlertingConfig, silences: list[Silence], *, scope: str,
-                    run_id: str | None, run_url: str | None) -> Plan:
+                    run_id: str | None, run_url: str | None,
+                    peers: Sequence[incidents.Peer] = ()) -> Plan:
     """The new state, the messages to send and the outcome of an evaluation at ``now`` (the
-    latest one), before delivery. ``state`` is not changed."""
+    latest one), before delivery. ``state`` is not changed. ``peers``: the open incidents
+    of the other linked scopes (:func:`promptops.alerts.incidents.peers_of`)."""
     state = state.copy() if state is not None else AlertState(scope)
     state.remember(now, findings, config.replay_window)
     records = advance(state.alerts, findings, now)
     muted = mute(records, config, silences)
-    records, groups, known = _grouped(state, records, muted, now, config, scope)
+    records, groups, known = _grouped(state, records, muted, now, config, scope, peers)
     # Older evaluations' messages: keep the ones that may still be in flight (their groups
     # wait); drop failed or abandoned ones, whose groups are simply due again.
     in_flight = [e for e in state.outbox if e.in_flight(config.claim_timeout)]
     waiting = {e.group_key for e in in_flight}
     due = schedule(groups, records, muted, known, waiting, now, config, scope=scope,
-                   run_id=run_id, run_url=run_url)
+                   run_id=run_id, run_url=run_url, peers=peers)
 
     state.version, state.scope = STATE_VERSION, scope
     state.last_evaluated_at, state.last_run_id = iso(now), run_id
-    state.alerts, state.groups, state.outbox = records, due.groups, in_flight + due.entries
+    state.alerts, state.outbox = records, in_flight + due.entries
+    state.groups = {**_closed_kept(state.groups, now), **due.groups}
     # Keep resolved alerts while a message may still have to tell Slack about them.
     state.prune_resolved()
     waiting_alerts = {r.fingerprint for g in groups.values() if g.key in waiting
@@ -400,7 +440,8 @@ def plan_evaluation(state: AlertState | None, findings: dict[str, Finding], now:
 
 
 def _grouped(state: AlertState, records: dict[str, AlertRecord], muted: dict[str, str],
-             now: datetime, config: AlertingConfig, scope: str
+             now: datetime, config: AlertingConfig, scope: str,
+             peers: Sequence[incidents.Peer] = ()
              ) -> tuple[dict[str, AlertRecord], dict[str, Group], dict[str, GroupState]]:
     """The records (tagged with their incidents), the evaluation's groups and the group
     states they start from. Switching to incidents drops the label groups of before (their
@@ -409,10 +450,34 @@ def _grouped(state: AlertState, records: dict[str, AlertRecord], muted: dict[str
         return records, group(records, muted, state.groups, config), state.groups
     # An incident Slack heard resolve is closed: what fires next opens a new one.
     known = {k: gs for k, gs in state.groups.items() if is_incident(k)
-             and not (gs.last_notified_at is not None and not gs.notified)}
-    placed = incidents.assign(records, known, config, iso(now), scope)
+             and not incidents.is_closed(gs)}
+    placed = incidents.assign(records, known, config, iso(now), scope, peers)
+    _share_floor(known, peers)
     records = incidents.tag(records, placed)
     return records, incident_groups(records, muted, known, placed, config), known
+
+
+def _closed_kept(groups: dict[str, GroupState], now: datetime) -> dict[str, GroupState]:
+    """Closed incidents of the last ``CLOSED_KEPT``: the scopes sharing one read that its
+    all-clear went out (:func:`_all_clear_now`)."""
+    since = now - incidents.CLOSED_KEPT
+    return {k: gs for k, gs in groups.items() if is_incident(k) and incidents.is_closed(gs)
+            and gs.last_notified_at is not None and parse_iso(gs.last_notified_at) >= since}
+
+
+def _share_floor(known: dict[str, GroupState], peers: Sequence[incidents.Peer]) -> None:
+    """An incident open in several scopes has one floor per route and one thread: each
+    scope takes the other's latest message per route and its thread ids."""
+    for peer in peers:
+        gs = known.get(peer.key)
+        if gs is None:
+            continue
+        for route, at in peer.route_sent.items():
+            mine = gs.route_sent.get(route)
+            if mine is None or parse_iso(at) > parse_iso(mine):
+                gs.route_sent[route] = at
+        for connection, ts in peer.threads.items():
+            gs.threads.setdefault(connection, ts)
 
 
 def incident_rows(groups: dict[str, Group], known: dict[str, GroupState],

@@ -134,6 +134,9 @@ class GroupState:
     #: Incidents with a bot token: the ``ts`` of its opening message per connection, which
     #: updates reply to (``thread_ts``) and ``chat.update`` rewrites.
     threads: dict[str, str] = field(default_factory=dict)
+    #: Incidents shared between scopes: its all-clear is due here but another scope still
+    #: had it firing, so this scope waits (see :func:`promptops.alerts.stages.schedule`).
+    all_clear_waits: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GroupState:
