@@ -160,6 +160,16 @@ class BaselineConfig(BaseSettings):
     #: become the expected shape. Not much lower: a heavy-tailed metric's own tail would go
     #: too, and its band would come out too narrow.
     outlier_mads: float = Field(default=10.0, gt=0.0)
+    #: A single whole day whose level (mean) is more than this many times below or above
+    #: the robust level of the window's other days is fitted as missing (imputed from the
+    #: day before), so a holiday (0.3-0.45x) or a one-day surge does not drag the next
+    #: day's band; two or more such days in a row are a level shift and are kept. 2 (0.5x
+    #: and 2x, symmetric in log) stays clear of a quiet weekend (~0.55x): a lone Saturday at
+    #: the window's end is the level Sunday follows. ``inf`` turns the imputation off.
+    odd_day_ratio: float = Field(default=2.0, gt=1.0)
+    #: ...and only when it is more than this many robust day-to-day spreads (1.4826 x the
+    #: MAD of the other days' log levels) away, so a noisy small slice keeps its days.
+    odd_day_spreads: float = Field(default=5.0, ge=0.0)
     #: Simulated forecast paths per series for the prediction band (its tails are
     #: quantiles of these paths, so enough of them to reach past the coverage).
     simulations: int = Field(default=2000, ge=200, le=20_000)

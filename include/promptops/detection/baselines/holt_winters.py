@@ -22,7 +22,10 @@ day-of-week factor is divided out before the fit and multiplied back into the fo
 Before fitting, gaps (up to ``max_gap_share``) are filled with their phase's median
 (never zero) and values more than ``outlier_mads`` robust deviations from their phase's
 median are clipped (never more than 2% of the points, so a quantised or low-noise series
-keeps its noise), so one past incident does not become the expected shape.
+keeps its noise), so one past incident does not become the expected shape. In a daily-season fit a single
+whole day whose level is far off the other days' (a holiday, a one-day surge; see
+``odd_day_ratio``) is fitted as missing (the day before in its place), so the day after it
+keeps its band; two such days in a row are a level shift, which the fit follows.
 
 Fallback (``median_mad``): per phase (hour of day) the median of the window's observed
 values, and as spread 1.4826 x their MAD once a phase has five values (before that, the
@@ -289,7 +292,14 @@ def _holt_winters(values: np.ndarray, season: int, horizon: int, config: Baselin
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
     y, filled, clipped = _prepare(values, season, config)
-    days = _weekday_factors(y, season) if week_cycles == 7 and season >= 2 else None
+    daily = week_cycles == 7 and season >= 2
+    days = _weekday_factors(y, season) if daily else None
+    odd: list[tuple[int, float]] = []
+    if daily:
+        observed = np.isfinite(values[len(values) - len(y):])
+        y, clipped, odd = _impute_odd_days(y, clipped, observed, season, days, config)
+        if odd:  # the weekly pattern without the odd day (a holiday blurs it)
+            days = _weekday_factors(y, season)
     if days is not None:
         y = y / _day_factor(days, len(y), -len(y), season)
     seasonal = None if season < 2 else ("mul" if np.all(y > 0) else "add")
@@ -331,6 +341,9 @@ def _holt_winters(values: np.ndarray, season: int, horizon: int, config: Baselin
         notes.append(f"{filled} missing filled with the phase median")
     if n_clipped:
         notes.append(f"{n_clipped} outlier(s) clipped")
+    if odd:
+        notes.append("odd day(s) fitted as missing: " + ", ".join(
+            f"x{ratio:.2f} {back} day(s) back" for back, ratio in odd))
     if days is not None:
         notes.append(f"day-of-week factors x{days.min():.2f} to x{days.max():.2f}")
     if day_sd > 0.05:
@@ -345,6 +358,8 @@ def _holt_winters(values: np.ndarray, season: int, horizon: int, config: Baselin
         "sigma": sigma, "error": "mul" if relative else "add", "sse": _num(res.sse),
         "points": len(y), "filled": filled, "clipped": n_clipped, "z": z,
         "day_level_sd": round(day_sd, 4),
+        # Whole days imputed as odd: [days back from the window's end, level ratio].
+        "odd_days": [[back, round(ratio, 4)] for back, ratio in odd],
         # By day, the day forecast first: what the daily cycle is multiplied by.
         "day_factors": None if days is None else [round(float(f), 4) for f in days],
     }
@@ -394,6 +409,61 @@ def _day_level_sd(y: np.ndarray, season: int) -> float:
         return 0.0
     daily = y[len(y) - n_days * season:].reshape(n_days, season).mean(axis=1)
     return float(np.std(np.log(daily), ddof=1))
+
+
+def _impute_odd_days(y: np.ndarray, clipped: np.ndarray, observed: np.ndarray, season: int,
+                     days: np.ndarray | None, config: BaselineConfig
+                     ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
+    """A single whole day (counted back from the window's end) whose level is an outlier
+    (``odd_day_ratio`` and ``odd_day_spreads``, see :class:`BaselineConfig`) against the
+    other days is replaced by its nearest normal day (the day before where there is one,
+    the ``_impute`` choice), scaled by their day-of-week factors: a holiday neither drags
+    the level the forecast starts from nor the daily profile. Two or more odd days in a
+    row in the same direction are a level shift the model must follow, and are kept.
+    Needs four complete (gap-free) days besides the odd one. Returns (values, clipped
+    mask, [(days back from the end, level ratio)])."""
+    n_days = len(y) // season
+    if n_days < 5 or not math.isfinite(config.odd_day_ratio):
+        return y, clipped, []
+    off = len(y) - n_days * season
+    factor = _day_factor(days, len(y), -len(y), season)
+    level = (y[off:] / factor[off:]).reshape(n_days, season).mean(axis=1)
+    complete = observed[off:].reshape(n_days, season).all(axis=1) & (level > 0)
+    if complete.sum() < 5:
+        return y, clipped, []
+    logs = np.log(np.where(level > 0, level, 1.0))
+    dev = np.zeros(n_days)
+    for d in np.flatnonzero(complete):
+        ref = logs[complete & (np.arange(n_days) != d)]
+        center = float(np.median(ref))
+        dev[d] = logs[d] - center
+        if not (abs(dev[d]) > math.log(config.odd_day_ratio)
+                and abs(dev[d]) > config.odd_day_spreads * _robust_sd(ref - center)):
+            dev[d] = 0.0
+    side = np.sign(dev)
+    odd: list[int] = []
+    for day in np.flatnonzero(side).tolist():
+        near = [e for e in (day - 1, day + 1) if 0 <= e < n_days]
+        # A neighbour with gaps might be the other half of a level shift: keep the day.
+        if all(complete[e] and side[e] != side[day] for e in near):
+            odd.append(day)
+    if not odd:
+        return y, clipped, []
+    y, clipped = y.copy(), clipped.copy()
+    normal = complete & (side == 0)
+    done = []
+    for day in odd:
+        # The nearest normal day, the earlier one first.
+        src = next((e for k in range(1, n_days) for e in (day - k, day + k)
+                    if 0 <= e < n_days and normal[e]), None)
+        if src is None:
+            continue
+        done.append(day)
+        to = slice(off + day * season, off + (day + 1) * season)
+        frm = slice(off + src * season, off + (src + 1) * season)
+        y[to] = y[frm] / factor[frm] * factor[to]
+        clipped[to] = clipped[frm]
+    return y, clipped, [(n_days - d, float(math.exp(dev[d]))) for d in done]
 
 
 def _widen_relative(expected: np.ndarray, lower: np.ndarray, upper: np.ndarray, width: float
