@@ -166,3 +166,16 @@ def test_a_template_whose_calls_all_belong_to_an_app_joins_that_apps_incident(si
     out = engine(lake, cfg).evaluate([app, template, bare], T0 + timedelta(hours=1),
                                      run_id="r1")
     assert len(ids(out)) == 2
+
+
+def test_a_cause_whose_calls_all_lie_in_the_slice_is_the_key_alone():
+    from promptops.alerts.incidents import correlation_key, parse_key
+    from promptops.alerts.state import AlertRecord
+
+    node = AlertRecord.start(latency_on_llama(), T0)
+    assert correlation_key(node) == parse_key("gpu_node=gpu-node-02&model=llama-3-70b")
+    implied = AlertRecord.start(finding(
+        "baseline_latency_p95_ms", "warning", slice_="llama-3-70b", metric="latency_p95_ms",
+        annotations={"root_cause_set": "gpu_node=gpu-node-02",
+                     "root_cause_context": "model=llama-3-70b&provider=self-hosted"}), T0)
+    assert correlation_key(implied) == parse_key("gpu_node=gpu-node-02")

@@ -107,13 +107,17 @@ def slice_key(labels: dict[str, str]) -> Key:
 
 def correlation_key(rec: AlertRecord) -> Key:
     """The alert's primary cause joined with its slice; its slice when the cause is absent
-    or names another value of one of the slice's own dimensions."""
+    or names another value of one of the slice's own dimensions; the cause alone when its
+    calls all lie in the slice anyway (``root_cause_context``: a finding on the model a
+    saturated GPU node serves has the node as its cause, not the node and the model)."""
     own = slice_key(rec.labels)
     primary = (rec.annotations.get("root_cause_set") or "").split(";")[0]
     cause = parse_key(primary)
     own_dims = dict(own)
     if any(d in own_dims and own_dims[d] != v for d, v in cause):
         return own
+    if cause and own <= cause | parse_key(rec.annotations.get("root_cause_context") or ""):
+        return cause
     return own | cause
 
 

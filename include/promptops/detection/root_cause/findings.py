@@ -389,7 +389,12 @@ def _p_value(sub: pd.DataFrame, mask: np.ndarray, spec: Measure, sign: float,
         # Rates: given all errors of the hour and the baseline, this hour's share of them
         # is binomial in its share of the calls (the conditional test of two rates).
         den, den_base = total("actual_den"), hours * total("expected_den")
-        return _conditional(a, hours * e, den / (den + den_base) if den > 0 else 0.0, sign)
+        share = den / (den + den_base) if den > 0 else 0.0
+        if a + hours * e > 0.5 * (den + den_base):
+            # A common outcome (a 90% intent accuracy) is not Poisson: test its complement,
+            # the rare one (the misses), which moves the other way.
+            return _conditional(den - a, den_base - hours * e, share, -sign)
+        return _conditional(a, hours * e, share, sign)
     if spec.name in ("calls", "errors"):  # Poisson counts: this hour against the baseline's
         return _conditional(a, hours * e, 1.0 / (1.0 + hours), sign)
     if spec.is_ratio and spec.numerator in SQUARES:
