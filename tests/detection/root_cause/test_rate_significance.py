@@ -41,3 +41,39 @@ def test_a_steady_accuracy_passes_the_cause_test_at_about_its_level():
         hits += _p_value(sub, mask, ACCURACY, -1.0, HOURS) < level
     assert hits / trials <= 0.015
     assert hits > 0  # and the test is not simply blind
+
+
+def _rollout_cube():
+    """Intent accuracy per leaf (app, model, template): support_triage@v2 ran until the last
+    hour at 90%; this hour only @v3 runs, at 68%; another app's template is steady."""
+    rows = []
+    for model in ("m1", "m2"):
+        rows.append({"app": "chat", "model": model, "template": "triage@v2", "actual": 0.0,
+                     "expected": 54.0, "actual_den": 0.0, "expected_den": 60.0,
+                     "actual_calls": 0.0, "expected_calls": 120.0})
+        rows.append({"app": "chat", "model": model, "template": "triage@v3", "actual": 41.0,
+                     "expected": 0.0, "actual_den": 60.0, "expected_den": 0.0,
+                     "actual_calls": 120.0, "expected_calls": 0.0})
+        rows.append({"app": "search", "model": model, "template": "rag@v1", "actual": 54.0,
+                     "expected": 54.0, "actual_den": 60.0, "expected_den": 60.0,
+                     "actual_calls": 120.0, "expected_calls": 120.0})
+    cube = pd.DataFrame(rows)
+    cube.attrs["baseline_hours"] = HOURS
+    return cube
+
+
+def test_a_new_prompt_version_is_judged_against_its_templates_earlier_versions():
+    from promptops.detection.root_cause.findings import explain_slice
+
+    cube, dims = _rollout_cube(), ("app", "model", "template")
+    own = explain_slice(cube, dims, ACCURACY, {"template": "triage@v3"})
+    assert own is not None and own.primary is not None
+    assert own.primary.label == "template=triage@v3"
+    assert own.expected == 0.9 and "triage's earlier versions" in own.sentence
+    # The app's own finding names the new version (a leaf with no past, tested against the
+    # app's expected accuracy), which lies within the app.
+    app = explain_slice(cube, dims, ACCURACY, {"app": "chat"})
+    assert app is not None and app.primary is not None
+    assert app.primary.label == "template=triage@v3"
+    # A steady template with no history problem gets no such rewrite.
+    assert explain_slice(cube, dims, ACCURACY, {"template": "rag@v1"}) is None

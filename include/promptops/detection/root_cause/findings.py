@@ -142,6 +142,8 @@ class SliceExplanation:
     calls: float
     causes: list[Cause] = field(default_factory=list)
     min_calls: int = MIN_CAUSE_CALLS
+    #: Where the expected value comes from when not from the slice's own past.
+    baseline_note: str = ""
     #: Dimension values outside the primary cause that all of its calls share.
     context: dict[str, str] = field(default_factory=dict)
 
@@ -158,7 +160,7 @@ class SliceExplanation:
     def sentence(self) -> str:
         m = self.measure
         head = (f"{m.label} {format_value(self.actual, m.unit)} vs "
-                f"{format_value(self.expected, m.unit)} expected")
+                f"{format_value(self.expected, m.unit)} expected{self.baseline_note}")
         if m.name != "calls":
             head += f" over {format_value(self.calls, 'count')} calls"
         if not self.causes:
@@ -221,6 +223,13 @@ def explain_slice(cube: pd.DataFrame, dims: Sequence[str], spec: Measure,
     if sub.empty:
         return None
     actual, expected = _values(sub, np.ones(len(sub), dtype=bool), spec)
+    note = ""
+    if not math.isfinite(expected) and "@" in scope.get("template", ""):
+        # A prompt version new this hour has no past of its own: its template's earlier
+        # versions are what it is expected to do (a rollout that broke the intents).
+        sub = _template_family(cube, dims, scope)
+        actual, expected = _values(sub, np.ones(len(sub), dtype=bool), spec)
+        note = f" (from {scope['template'].rsplit('@', 1)[0]}'s earlier versions)"
     calls = float(sub["actual_calls"].sum())
     if not (math.isfinite(actual) and math.isfinite(expected)) or actual == expected:
         return None
@@ -229,7 +238,8 @@ def explain_slice(cube: pd.DataFrame, dims: Sequence[str], spec: Measure,
                              if spec.is_ratio else {})
 
     if not free:
-        return SliceExplanation(spec, dict(scope), actual, expected, calls, [], min_calls)
+        return SliceExplanation(spec, dict(scope), actual, expected, calls, [], min_calls,
+                                note)
     locs = [localize(sub, free, measure=spec, max_layer=layers, max_causes=CANDIDATES,
                      min_share=0.0, **ratio) for layers in range(1, min(3, len(free)) + 1)]
     # Every layer is looked at: the causes' own tests are corrected for all their elements.
@@ -237,11 +247,32 @@ def explain_slice(cube: pd.DataFrame, dims: Sequence[str], spec: Measure,
 
     def localise(layers: int) -> SliceExplanation:
         loc = locs[min(layers, len(locs)) - 1]
-        causes = _checked_causes(loc, sub, spec, scope, min_calls, baseline_hours, candidates)
-        return SliceExplanation(spec, dict(scope), actual, expected, calls, causes, min_calls)
+        causes = _checked_causes(loc, sub, spec, scope, min_calls, baseline_hours, candidates,
+                                 expected)
+        return SliceExplanation(spec, dict(scope), actual, expected, calls, causes, min_calls,
+                                note)
 
     # Labels are shortened only once the layer is chosen: _narrows compares whole parts.
     return _shortened(_coarsest_explanation(localise), cube, dims)
+
+
+def _template_family(cube: pd.DataFrame, dims: Sequence[str],
+                     scope: dict[str, str]) -> pd.DataFrame:
+    """The leaves of ``scope`` with the expected side of every version of its template: this
+    hour's calls of the new version against the baseline of the template's earlier ones."""
+    version = scope["template"]
+    family = cube[cube["template"].astype(str).str.startswith(
+        version.rsplit("@", 1)[0] + "@")].copy()
+    for d, v in scope.items():
+        if d != "template":
+            family = family[family[d] == v]
+    others = (family["template"] != version).to_numpy()
+    for column in [c for c in family.columns if c.startswith("actual")]:
+        family.loc[others, column] = 0.0
+    family["template"] = version
+    out = family.groupby(list(dims), sort=False, as_index=False).sum(numeric_only=True)
+    out.attrs.update(cube.attrs)
+    return out
 
 
 def _shortened(explanation: SliceExplanation, cube: pd.DataFrame,
@@ -332,9 +363,10 @@ def _narrows(fine: Any, coarse: Any) -> bool:
 
 def _checked_causes(loc: Localization, sub: pd.DataFrame, spec: Measure,
                     scope: dict[str, str], min_calls: int, hours: int,
-                    candidates: int) -> list[Cause]:
+                    candidates: int, reference: float | None = None) -> list[Cause]:
     """The localisation's causes that move with the slice, rest on ``min_calls`` calls and
-    pass their own test: the primary and at most two secondaries, shares summing to <= 1."""
+    pass their own test: the primary and at most two secondaries, shares summing to <= 1.
+    ``reference``: the slice's expected value, what a cause new this hour is tested against."""
     sign = 1.0 if loc.actual >= loc.expected else -1.0
     taken = np.zeros(len(sub), dtype=bool)  # leaves of earlier causes (localize's greedy)
     kept: list[tuple[RootCause, np.ndarray]] = []
@@ -347,7 +379,8 @@ def _checked_causes(loc: Localization, sub: pd.DataFrame, spec: Measure,
         support = max(float(sub["actual_calls"][members].sum()),
                       float(sub["expected_calls"][members].sum()))
         level = CAUSE_ALPHA / max(candidates, 1)
-        if support < min_calls or _p_value(sub, members, spec, sign, hours) >= level:
+        if support < min_calls or _p_value(sub, members, spec, sign, hours,
+                                                      reference) >= level:
             continue
         kept.append((cause, members))
         if len(kept) > MAX_SECONDARY:
@@ -375,10 +408,12 @@ def _values(sub: pd.DataFrame, mask: np.ndarray, spec: Measure) -> tuple[float, 
 
 
 def _p_value(sub: pd.DataFrame, mask: np.ndarray, spec: Measure, sign: float,
-             hours: int) -> float:
+             hours: int, reference: float | None = None) -> float:
     """One-sided p-value of the cause's change in the slice's direction, under the sampling
     noise of its measure in both this hour and the ``hours`` baseline hours its expected
-    value averages (a baseline that happened to be low is no cause)."""
+    value averages (a baseline that happened to be low is no cause). A rate or mean cause
+    with no baseline calls (new this hour) is tested against ``reference``, the slice's
+    expected value, under this hour's noise alone."""
 
     def total(column: str) -> float:
         return float(sub[column][mask].sum())
@@ -389,6 +424,8 @@ def _p_value(sub: pd.DataFrame, mask: np.ndarray, spec: Measure, sign: float,
         # Rates: given all errors of the hour and the baseline, this hour's share of them
         # is binomial in its share of the calls (the conditional test of two rates).
         den, den_base = total("actual_den"), hours * total("expected_den")
+        if den_base <= 0:
+            return _one_sample(a, den, reference, sign)
         share = den / (den + den_base) if den > 0 else 0.0
         if a + hours * e > 0.5 * (den + den_base):
             # A common outcome (a 90% intent accuracy) is not Poisson: test its complement,
@@ -401,16 +438,32 @@ def _p_value(sub: pd.DataFrame, mask: np.ndarray, spec: Measure, sign: float,
         # A mean (latency, relevance): Welch's standard error over the calls it averages
         # (the denominator: all calls for latency, the scored ones for relevance).
         m, m_exp = total("actual_den"), total("expected_den")
-        if m <= 1 or m_exp <= 0:
+        if m <= 1 or (m_exp <= 0 and reference is None):
             return 1.0
-        mean, mean_exp = a / m, e / m_exp
+        mean = a / m
         var = max(total("actual_sq") / m - mean * mean, 0.0)
+        if m_exp <= 0:
+            return _normal(sign * (mean - float(reference or 0.0)), math.sqrt(var / m))
+        mean_exp = e / m_exp
         var_exp = max(total("expected_sq") / m_exp - mean_exp * mean_exp, 0.0)
         se = math.sqrt(var / m + var_exp / (hours * m_exp))
         return _normal(sign * (mean - mean_exp), se)
     # Tokens, cost: a compound Poisson (calls Poisson, per-call amounts with CV about 1).
     per_call = e / n_exp if n_exp > 0 else (a / n if n > 0 else 0.0)
     return _normal(sign * (a - e), per_call * math.sqrt(2 * max(n_exp, 1.0) * (1 + 1 / hours)))
+
+
+def _one_sample(count: float, den: float, rate: float | None, sign: float) -> float:
+    """P(X >= count) (``sign`` > 0) or P(X <= count) for X ~ Binomial(den, rate): a rate
+    with no past of its own against the slice's expected rate."""
+    from scipy.special import bdtr, bdtrc
+
+    n, k = round(den), round(count)
+    if rate is None or n <= 0 or not 0 < rate < 1:
+        return 1.0
+    if sign > 0:
+        return 1.0 if k <= 0 else float(bdtrc(k - 1, n, rate))
+    return float(bdtr(k, n, rate))
 
 
 def _conditional(now: float, base: float, p: float, sign: float) -> float:
