@@ -24,6 +24,18 @@ side; a zero-width band, from a constant history, makes every finding critical),
 median/MAD fallback band, and any band fitted on less than ``min_page_history_days`` (7) of
 history; below ``min_warn_history_days`` (2) there is no finding at all. Rule name
 ``baseline_<metric>``, kind ``baseline``.
+
+A slice's volume (``VOLUME_METRICS``: requests, tokens, cost...) is judged against the
+platform as well: when the rest of the platform (the metric's overall row less the slice)
+is at ``r`` times its expected value this hour, a slice outside its band but inside that
+band rescaled by ``r`` (``lower x r`` to ``upper x r`` around ``expected x r``, widened by
+the slice's own sampling error as above) moved with everything else and is not a finding
+-- also when the overall row fires, for then the overall finding is the incident. So on a
+holiday at 0.4x a quiet model at 0.4x stays silent, while one app at 0.2x in a steady
+platform, or one user's flood, still fires. This holds only for ``1/platform_move_max <=
+r <= platform_move_max`` (0.25x-4x): beyond that the platform is in an outage or a flood
+and each slice is judged alone, as it is when ``judge_slices_against_platform`` is off,
+the overall row is missing, or the rest is expected to carry under 10% of the traffic.
 """
 
 from __future__ import annotations
@@ -62,6 +74,10 @@ log = logging.getLogger(__name__)
 _KEY = ["metric", "dimension", "slice"]
 _METHOD_WORDS: dict[str, str] = {HOLT_WINTERS: "Holt-Winters", "median_mad": "median/MAD fallback"}
 _SUFFIXES = ("%", " ms", " tokens", "/5", " calls/min")
+#: The rest of the platform (overall less a slice) must be expected to carry at least this
+#: share of the traffic for its move to be measured: below it the ratio is the noise of two
+#: separately fitted bands that nearly cancel.
+_MIN_REST_SHARE = 0.1
 
 
 def band_findings(current: pa.Table | None, bands: pa.Table | None, hour: datetime,
@@ -160,6 +176,15 @@ def _judge(df: pd.DataFrame, config: BaselineConfig) -> dict[str, np.ndarray]:
     fires = ((high | low) & (change >= needed) & (change > 0) & enough
              & ~(history < config.min_warn_history_days)
              & ~(volume & (history < config.min_volume_history_days)))
+    # A slice that moved with the rest of the platform (a holiday) is no news of its own.
+    move = _platform_move(df, volume, config)
+    scaled = expected * move
+    up_m = np.fmin(scaled + np.hypot(np.fmax((upper - expected) * move, 0),
+                                     (value - s_lo) * ratio), bounds[:, 1])
+    down_m = np.fmax(scaled - np.hypot(np.fmax((expected - lower) * move, 0),
+                                       (s_hi - value) * ratio), bounds[:, 0])
+    with_platform = np.isfinite(move) & (value <= up_m) & (value >= down_m)
+    fires &= ~with_platform
     half = np.where(high, up - expected, expected - down)
     critical = (change >= config.critical_factor * half) & ~np.isin(metrics, config.warning_only)
     cap = np.array([_severity_cap(m, d, config) for m, d in
@@ -167,7 +192,36 @@ def _judge(df: pd.DataFrame, config: BaselineConfig) -> dict[str, np.ndarray]:
     return {"value": value, "expected": expected, "lower": down, "upper": up,
             "samples": samples, "high": high, "fires": fires, "needed": needed,
             "widened": widened, "critical": critical & (cap == None),  # noqa: E711
-            "cap": cap, "s_lo": s_lo, "s_hi": s_hi}
+            "cap": cap, "s_lo": s_lo, "s_hi": s_hi, "move": move, "move_lo": down_m,
+            "move_hi": up_m}
+
+
+def _platform_move(df: pd.DataFrame, volume: np.ndarray, config: BaselineConfig
+                   ) -> np.ndarray:
+    """Per row, how far the rest of the platform moved this hour (actual / expected of the
+    metric's overall row less this slice), for the volume slice rows it is judged against;
+    NaN where it is not (knob off, not a volume slice, no overall row, the rest too small a
+    share to measure, or a move beyond ``platform_move_max``: an outage or a flood)."""
+    move = np.full(len(df), np.nan)
+    if not config.judge_slices_against_platform:
+        return move
+    dims = df["dimension"].to_numpy()
+    overall = df[dims == OVERALL].set_index("metric")
+    sliced = volume & (dims != OVERALL) & df["metric"].isin(overall.index).to_numpy()
+    if not sliced.any():
+        return move
+    rows = df[sliced]
+    total = overall.loc[rows["metric"], ["value", "expected"]].to_numpy(dtype="float64")
+    # Less the slice's own share, so a slice that is most of the traffic (one model
+    # serving 90% of calls) is not excused by the overall move it caused itself.
+    rest_value = total[:, 0] - rows["value"].to_numpy(dtype="float64")
+    rest_expected = total[:, 1] - rows["expected"].to_numpy(dtype="float64")
+    measurable = rest_expected >= _MIN_REST_SHARE * total[:, 1]
+    r = np.divide(rest_value, rest_expected, out=np.full(len(rows), np.nan),
+                  where=measurable & (rest_expected > 0))
+    within = (r >= 1 / config.platform_move_max) & (r <= config.platform_move_max)
+    move[np.flatnonzero(sliced)] = np.where(within, r, np.nan)
+    return move
 
 
 def _history_days(df: pd.DataFrame) -> np.ndarray:
@@ -230,6 +284,11 @@ def _finding(row: pd.Series, i: int, j: dict[str, np.ndarray], config: BaselineC
                                 "samples)")
     if cap:
         annotations["severity_cap"] = f"warning only: {cap}"
+    if np.isfinite(j["move"][i]):
+        annotations["platform_move"] = (
+            f"the rest of the platform is at {j['move'][i]:.2f}x expected this hour; this "
+            f"slice is also outside its band rescaled by that "
+            f"({_range(fmt(j['move_lo'][i]), fmt(j['move_hi'][i]))})")
     high = bool(j["high"][i])
     return Finding(
         rule=f"baseline_{row.metric}", severity="critical" if j["critical"][i] else "warning",

@@ -209,6 +209,17 @@ class BaselineConfig(BaseSettings):
     #: are not raised (the first Monday after the first weekend is outside every daily band).
     #: The comparison rules (same hour yesterday / last week) watch volumes meanwhile.
     min_volume_history_days: float = Field(default=8.0, ge=0.0)
+    #: A slice's volume (requests, tokens, cost...) outside its band is not a finding when
+    #: it lies inside its band rescaled by how far the rest of the platform moved this hour
+    #: (actual / expected of the overall row less the slice): on a holiday at 0.4x every
+    #: slice is at 0.4x, and only a slice that moved against the platform (one app at 0.2x
+    #: while the rest is steady, one user's flood) is news. False judges each slice alone.
+    judge_slices_against_platform: bool = True
+    #: ...only while the platform's move is within this factor either way (4: 0.25x-4x).
+    #: Holidays (0.3-0.45x), weekends (~0.55x) and launch days (2-3x) lie inside; a
+    #: platform at 0.05x is an outage, and then each slice is judged alone again, so the
+    #: breakdown still shows which slices went down with it (the overall row fires too).
+    platform_move_max: float = Field(default=4.0, gt=1.0)
     #: Coverage of the metric table's ``lower``/``upper`` (this hour's sampling interval,
     #: 95% by the metric table's contract); sets the z that turns it into a standard error.
     sampling_coverage: float = Field(default=0.95, gt=0.5, lt=1.0)
