@@ -37,6 +37,14 @@ DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 #: Messages this long after an incident's end still belong to it (keep-firing, resolution).
 GRACE = timedelta(hours=2)
+#: How far back an evaluation of each scope looks: an hourly run at 04:00 judges 03:00-04:00
+#: (a batch that ended at 03:00 did not open its alert); a health run its last 5 minutes,
+#: twice for a rule with ``for: 2``; the daily run its day.
+LOOKS_BACK = {"hourly": timedelta(hours=1), "health": timedelta(minutes=10),
+              "daily": timedelta(days=1)}
+#: The per-caller rules: on a caller's first window, with no history yet, they judge by the
+#: ceiling alone (issue 13 section 2), so a batch's first night may warn.
+CALLER_RULES = frozenset({"token_burst_5m", "abusive_caller_5m", "abusive_caller"})
 #: Incident kinds first seen by the 5-minute health evaluation: detected within 10 minutes.
 HEALTH_KINDS = frozenset({"api_down", "gpu_saturation", "user_flood"})
 HEALTH_DEADLINE = timedelta(minutes=10)
@@ -140,13 +148,22 @@ class Label:
         return metrics is None or metric is None or metric in metrics
 
     def claims(self, m: Msg) -> bool:
-        """In the window (plus grace) and about this event (a message without alerts: by
-        time alone)."""
-        return self.covers(m.at) and (not m.alerts or any(self.relevant(a) for a in m.alerts))
+        """In the window and about this event (a message without alerts: by time alone).
+        A new alert must have looked at some of the window (an hourly one at the hour
+        before it); its updates and all-clear may come up to :data:`GRACE` after."""
+        if m.reason == "new":
+            seen = m.at - LOOKS_BACK.get(m.scope, HOUR)
+            in_time = any(a < m.at and seen < b for a, b in self.spans)
+        else:
+            in_time = self.covers(m.at)
+        return in_time and (not m.alerts or any(self.relevant(a) for a in m.alerts))
+
+    @property
+    def spans(self) -> list[tuple[datetime, datetime]]:
+        return self.windows or [(self.start, self.end)]
 
     def covers(self, at: datetime, grace: timedelta = GRACE) -> bool:
-        spans = self.windows or [(self.start, self.end)]
-        return any(a < at <= b + grace for a, b in spans)
+        return any(a < at <= b + grace for a, b in self.spans)
 
 
 @dataclass(frozen=True)
@@ -362,14 +379,26 @@ def offenders(messages: Iterable[Msg], top: int = 10) -> list[tuple[str, str, in
 
 
 def lookalike_hits(outside: list[Msg], labels: list[Label]) -> dict[str, dict[str, int]]:
-    """Messages outside incidents that fall in each look-alike's window."""
+    """Messages outside incidents that fall in each look-alike's window. A recurring one's
+    first window is counted apart (``first_window``) when only per-caller rules spoke: the
+    caller had no history yet and was judged by its ceiling alone, as section 2 asks."""
     out: dict[str, dict[str, int]] = {}
     for x in labels:
         if not x.harmless:
             continue
-        mine = [m for m in outside if x.claims(m)]
+        opened = {m.incident_id: x.claims(m) for m in outside
+                  if m.reason == "new" and m.incident_id is not None}
+        # An update or all-clear belongs where its incident opened (a noise warning
+        # opened before the batch is not the batch's when it resolves during it).
+        mine = [m for m in outside if opened.get(m.incident_id, True) and x.claims(m)]
+        first = [m for m in mine if x.windows and m.alerts
+                 and x.windows[0][0] < m.at <= x.windows[0][1] + GRACE
+                 and all(a.get("rule") in CALLER_RULES for a in m.alerts)]
+        mine = [m for m in mine if m not in first]
         out[x.kind] = {"messages": len(mine), "pages": sum(m.is_page for m in mine),
-                       "warnings": sum(m.is_warning for m in mine)}
+                       "warnings": sum(m.is_warning for m in mine),
+                       "first_window": len(first),
+                       "first_window_pages": sum(m.is_page for m in first)}
     return out
 
 
@@ -422,7 +451,8 @@ def done_when(result: dict[str, Any], control: dict[str, Any] | None) -> dict[st
         "<= 1 warning a day outside incidents":
             all(r["outside"]["max_warnings_per_day"] <= 1 for r in runs),
         "nothing on the batch, the rollout or the holiday":
-            all(v["messages"] == 0 for r in runs for v in r["lookalikes"].values()),
+            all(v["messages"] == 0 and v.get("first_window_pages", 0) == 0
+                for r in runs for v in r["lookalikes"].values()),
     }
 
 
@@ -741,6 +771,11 @@ def _print_outside(name: str, run: dict[str, Any]) -> None:
     print("  look-alikes: " + ", ".join(
         f"{k} {v['pages']} pages/{v['warnings']} warnings/{v['messages']} messages"
         for k, v in run["lookalikes"].items()))
+    for k, v in run["lookalikes"].items():
+        if v.get("first_window"):
+            print(f"  {k}'s first window: {v['first_window']} message(s) from the per-caller "
+                  f"rules, {v['first_window_pages']} page(s): a caller with no history is "
+                  f"judged by its ceiling alone (section 2); counted apart, never a page")
     if run["top_offenders"]:
         print("  top offenders outside incidents (rule, slice, alerts in messages):")
         for rule, where, n in run["top_offenders"]:

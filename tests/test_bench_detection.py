@@ -85,14 +85,15 @@ def test_messages_are_attributed_by_window_and_grace_and_by_incident_id():
     holiday = label("traffic_dip", at(10, 0), 24)
     messages = [
         msg(at(8, 11), incident_id="inc-1"),        # inside
-        msg(at(8, 14)),                             # end + 2 h: still its own
+        msg(at(8, 14), reason="update"),            # end + 2 h: still its own
+        msg(at(8, 14)),                             # opened on 13:00-14:00: not the burst
         msg(at(8, 15), reason="resolved", incident_id="inc-1"),  # late, same incident id
         msg(at(8, 15)),                             # later, no id: outside
         msg(at(8, 10)),                             # at the very start: not yet
         msg(at(10, 12)),                            # a holiday message is outside incidents
     ]
     owners = aq.attribute(messages, [burst, holiday])
-    assert owners == [burst.name, burst.name, burst.name, None, None, None]
+    assert owners == [burst.name, burst.name, None, burst.name, None, None, None]
 
 
 def test_detection_in_time_delay_and_cause_of_an_hourly_and_a_health_incident():
@@ -153,8 +154,35 @@ def test_batch_windows_recur_daily_and_lookalike_hits_are_counted():
                                                          "svc-nightly-batch", "critical")]),
                msg(at(1, 12))]
     hits = aq.lookalike_hits(outside, labels)
-    assert hits["scheduled_batch"] == {"messages": 1, "pages": 1, "warnings": 0}
+    assert hits["scheduled_batch"] == {"messages": 1, "pages": 1, "warnings": 0,
+                                       "first_window": 0, "first_window_pages": 0}
     assert aq.offenders(outside)[0] == ("token_burst_5m", "user=svc-nightly-batch", 1)
+
+
+def test_the_batchs_first_night_is_counted_apart_and_a_later_hour_is_not_the_batch():
+    """Night 0: the caller has no history, the per-caller rule judges by its ceiling alone
+    (counted apart, and still a failure if it pages); anything else that night counts. An
+    hourly alert opened at 04:00 looked at 03:00-04:00, after the batch: not the batch's."""
+    labels = aq.labels_for(3, incidents=False)
+    burst = alert("token_burst_5m", "user", "svc-nightly-batch")
+    first = [msg(at(0, 2, 5), alerts=[burst], scope="health"),
+             msg(at(0, 3, 5), reason="resolved", alerts=[burst], scope="health")]
+    hits = aq.lookalike_hits(first, labels)["scheduled_batch"]
+    assert (hits["messages"], hits["first_window"], hits["first_window_pages"]) == (0, 2, 0)
+    volume = alert("baseline_requests", "app", "doc-summarizer")
+    volume["labels"]["metric"] = "requests"
+    assert aq.lookalike_hits([msg(at(0, 3), alerts=[volume])], labels)[
+        "scheduled_batch"]["messages"] == 1
+    assert aq.lookalike_hits([msg(at(1, 4), alerts=[volume])], labels)[
+        "scheduled_batch"]["messages"] == 0
+    # Its all-clear at 04:00 still belongs to it.
+    assert aq.lookalike_hits([msg(at(1, 4), reason="resolved", alerts=[volume])], labels)[
+        "scheduled_batch"]["messages"] == 1
+    paged = [msg(at(0, 2, 5), "critical", alerts=[{**burst, "severity": "critical"}],
+                 scope="health")]
+    run = aq.score(paged, labels, 3)
+    assert run["lookalikes"]["scheduled_batch"]["first_window_pages"] == 1
+    assert not aq.done_when(run, None)["nothing on the batch, the rollout or the holiday"]
 
 
 def test_labels_cover_every_incident_kind_in_weeks_two_and_three():
@@ -251,3 +279,15 @@ def test_an_hourly_incident_without_a_cause_moved_platform_wide():
     outage = label("api_down", at(17, 16), 1)
     row = aq.score_incident(outage, [aq.msg_of(note("hourly", ""))])
     assert row["cause"] == "overall" and row["cause_ok"]
+
+
+def test_an_all_clear_in_the_batchs_window_follows_where_its_incident_opened():
+    labels = aq.labels_for(3, incidents=False)
+    volume = alert("baseline_requests", "app", "doc-summarizer")
+    volume["labels"]["metric"] = "requests"
+    before = [msg(at(1, 1), alerts=[volume], incident_id="noise"),
+              msg(at(1, 4), reason="resolved", alerts=[volume], incident_id="noise")]
+    assert aq.lookalike_hits(before, labels)["scheduled_batch"]["messages"] == 0
+    during = [msg(at(1, 3), alerts=[volume], incident_id="batch"),
+              msg(at(1, 4), reason="resolved", alerts=[volume], incident_id="batch")]
+    assert aq.lookalike_hits(during, labels)["scheduled_batch"]["messages"] == 2
