@@ -99,14 +99,14 @@ def promptops_hourly():
         """Pull, validate and dedupe one window (a whole hour goes straight to its partition)."""
         from airflow.sdk import get_current_context
 
-        from promptops.airflow_adapters.resources import lake, platform_client
+        from promptops.airflow_adapters.resources import lake, record_source
         from promptops.ingest.pull import replace_requested
         from promptops.ingest.windows import pull_window
 
         # Named by its window in the UI's list of mapped tasks (map_index_template).
         get_current_context()["window_label"] = \
             f"{window['start'][:16]} +{60 // window['parts']}m"
-        with platform_client() as client:
+        with record_source() as client:
             return pull_window(client, lake(), window, run_id=context["run_id"],
                                page_size=get_settings().page_size,
                                replace=replace_requested(context["dag_run"].conf))

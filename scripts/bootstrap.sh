@@ -22,3 +22,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${UV[@]}" pip install --quiet --python .venv/bin/python -r requirements-dev.txt -e .
   echo "$want" > "$stamp"
 fi
+
+# LiteLLM as a reference for the tests (its own environment: see requirements-litellm.txt).
+tool_stamp=.venv-litellm/.promptops-installed
+tool_want=$(sha256sum requirements-litellm.txt | cut -d' ' -f1)
+if [ "$(cat "$tool_stamp" 2>/dev/null)" != "$tool_want" ]; then
+  echo "promptops: installing LiteLLM (test reference) into .venv-litellm (uv)..." >&2
+  [ -x .venv-litellm/bin/python ] || "${UV[@]}" venv --quiet --python python3.11 .venv-litellm
+  "${UV[@]}" pip install --quiet --python .venv-litellm/bin/python -r requirements-litellm.txt
+  echo "$tool_want" > "$tool_stamp"
+fi

@@ -31,6 +31,19 @@ class Settings(BaseSettings):
     #: Airflow connection that holds the platform's base URL (host) and API key (password).
     platform_conn_id: str = "prompt_platform"
 
+    # Where call records come from (README "Where your records come from").
+    #: ``platform_api`` (the simulator's and the contract's API), ``otel`` (OpenTelemetry
+    #: GenAI spans as the Collector's file or S3 exporter writes them) or ``litellm`` (the
+    #: LiteLLM proxy's ``LiteLLM_SpendLogs`` table).
+    source: Literal["platform_api", "otel", "litellm"] = "platform_api"
+    #: The YAML that says which attribute, column or metadata key gives each call-record
+    #: field, per source (default: include/config/sources.yaml).
+    source_mapping_file: Path | None = None
+    #: Where the Collector writes OTLP JSON (``file://`` or ``s3://``), hour-partitioned keys.
+    otel_landing_uri: str = Field(default=f"file://{PROJECT_ROOT / 'data' / 'otel'}")
+    #: Airflow Postgres connection to the LiteLLM proxy's database.
+    litellm_conn_id: str = "litellm_db"
+
     # Ingest
     page_size: int = Field(default=10_000, ge=1, le=10_000)
     #: Share of rejected records above which an ingest fails (after writing what was good).

@@ -112,6 +112,36 @@ def judge_connection(conn_id: str) -> tuple[str, str | None]:
     return base_url, api_key
 
 
+def postgres_connector(conn_id: str) -> Any:
+    """A zero-argument callable that opens a psycopg connection to the Postgres behind
+    Airflow connection ``conn_id`` (type ``postgres``: host, port, login, password, schema as
+    the database), its password registered with the masker. Raises ``ConfigError`` naming
+    the connection when it does not exist."""
+    from promptops.errors import ConfigError
+
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        raise ConfigError(f"no Airflow connection {conn_id!r}: add a Postgres connection to "
+                          f"the LiteLLM proxy's database (AIRFLOW_CONN_{conn_id.upper()}="
+                          f"postgresql://user:pass@host:5432/litellm) or set "
+                          f"PROMPTOPS_LITELLM_CONN_ID") from None
+    if conn.password:
+        mask_secret(conn.password, f"the password of connection {conn_id!r}")
+    params: dict[str, Any] = {"host": conn.host or "localhost", "port": conn.port or 5432,
+              "user": conn.login or None, "password": conn.password or None,
+              "dbname": conn.schema or None}
+
+    def connect() -> Any:
+        import psycopg
+        from psycopg.conninfo import make_conninfo
+
+        return psycopg.connect(make_conninfo("", **{k: v for k, v in params.items()
+                                                     if v is not None}))
+
+    return connect
+
+
 def connection_exists(conn_id: str) -> bool:
     """Whether Airflow knows this connection (env ``AIRFLOW_CONN_*``, secrets, metadata DB).
     A lookup that fails otherwise (a secrets backend hiccup) says yes: the caller tries to

@@ -10,7 +10,9 @@ Cheap to import: the library modules are imported by the functions that need the
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from promptops.airflow_adapters import connections
@@ -88,6 +90,32 @@ def platform_client(conn_id: str | None = None,
     connections.mask_secret(api_key, "the API key")
     return PlatformClient.from_settings(base_url, api_key, settings, breaker_name=conn_id,
                                         breaker_store=breaker_store(settings))
+
+
+@contextlib.contextmanager
+def record_source(settings: Settings | None = None) -> Iterator[Any]:
+    """Where the hourly pull reads call records (``PROMPTOPS_SOURCE``): the platform's client
+    (default), the OpenTelemetry spans under ``PROMPTOPS_OTEL_LANDING_URI``, or the LiteLLM
+    proxy's spend logs behind Airflow connection ``PROMPTOPS_LITELLM_CONN_ID``; fields as
+    the source mapping says (``PROMPTOPS_SOURCE_MAPPING_FILE``)."""
+    from promptops.ingest.sources.mapping import load_source_mapping
+    from promptops.settings import get_settings
+
+    settings = settings or get_settings()
+    if settings.source == "platform_api":
+        with platform_client(settings=settings) as client:
+            yield client
+        return
+    mapping = load_source_mapping(settings.source_mapping_file)
+    if settings.source == "otel":
+        from promptops.ingest.sources.otel import OtelSpanSource
+
+        yield OtelSpanSource(settings.otel_landing_uri, mapping.otel)
+        return
+    from promptops.ingest.sources.litellm import SpendLogSource
+
+    yield SpendLogSource(connections.postgres_connector(settings.litellm_conn_id),
+                         mapping.litellm)
 
 
 def relevance_judge(config: JudgeConfig) -> RelevanceJudge:

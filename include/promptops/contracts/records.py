@@ -19,7 +19,7 @@ lost and the reason can be acted on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
@@ -37,9 +37,9 @@ _DIM = pa.dictionary(pa.int32(), pa.string())
 CALLS_SCHEMA = pa.schema([
     pa.field("call_id", pa.string(), nullable=False),
     pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("user_id", _DIM, nullable=False),
+    pa.field("user_id", _DIM),  # required from the platform API, may be null elsewhere
     pa.field("team", _DIM),
-    pa.field("app", _DIM, nullable=False),
+    pa.field("app", _DIM),  # required from the platform API, may be null elsewhere
     pa.field("prompt_template", _DIM),
     pa.field("prompt_version", _DIM),
     pa.field("model", _DIM, nullable=False),
@@ -58,6 +58,11 @@ CALLS_SCHEMA = pa.schema([
     pa.field("prompt_text", pa.string()),
     pa.field("response_text", pa.string()),
     pa.field("gpu_node", _DIM),
+    # Sources other than the platform API (issue 14): cache writes (billed by Anthropic),
+    # the source's own cost figure (LiteLLM's spend) and the hashed API key (never in clear).
+    pa.field("cache_creation_tokens", pa.int64()),
+    pa.field("source_cost_usd", pa.float64()),
+    pa.field("api_key_hash", _DIM),
 ])
 
 #: Quarantine rows: the raw record and why it was kept out of the lake.
@@ -127,7 +132,13 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     FieldRule("prompt_text", _STR),
     FieldRule("response_text", _STR),
     FieldRule("gpu_node", _STR),
+    FieldRule("cache_creation_tokens", _INT, non_negative=True),
+    FieldRule("source_cost_usd", _NUM, non_negative=True),
+    FieldRule("api_key_hash", _STR),
 )
+#: Fields the platform API must send but another source may not have (no mapping gives
+#: them): null there, never invented.
+SOURCE_OPTIONAL = frozenset({"user_id", "app"})
 
 
 @dataclass
@@ -218,11 +229,14 @@ def _check_field(rule: FieldRule, arr: pa.Array, is_obj: np.ndarray, verdict: _V
             verdict.reject(present & ~choice_ok, INVALID_VALUE, rule.name)
 
 
-def validate_page(records: list, window_start: datetime, window_end: datetime) -> ValidatedPage:
+def validate_page(records: list, window_start: datetime, window_end: datetime, *,
+                  optional: frozenset[str] = frozenset()) -> ValidatedPage:
     """Validate raw records against the contract and the requested ``[start, end)`` window.
 
     Returns the good records as a table in :data:`CALLS_SCHEMA` (in page order, duplicates
-    still in) and the rejects, each ``{"reason", "field", "call_id", "raw"}``.
+    still in) and the rejects, each ``{"reason", "field", "call_id", "raw"}``. Required
+    fields named in ``optional`` may be missing (a source without them:
+    :data:`SOURCE_OPTIONAL`).
     """
     n = len(records)
     verdict = _Verdict(n)
@@ -232,6 +246,8 @@ def validate_page(records: list, window_start: datetime, window_end: datetime) -
 
     columns: dict[str, pa.Array] = {}
     for rule in FIELD_RULES:
+        if rule.name in optional:
+            rule = replace(rule, required=False)
         values = [r.get(rule.name) for r in rows]
         accepted = _ACCEPTED[rule.kind]
         seen_types = set(map(type, values))

@@ -39,16 +39,19 @@ from promptops.settings import get_settings
 from promptops.timeutil import hour_floor, hours_between
 
 if TYPE_CHECKING:
+    from promptops.ingest.sources.base import SourcePage
     from promptops.platform.paging import CallRecordPage
 
 log = logging.getLogger(__name__)
 
 
 class CallRecordSource(Protocol):
-    """Where pages come from: :class:`promptops.platform.client.PlatformClient` in production."""
+    """Where pages come from: :class:`promptops.platform.client.PlatformClient` by default, or
+    a source of :mod:`promptops.ingest.sources` (OpenTelemetry spans, LiteLLM spend logs)."""
 
     def iter_call_record_page_bodies(self, start: datetime, end: datetime,
-                                     limit: int = ...) -> Iterable[CallRecordPage]: ...
+                                     limit: int = ...) -> Iterable[CallRecordPage | SourcePage]:
+        ...
 
 
 @dataclass
@@ -118,13 +121,20 @@ def _no_cyclic_gc():
             gc.enable()
 
 
-def validate_call_page(page: CallRecordPage, start: datetime, end: datetime) -> ValidatedPage:
+def validate_call_page(page: CallRecordPage | SourcePage, start: datetime,
+                       end: datetime) -> ValidatedPage:
     """Validate one page from the client: on its Arrow columns where the client could read
     it straight into Arrow, else on its records as Python objects. The rules, and so the
     good rows and the rejects with their reasons, are the same either way."""
     if page.columns is not None:
         return validate_columns(page.columns, start, end, page.records)
-    return validate_page(page.records(), start, end)
+    checked = validate_page(page.records(), start, end,
+                            optional=getattr(page, "optional", frozenset()))
+    # A source's page (promptops.ingest.sources) also carries what it could not map at all.
+    early = getattr(page, "rejects", None)
+    if early:
+        checked.rejects[:0] = early
+    return checked
 
 
 def replace_requested(conf: Mapping | None) -> bool:
