@@ -66,11 +66,13 @@ def promptops_health():
 
     @task(task_display_name="Check API and callers")
     def api_metrics(**context) -> dict:
-        from promptops.airflow_adapters.resources import platform_client
+        from promptops.airflow_adapters.resources import record_source
         from promptops.pipelines.health import api_rows_at
 
-        with platform_client() as client:
-            result = api_rows_at(_evaluated_at(context), client)
+        # PROMPTOPS_SOURCE: the platform API (with /health) or the spans / spend logs.
+        with record_source() as client:
+            result = api_rows_at(_evaluated_at(context), client,
+                                 platform=get_settings().source == "platform_api")
         for note in result["notes"]:
             print(note)
         return result

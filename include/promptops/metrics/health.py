@@ -153,14 +153,21 @@ def _abuse_rows(calls: pa.Table) -> tuple[list[_Row], list[_Bounds]]:
 
 
 def fetch_recent_calls(client: Any, window_end: datetime, minutes: int = 5) -> pa.Table:
-    """The platform's records with ``ts`` in ``[window_end - minutes, window_end)``,
-    validated against the record contract (rejects are logged and dropped) and with one
-    record per ``call_id``."""
+    """The platform's records (or a record source's, :mod:`promptops.ingest.sources`) with
+    ``ts`` in ``[window_end - minutes, window_end)``, validated against the record contract
+    (rejects are logged and dropped) and with one record per ``call_id``."""
     end = as_utc(window_end)
     start = end - timedelta(minutes=minutes)
     tables, rejected = [], 0
-    for page in client.iter_call_record_pages(start, end):
-        checked = validate_page(page, start, end)
+    if hasattr(client, "iter_call_record_pages"):
+        checked_pages = (validate_page(page, start, end)
+                         for page in client.iter_call_record_pages(start, end))
+    else:  # a source of promptops.ingest.sources (spans, spend logs): its own pages
+        from promptops.ingest.pull import validate_call_page
+
+        checked_pages = (validate_call_page(page, start, end)
+                         for page in client.iter_call_record_page_bodies(start, end))
+    for checked in checked_pages:
         rejected += len(checked.rejects)
         tables.append(checked.good)
     if rejected:

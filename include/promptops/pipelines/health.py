@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -82,12 +82,15 @@ def gpu_rows_at(at: datetime, client: PlatformClient | None = None) -> dict:
     return {"source": summary.source, "rows": rows_of(summary.table), "notes": summary.notes}
 
 
-def api_rows_at(at: datetime, client: PlatformClient, minutes: int = 5) -> dict:
-    """/health plus success, latency and abuse over the last ``minutes`` of call records."""
+def api_rows_at(at: datetime, client: PlatformClient | Any, minutes: int = 5, *,
+                platform: bool = True) -> dict:
+    """/health plus success, latency and abuse over the last ``minutes`` of call records.
+    ``platform`` False: ``client`` is another record source (spans, spend logs), which has
+    no /health to ask; the calls' own rows remain."""
     from promptops.errors import PERMANENT_ERRORS
     from promptops.metrics.health import api_health_rows, fetch_recent_calls, recent_call_rows
 
-    tables = [api_health_rows(client, at)]
+    tables = [api_health_rows(client, at)] if platform else []
     notes = []
     try:
         calls = fetch_recent_calls(client, at, minutes=minutes)
@@ -96,6 +99,8 @@ def api_rows_at(at: datetime, client: PlatformClient, minutes: int = 5) -> dict:
         raise  # a key the platform refuses is promptops' own failure: fail the run, alert
     except Exception as exc:  # API down: api_up=0 already says it
         notes.append(f"no call records for the last {minutes} minutes: {exc}")
+    if not tables:
+        return {"rows": [], "notes": notes}
     return {"rows": rows_of(pa.concat_tables([t.cast(METRICS_SCHEMA) for t in tables])),
             "notes": notes}
 
