@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,6 +36,13 @@ from upath import UPath
 from promptops.errors import InvalidInput
 from promptops.settings import get_settings
 from promptops.timeutil import hour_floor, hours_between
+
+#: Columns added to a dataset after partitions were written without them: reading such a
+#: partition gives them as nulls of this type.
+_LATER_COLUMNS: dict[str, dict[str, pa.DataType]] = {
+    "calls": {"cache_creation_tokens": pa.int64(), "source_cost_usd": pa.float64(),
+              "api_key_hash": pa.dictionary(pa.int32(), pa.string())},
+}
 
 PART_NAME = "part-00000.parquet"
 _TMP_SUFFIX = ".tmp"
@@ -209,10 +217,31 @@ class Lake:
         target = self.partition_file(dataset, hour)
         if not target.exists():
             return None
+        try:
+            return self._read_table(target, columns)
+        except pa.ArrowInvalid:
+            if columns is None:
+                raise
+        # A partition written before a column was added (cache_creation_tokens...): read
+        # what it has, the rest as nulls of the dataset's type.
+        schema = self._read_table(target, None, schema_only=True)
+        have = [c for c in columns if c in schema.names]
+        table = self._read_table(target, have)
+        types = _LATER_COLUMNS.get(dataset, {})
+        for i, name in enumerate(columns):
+            if name not in schema.names:
+                if name not in types:
+                    raise InvalidInput(f"{target} has no column {name!r}")
+                table = table.add_column(i, name, pa.nulls(table.num_rows, types[name]))
+        return table
+
+    def _read_table(self, target: Any, columns: list[str] | None, *,
+                    schema_only: bool = False) -> Any:
         if self.is_local:
-            return pq.read_table(target.path, columns=columns)
+            return pq.read_schema(target.path) if schema_only \
+                else pq.read_table(target.path, columns=columns)
         with target.open("rb") as fh:
-            return pq.read_table(fh, columns=columns)
+            return pq.read_schema(fh) if schema_only else pq.read_table(fh, columns=columns)
 
     def read_range(self, dataset: str, start: datetime, end: datetime,
                    columns: list[str] | None = None) -> pa.Table | None:
