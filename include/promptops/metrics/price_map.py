@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,7 +95,8 @@ _cache: dict[tuple, dict[str, dict[str, Any]]] = {}
 _cache_lock = threading.Lock()
 
 
-def _cached(key: tuple, load) -> dict[str, dict[str, Any]]:
+def _cached(key: tuple, load: Callable[[], dict[str, dict[str, Any]]]
+            ) -> dict[str, dict[str, Any]]:
     with _cache_lock:
         hit = _cache.get(key)
     if hit is None:
@@ -148,7 +149,7 @@ def clear_cache() -> None:
 
 # -- versions in the lake ---------------------------------------------------------------------
 
-def _versions_dir(lake: Any):
+def _versions_dir(lake: Any) -> Any:
     return lake.root / LAKE_DIR
 
 

@@ -51,8 +51,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from promptops.errors import ConfigError, InvalidInput
 
-from promptops.errors import ConfigError, InvalidInput
-
 log = logging.getLogger(__name__)
 
 #: The project's overrides on top of LiteLLM's map (models the map lacks: self-hosted
@@ -411,12 +409,12 @@ class PriceTable:
                        else np.full(n, np.nan))
             cost = np.where(timed, per_second[row] * seconds, cost)
         priced = ~np.isnan(cost)
-        unpriced = sorted({names[int(c) // width] for c, r in zip(present, cell_rates,
-                                                                  strict=True)
-                           if r is None and int(c) // width < len(names)})
+        missing = {str(names[int(c) // width]) for c, r in zip(present, cell_rates, strict=True)
+                   if r is None and int(c) // width < len(names)}
         if timed.any():  # a per-second model without a latency
-            unpriced = sorted(set(unpriced) | {names[m] for m in np.unique(codes[timed & ~priced])
-                                               if m < len(names)})
+            missing |= {str(names[m]) for m in np.unique(codes[timed & ~priced])
+                        if m < len(names)}
+        unpriced = sorted(missing)
         if (codes == len(names)).any():
             unpriced.append("(none)")  # calls without a model name cannot be priced
         return CallCosts(cost=cost, priced=priced, unpriced_models=tuple(unpriced))
