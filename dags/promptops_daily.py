@@ -114,6 +114,17 @@ def promptops_daily():
         print(f"report: {result.html_uri} ({url})")
         return result.summary
 
+    @task(task_display_name="Refresh the price map")
+    def refresh_price_map(**context) -> dict:
+        """LiteLLM's published map as a new version in the lake (the hourly cost reads the
+        newest); the diff goes to the log and XCom."""
+        from promptops.airflow_adapters.resources import lake
+        from promptops.metrics.price_map import refresh_price_map as refresh
+
+        diff = refresh(lake())
+        print(diff.describe())
+        return diff.as_dict()
+
     @task(task_display_name="Apply retention", trigger_rule="all_done")
     def apply_retention(**context) -> dict:
         """After the analysis, so nothing it reads is deleted under it; whatever its outcome,
@@ -140,7 +151,7 @@ def promptops_daily():
 
     completeness = check_completeness()
     steps = [refit_baselines(completeness), retrain_root_cause_model(completeness),
-             caller_profiles(), cost_report(completeness)]
+             caller_profiles(), cost_report(completeness), refresh_price_map()]
     steps >> apply_retention() >> flag_failed_steps()
 
 

@@ -68,6 +68,7 @@ from promptops.contracts.metric_table import (
     METRICS_SCHEMA,
     OVERALL,
     RELEVANCE_MEAN,
+    UNPRICED_REQUESTS,
 )
 from promptops.detection.thresholds import (
     BASELINE_OFFSETS,
@@ -362,6 +363,11 @@ def _threshold_findings(name: str, rule: ThresholdRule, frame: MetricFrame) -> l
         summary = (f"{metric_label(rule.metric)} {shown} {op} {format_value(level, rule.unit)} "
                    f"{_where(dim, slc)} ({_samples(rule.metric, row['samples'])})")
         extra = {"levels": levels}
+        if rule.metric == UNPRICED_REQUESTS and dim == "model":
+            from promptops.metrics.pricing import unpriced_note
+
+            extra["closest_priced_model"] = unpriced_note(str(slc))
+            summary += f"; {extra['closest_priced_model']}"
         if rule.use_bound:
             extra["confidence"] = _confidence_note(rule.confidence)
         out.append(_finding(name, rule, severity, "threshold", rule.metric, dim, slc, summary,

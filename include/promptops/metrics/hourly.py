@@ -503,6 +503,10 @@ def compute_hourly_metrics(calls: pa.Table, hour: datetime, prices: PriceTable,
     if top_n_users < 0:
         raise InvalidInput(f"top_n_users must be >= 0, got {top_n_users}")
     hour = hour_floor(hour)
+    # Cache writes (issue 14 sources) when the partition read them; not an input column, so
+    # partitions written before the column existed still read.
+    writes = (calls.column("cache_creation_tokens")
+              if "cache_creation_tokens" in calls.column_names else None)
     calls = _with_all_columns(calls)
     n = calls.num_rows
 
@@ -510,7 +514,10 @@ def compute_hourly_metrics(calls: pa.Table, hour: datetime, prices: PriceTable,
     prompt = _floats(calls.column("prompt_tokens"))
     completion = _floats(calls.column("completion_tokens"))
     cached = np.minimum(_floats(calls.column("cached_tokens"), fill=0), prompt)
-    costs = prices.cost(calls.column("model"), prompt, completion, cached)
+    costs = prices.cost(calls.column("model"), prompt, completion, cached,
+                        provider=calls.column("provider"),
+                        latency_ms=calls.column("latency_ms"),
+                        cache_creation_tokens=writes)
     if costs.unpriced_models:
         log.warning("hour %s: %d of %d calls use models missing from the price table (%s); "
                     "their cost is reported as unknown. Add them to the price table or to "

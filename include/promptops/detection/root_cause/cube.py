@@ -97,7 +97,13 @@ def _call_quantities(calls: pa.Table, prices: PriceTable | None,
 
         prices = prices if prices is not None else load_price_table()
         cached = calls.column("cached_tokens") if "cached_tokens" in calls.column_names else None
-        costs = prices.cost(calls.column("model"), prompt, completion, cached)
+        names = calls.column_names
+        costs = prices.cost(
+            calls.column("model"), prompt, completion, cached,
+            provider=calls.column("provider") if "provider" in names else None,
+            latency_ms=calls.column("latency_ms") if "latency_ms" in names else None,
+            cache_creation_tokens=(calls.column("cache_creation_tokens")
+                                   if "cache_creation_tokens" in names else None))
         # The priced part, as in the metric table: an unpriced call adds nothing.
         out["cost_usd"] = np.where(costs.priced, costs.cost, 0.0)
     if wanted & {"latency_ms", LATENCY_SQ}:
