@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 INPUT_COLUMNS = ("ts", "user_id", "team", "app", "prompt_template", "prompt_version", "model",
                  "provider", "region", "status", "latency_ms", "prompt_tokens",
                  "completion_tokens", "cached_tokens", "predicted_intent", "expected_intent",
-                 "relevance_score", "gpu_node")
+                 "relevance_score", "gpu_node", "cache_creation_tokens")
 _REQUIRED = ("ts", "user_id", "app", "model", "status", "latency_ms", "prompt_tokens",
              "completion_tokens")
 
@@ -488,7 +488,8 @@ def _with_all_columns(calls: pa.Table) -> pa.Table:
     for name in INPUT_COLUMNS:
         if name not in calls.column_names:  # an optional field nobody sent
             typ = pa.float64() if name == "relevance_score" else (
-                pa.int64() if name == "cached_tokens" else pa.string())
+                pa.int64() if name in ("cached_tokens", "cache_creation_tokens")
+                else pa.string())
             calls = calls.append_column(name, pa.nulls(n, type=typ))
     return calls.select(list(INPUT_COLUMNS)).unify_dictionaries()
 

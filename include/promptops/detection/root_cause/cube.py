@@ -156,6 +156,8 @@ def _columns_for(dims: Sequence[str], quantities: Sequence[str]) -> list[str]:
     cols = {"status"} if {"errors", "successes"} & set(quantities) else set()
     if {"tokens", "cost_usd"} & set(quantities):
         cols |= {"prompt_tokens", "completion_tokens", "cached_tokens", "model"}
+    if "cost_usd" in quantities:  # billed as the metric table bills it
+        cols |= {"cache_creation_tokens", "provider", "latency_ms"}
     if {"latency_ms", LATENCY_SQ} & set(quantities):
         cols.add("latency_ms")
     if {"labelled", "correct"} & set(quantities):
