@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 INPUT_COLUMNS = ("ts", "user_id", "team", "app", "prompt_template", "prompt_version", "model",
                  "provider", "region", "status", "latency_ms", "prompt_tokens",
                  "completion_tokens", "cached_tokens", "predicted_intent", "expected_intent",
-                 "relevance_score", "gpu_node")
+                 "relevance_score", "gpu_node", "source_cost_usd")
 _REQUIRED = ("ts", "user_id", "app", "model", "status", "latency_ms", "prompt_tokens",
              "completion_tokens")
 
@@ -97,7 +97,7 @@ SUCCESS_STATUS = "success"
 #: of the same calls, so no sampling interval.
 SOURCE_COST_USD = "source_cost_usd"
 COST_SOURCE_GAP_PCT = "cost_source_gap_pct"
-#: Columns read from the lake when the partition has them (not in older partitions).
+#: Input columns a partition written before issue 14 lacks (read without them there).
 OPTIONAL_INPUT_COLUMNS = ("source_cost_usd",)
 #: Level of every row's sampling interval (``lower``/``upper``): two-sided 95%.
 ACCURACY_ALPHA = INTERVAL_ALPHA
@@ -496,7 +496,7 @@ def _with_all_columns(calls: pa.Table) -> pa.Table:
     n = calls.num_rows
     for name in INPUT_COLUMNS:
         if name not in calls.column_names:  # an optional field nobody sent
-            typ = pa.float64() if name == "relevance_score" else (
+            typ = pa.float64() if name in ("relevance_score", "source_cost_usd") else (
                 pa.int64() if name == "cached_tokens" else pa.string())
             calls = calls.append_column(name, pa.nulls(n, type=typ))
     return calls.select(list(INPUT_COLUMNS)).unify_dictionaries()
@@ -576,7 +576,7 @@ def compute_hourly_metrics(calls: pa.Table, hour: datetime, prices: PriceTable,
 
     if len(labelled):
         _intent_rows(rows, expected[labelled], predicted[labelled], vocabulary)
-    if SOURCE_COST_USD in source_calls.column_names:
+    if SOURCE_COST_USD in source_calls.column_names:  # null everywhere: no rows
         _cost_source_gap_rows(rows, source_calls.column(SOURCE_COST_USD),
                               calls.column("provider"), overall, model_codes, model_names, cost,
                               costs.priced & ok)
@@ -689,10 +689,10 @@ def hourly_metrics_for_lake(lake: Lake, hour: datetime, prices: PriceTable,
     """Read the hour's calls, compute its metrics, write them; return the XCom summary."""
     hour = hour_floor(hour)
     try:
-        calls = lake.read_partition(CALLS, hour,
-                                    columns=[*INPUT_COLUMNS, *OPTIONAL_INPUT_COLUMNS])
-    except pa.ArrowInvalid:  # a partition written before those columns existed
         calls = lake.read_partition(CALLS, hour, columns=list(INPUT_COLUMNS))
+    except pa.ArrowInvalid:  # a partition written before the optional columns existed
+        calls = lake.read_partition(CALLS, hour, columns=[
+            c for c in INPUT_COLUMNS if c not in OPTIONAL_INPUT_COLUMNS])
     if calls is None:
         raise MissingCallsPartition(
             f"no calls partition for {hour.isoformat()} in {lake.partition_dir(CALLS, hour)}; "
