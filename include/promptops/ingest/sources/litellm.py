@@ -185,9 +185,11 @@ class SpendLogSource:
 
     def _query(self, limit: int, after: bool) -> str:
         keyset = ' AND ("startTime", request_id) > (%s, %s)' if after else ""
+        # Identifiers are quoted and metadata keys escaped as literals (_compile); the window
+        # and the keyset are parameters.
         return (f"SELECT {self._select} FROM {_quote(TABLE)} "
                 f'WHERE "startTime" >= %s AND "startTime" < %s{keyset} '
-                f'ORDER BY "startTime", request_id LIMIT {int(limit)}')
+                f'ORDER BY "startTime", request_id LIMIT {int(limit)}')  # noqa: S608
 
     # -- pages ----------------------------------------------------------------------------
 
@@ -219,9 +221,9 @@ class SpendLogSource:
                 while True:
                     try:
                         if last is None:
-                            cur.execute(first, (lo, hi))  # type: ignore[arg-type]
+                            cur.execute(first, (lo, hi))
                         else:
-                            cur.execute(more, (lo, hi, *last))  # type: ignore[arg-type]
+                            cur.execute(more, (lo, hi, *last))
                         rows = cur.fetchall()
                     except Exception as exc:
                         raise SpendLogUnavailable(
