@@ -187,9 +187,9 @@ class SpendLogSource:
         keyset = ' AND ("startTime", request_id) > (%s, %s)' if after else ""
         # Identifiers are quoted and metadata keys escaped as literals (_compile); the window
         # and the keyset are parameters.
-        return (f"SELECT {self._select} FROM {_quote(TABLE)} "
+        return (f"SELECT {self._select} FROM {_quote(TABLE)} "  # noqa: S608
                 f'WHERE "startTime" >= %s AND "startTime" < %s{keyset} '
-                f'ORDER BY "startTime", request_id LIMIT {int(limit)}')  # noqa: S608
+                f'ORDER BY "startTime", request_id LIMIT {int(limit)}')
 
     # -- pages ----------------------------------------------------------------------------
 
