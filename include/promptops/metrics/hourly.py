@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 INPUT_COLUMNS = ("ts", "user_id", "team", "app", "prompt_template", "prompt_version", "model",
                  "provider", "region", "status", "latency_ms", "prompt_tokens",
                  "completion_tokens", "cached_tokens", "predicted_intent", "expected_intent",
-                 "relevance_score", "gpu_node", "cache_creation_tokens")
+                 "relevance_score", "gpu_node", "cache_creation_tokens", "source_cost_usd")
 _REQUIRED = ("ts", "user_id", "app", "model", "status", "latency_ms", "prompt_tokens",
              "completion_tokens")
 
@@ -90,6 +90,13 @@ LATENCY_TRIMMED_MEAN_MS = "latency_trimmed_mean_ms"
 TRIM = 0.1
 QUANTILES = ((mt.LATENCY_P50_MS, 0.50), (mt.LATENCY_P95_MS, 0.95), (mt.LATENCY_P99_MS, 0.99))
 SUCCESS_STATUS = "success"
+#: A source's own cost figure (LiteLLM's spend), summed per slice, and how far promptops'
+#: price of the same calls is from it: ``|ours - theirs| / theirs`` in percent (100 when
+#: theirs is 0 and ours is not), on the calls both priced (``samples``). Overall, per model
+#: and per provider, on successful calls; only where the hour has source costs. Exact sums
+#: of the same calls, so no sampling interval.
+SOURCE_COST_USD = "source_cost_usd"
+COST_SOURCE_GAP_PCT = "cost_source_gap_pct"
 #: Level of every row's sampling interval (``lower``/``upper``): two-sided 95%.
 ACCURACY_ALPHA = INTERVAL_ALPHA
 
@@ -487,7 +494,7 @@ def _with_all_columns(calls: pa.Table) -> pa.Table:
     n = calls.num_rows
     for name in INPUT_COLUMNS:
         if name not in calls.column_names:  # an optional field nobody sent
-            typ = pa.float64() if name == "relevance_score" else (
+            typ = pa.float64() if name in ("relevance_score", "source_cost_usd") else (
                 pa.int64() if name in ("cached_tokens", "cache_creation_tokens")
                 else pa.string())
             calls = calls.append_column(name, pa.nulls(n, type=typ))
@@ -504,10 +511,10 @@ def compute_hourly_metrics(calls: pa.Table, hour: datetime, prices: PriceTable,
     if top_n_users < 0:
         raise InvalidInput(f"top_n_users must be >= 0, got {top_n_users}")
     hour = hour_floor(hour)
-    # Cache writes (issue 14 sources) when the partition read them; not an input column, so
-    # partitions written before the column existed still read.
+    # Cache writes (issue 14 sources) when the partition has them.
     writes = (calls.column("cache_creation_tokens")
               if "cache_creation_tokens" in calls.column_names else None)
+    source_calls = calls
     calls = _with_all_columns(calls)
     n = calls.num_rows
 
@@ -574,6 +581,10 @@ def compute_hourly_metrics(calls: pa.Table, hour: datetime, prices: PriceTable,
 
     if len(labelled):
         _intent_rows(rows, expected[labelled], predicted[labelled], vocabulary)
+    if SOURCE_COST_USD in source_calls.column_names:  # null everywhere: no rows
+        _cost_source_gap_rows(rows, source_calls.column(SOURCE_COST_USD),
+                              calls.column("provider"), overall, model_codes, model_names, cost,
+                              costs.priced & ok)
 
     # Abuse: the most calls one user made in one clock minute.
     ts = calls.column("ts").cast(pa.int64()).to_numpy()
@@ -591,6 +602,35 @@ def compute_hourly_metrics(calls: pa.Table, hour: datetime, prices: PriceTable,
     rows.add(mt.PEAK_CALLS_PER_MINUTE, "user", user_dim.labels, per_group, user_requests,
              *poisson_interval(per_group.astype(np.float64), ACCURACY_ALPHA))
     return _sorted(rows.table(hour))
+
+
+def _cost_source_gap_rows(rows: _Rows, source_cost: pa.ChunkedArray, provider: pa.ChunkedArray,
+                          overall: _Dim, model_codes: np.ndarray, model_names: list[str],
+                          cost: np.ndarray, comparable: np.ndarray) -> None:
+    """:data:`SOURCE_COST_USD` and :data:`COST_SOURCE_GAP_PCT` overall, per model and per
+    provider (see their definitions). ``comparable``: calls promptops priced that
+    succeeded (a failed call is billed nothing by LiteLLM, whatever its tokens)."""
+    theirs = _floats(source_cost)
+    has = ~np.isnan(theirs)
+    if not has.any():
+        return
+    both = has & comparable
+    theirs0 = np.where(has, theirs, 0.0)
+    dims = [overall, _make_dim("model", model_codes, _labels(model_names)),
+            _make_dim("provider", *_dictionary_labels(provider))]
+    for dim in dims:
+        k = len(dim.labels)
+        with_cost = np.bincount(dim.codes, weights=has, minlength=k)
+        rows.add(SOURCE_COST_USD, dim.name, dim.labels,
+                 np.bincount(dim.codes, weights=theirs0, minlength=k), with_cost,
+                 keep=with_cost > 0)
+        compared = np.bincount(dim.codes, weights=both, minlength=k)
+        ours_sum = np.bincount(dim.codes, weights=np.where(both, cost, 0.0), minlength=k)
+        theirs_sum = np.bincount(dim.codes, weights=np.where(both, theirs0, 0.0), minlength=k)
+        base = np.where(theirs_sum > 0, theirs_sum, ours_sum)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gap = np.where(base > 0, np.abs(ours_sum - theirs_sum) / base * 100.0, 0.0)
+        rows.add(COST_SOURCE_GAP_PCT, dim.name, dim.labels, gap, compared, keep=compared > 0)
 
 
 def _dictionary_labels(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
@@ -653,6 +693,7 @@ def hourly_metrics_for_lake(lake: Lake, hour: datetime, prices: PriceTable,
                             top_n_users: int = 20) -> dict:
     """Read the hour's calls, compute its metrics, write them; return the XCom summary."""
     hour = hour_floor(hour)
+    # A partition written before a later column existed reads it as nulls (Lake).
     calls = lake.read_partition(CALLS, hour, columns=list(INPUT_COLUMNS))
     if calls is None:
         raise MissingCallsPartition(
