@@ -256,7 +256,7 @@ def test_known_disagreement_alerts_on_the_model():
     assert ("model", "gpt-4o") in fired
     assert all(slc in ("gpt-4o", "*", "openai") for _, slc in fired)
     assert fired[("model", "gpt-4o")].severity == "warning"
-    assert "cost source gap pct 4.8" in fired[("model", "gpt-4o")].summary
+    assert "gap between our cost and the source's 4.8%" in fired[("model", "gpt-4o")].summary
 
 
 def test_gap_below_the_spend_floor_is_not_judged():

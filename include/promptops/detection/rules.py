@@ -114,10 +114,12 @@ METRIC_LABELS = {
     "completion_tokens": "completion tokens", "cost_usd": "cost",
     INTENT_ACCURACY: "intent accuracy", RELEVANCE_MEAN: "answer relevance",
     "peak_calls_per_minute": "peak calls per minute", GPU_UTILIZATION_PCT: "GPU utilisation",
+    "source_cost_usd": "the source's own cost",
+    "cost_source_gap_pct": "gap between our cost and the source's",
 }
 #: What ``samples`` counts, for the summary's "(1,234 calls)".
 SAMPLE_NOUNS = {INTENT_ACCURACY: "labelled calls", RELEVANCE_MEAN: "scored answers",
-                GPU_UTILIZATION_PCT: "readings"}
+                GPU_UTILIZATION_PCT: "readings", "cost_source_gap_pct": "priced calls"}
 
 _UNIT_FORMATS = {
     "ratio": lambda v: f"{v * 100:.1f}%",
