@@ -184,5 +184,13 @@ def spans_hour(spans: Sequence[ReadableSpan]) -> datetime:
     return datetime.fromtimestamp(first / 1e9, UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def next_hour(hour: datetime, n: int = 1) -> datetime:
-    return hour + timedelta(hours=n)
+def wait_out_the_hour(margin_s: float = 60.0) -> None:
+    """Real spans carry the wall clock: sleep past the top of the hour when it is less than
+    ``margin_s`` away, so the spans a test makes next all start in one hour."""
+    import time
+
+    now = datetime.now(UTC)
+    left = (now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+            - now).total_seconds()
+    if left < margin_s:
+        time.sleep(left + 0.5)

@@ -263,9 +263,12 @@ class OtelSpanSource:
             for path in self.files_for_hour(hour):
                 for line in self._lines(path):
                     self._line(line, lo, hi, own, records, rejects, counts)
-                    if len(records) + len(rejects) >= limit:
-                        yield SourcePage(records, rejects)
-                        records, rejects = [], []
+                    # One line (a batch of spans) may fill several pages.
+                    while len(records) + len(rejects) >= limit:
+                        take = rejects[:limit]
+                        rest = limit - len(take)
+                        yield SourcePage(records[:rest], take)
+                        records, rejects = records[rest:], rejects[len(take):]
         if records or rejects:
             yield SourcePage(records, rejects)
         skipped = {k: v for k, v in counts.items() if k.startswith("skipped:")}
