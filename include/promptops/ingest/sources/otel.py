@@ -59,7 +59,6 @@ import base64
 import binascii
 import gzip
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -101,7 +100,6 @@ _FIXED = (("provider", PROVIDER), ("http_status", HTTP_STATUS),
 _STATUS_ERROR = (2, "STATUS_CODE_ERROR")
 _SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 _HOUR_KEY = "year={:%Y}/month={:%m}/day={:%d}/hour={:%H}"
-_HEX = re.compile(r"[0-9a-f]+")
 
 StoragePathFactory = Callable[[str], UPath]
 
@@ -139,17 +137,10 @@ def _attributes(kvs: Any) -> dict[str, Any]:
     for kv in kvs:
         try:
             key, value = kv["key"], kv["value"]
-            # The common case first (one typed member): this runs for every attribute.
-            if len(value) == 1:
-                kind, raw = next(iter(value.items()))
-                if kind == "stringValue":
-                    out[key] = raw
-                    continue
-                if kind == "intValue" and type(raw) is str:
-                    out[key] = int(raw)
-                    continue
-            out[key] = _value(value)
-        except (KeyError, TypeError, ValueError, AttributeError):
+            # Strings first: most attributes are, and this runs for every one of them.
+            text = value.get("stringValue")
+            out[key] = text if text is not None else _value(value)
+        except (KeyError, TypeError, AttributeError):
             continue
     return out
 
@@ -157,19 +148,16 @@ def _attributes(kvs: Any) -> dict[str, Any]:
 def _hex_id(raw: Any, size: int, name: str) -> str:
     """An id as lowercase hex: OTLP/JSON's hex, or protobuf JSON's base64; all zeros is
     invalid (the spec's "no id")."""
+    data = b""
     if isinstance(raw, str):
-        text = raw.lower()
-        if len(text) == 2 * size and _HEX.fullmatch(text):
-            if text.strip("0"):
-                return text
-        elif raw:
-            try:
-                data = base64.b64decode(raw, validate=True)
-            except (binascii.Error, ValueError):
-                data = b""
-            if len(data) == size and any(data):
-                return data.hex()
-    raise _Malformed(INVALID_VALUE, name)
+        try:
+            data = bytes.fromhex(raw) if len(raw) == 2 * size else \
+                base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            data = b""
+    if len(data) != size or not any(data):
+        raise _Malformed(INVALID_VALUE, name)
+    return raw.lower() if len(raw) == 2 * size else data.hex()
 
 
 def _nanos(raw: Any, name: str) -> int:
