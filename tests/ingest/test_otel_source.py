@@ -321,6 +321,25 @@ def test_synthetic_bench_spans_are_valid(tmp_path):
     assert 10 <= errors <= 80  # the default 2% of 2000
 
 
+def test_gzip_files_as_the_s3_exporter_compresses_them(traffic, tmp_path):
+    import gzip
+
+    hour = traffic["hour"]
+    path = write_landing(tmp_path, hour, [collector_json(traffic["spans"])])
+    path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+    path.unlink()
+    source, pages = _read(tmp_path, hour)
+    assert source.files_read == 1
+    assert [r["call_id"] for r in pages[0].records()] == [_call_id(s) for s in traffic["calls"]]
+    # A file cut off mid-upload: its whole lines are read, the rest is quarantined.
+    whole = gzip.compress(collector_json(traffic["spans"]) + b"\n")
+    path.with_name("cut.json.gz").write_bytes(whole[: len(whole) - 12])
+    source, pages = _read(tmp_path, hour)
+    (reject,) = [r for p in pages for r in p.rejects]
+    assert reject["reason"] == "unreadable_file" and reject["field"] == "file"
+    assert "cut.json.gz" in json.loads(reject["raw"])["file"]
+
+
 def test_bad_lateness_is_refused():
     with pytest.raises(ValueError, match="lateness_hours is -1"):
         OtelSpanSource("file:///tmp/x", MAPPING, lateness_hours=-1)

@@ -15,15 +15,18 @@ OTLP/JSON encoding of the spec, which differs from protobuf's own JSON mapping:
 read through a ``UPath`` or Airflow's ``ObjectStoragePath`` as push delivery does), in
 hour-partitioned keys::
 
-    <landing>/[...]year=YYYY/month=MM/day=DD/hour=HH/[anything below]/<name>.json[l][.gz]
+    <landing>/year=YYYY/month=MM/day=DD/hour=HH/[anything below]/<name>.json[l][.gz]
 
-which is the S3 exporter's default ``s3_partition_format``
-(``year=%Y/month=%m/day=%d/hour=%H/minute=%M``; its ``s3_prefix`` must be empty, i.e. the
-landing URI points at the prefix). Hidden files (``.``/``_`` prefixes) are skipped, so a
+which is what the S3 exporter writes with its default ``s3_partition_format``
+(``year=%Y/month=%m/day=%d/hour=%H/minute=%M``) when the landing URI is
+``s3://<s3_bucket>/<s3_prefix>``. The file exporter has no time
+partitioning of its own: point its ``path`` (with ``rotation``) at such a folder, or have
+whatever ships its files file them so. Hidden files (``.``/``_`` prefixes) are skipped, so a
 file still being written under a temporary name is not read half-way.
 
 **Which hour a span belongs to.** The hour of its *start time*. The Collector files a span
-under the hour it *exported* it, which is the same hour or a later one, so reading
+under the hour it *exported* it, which is the same hour or a later one (a Collector whose
+clock runs behind the app's could file it earlier: such a span is not found), so reading
 ``[start, end)`` reads the files of those hours and of the ``lateness_hours`` hours after
 (default 1), keeping only the spans that started inside the window. A late span lands in its
 own hour on the next hourly run (which re-reads the hour before), and a rerun of an hour reads
@@ -59,6 +62,7 @@ import base64
 import binascii
 import gzip
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -80,6 +84,8 @@ log = logging.getLogger(__name__)
 
 #: Reject reason of a line that does not parse as JSON (as push delivery names it).
 INVALID_JSON = "invalid_json"
+#: Reject reason of a compressed file that cannot be read (to its end).
+UNREADABLE_FILE = "unreadable_file"
 #: Operations that are one call to a model (GenAI semantic conventions, and older names).
 MODEL_CALLS = frozenset({"chat", "text_completion", "completion", "generate_content",
                          "embeddings", "embedding"})
@@ -102,6 +108,10 @@ _SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 _HOUR_KEY = "year={:%Y}/month={:%m}/day={:%d}/hour={:%H}"
 
 StoragePathFactory = Callable[[str], UPath]
+
+
+class _Unreadable(str):
+    """What stopped a file from being read to its end."""
 
 
 class _Malformed(Exception):
@@ -223,13 +233,16 @@ class OtelSpanSource:
                              p.path[len(directory.path):].split("/")[:-1])]
         return sorted((p for p in found if p.is_file()), key=lambda p: p.path)
 
-    def _lines(self, path: UPath) -> Iterator[bytes]:
+    def _lines(self, path: UPath) -> Iterator[bytes | _Unreadable]:
         self.files_read += 1
         with path.open("rb") as raw:
             fh = gzip.open(raw, "rb") if path.name.endswith(".gz") else raw
-            for line in fh:
-                if line.strip():
-                    yield line
+            try:
+                for line in fh:
+                    if line.strip():
+                        yield line
+            except (OSError, EOFError, zlib.error) as exc:  # a corrupt or cut-off .gz
+                yield _Unreadable(f"{type(exc).__name__}: {exc}")
 
     # -- pages ----------------------------------------------------------------------------
 
@@ -237,6 +250,8 @@ class OtelSpanSource:
                                      limit: int = 10_000) -> Iterator[SourcePage]:
         """Pages of at most ``limit`` records (and rejects) for the spans that started in
         ``[start, end)``."""
+        if limit < 1:
+            raise ValueError(f"limit is {limit}: a page holds at least 1 record")
         start, end = as_utc(start), as_utc(end)
         lo, hi = _epoch_nanos(start), _epoch_nanos(end)
         last = hour_floor(end - timedelta(microseconds=1))
@@ -250,6 +265,15 @@ class OtelSpanSource:
             own = start <= hour < end
             for path in self.files_for_hour(hour):
                 for line in self._lines(path):
+                    if isinstance(line, _Unreadable):
+                        log.warning("span file %s: unreadable after the lines above (%s)",
+                                    path, line)
+                        if own:
+                            rejects.append(source_reject(
+                                UNREADABLE_FILE, {"file": str(path), "error": str(line)},
+                                field="file"))
+                            counts["rejected"] += 1
+                        continue
                     self._line(line, lo, hi, own, records, rejects, counts)
                     # One line (a batch of spans) may fill several pages.
                     while len(records) + len(rejects) >= limit:
