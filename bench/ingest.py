@@ -61,14 +61,13 @@ def platform_source(records: int, dict_pages: bool, hour: datetime) -> Iterator[
 
 @contextlib.contextmanager
 def otel_source(records: int, hour: datetime) -> Iterator[Any]:
-    from tests.helpers.otel_spans import write_landing  # real SDK spans, replicated
-
     from promptops.ingest.sources.mapping import load_source_mapping
     from promptops.ingest.sources.otel import OtelSpanSource
+    from tests.helpers.otel_spans import write_synthetic_spans  # SDK spans, replicated
 
     with tempfile.TemporaryDirectory() as landing:
         t0 = time.perf_counter()
-        write_landing(landing, records, hour)
+        write_synthetic_spans(Path(landing), records, hour)
         print(f"landing written    {time.perf_counter() - t0:>12.2f} s (not timed below)")
         yield OtelSpanSource(f"file://{landing}", load_source_mapping().otel)
 

@@ -110,7 +110,9 @@ def record_source(settings: Settings | None = None) -> Iterator[Any]:
     if settings.source == "otel":
         from promptops.ingest.sources.otel import OtelSpanSource
 
-        yield OtelSpanSource(settings.otel_landing_uri, mapping.otel)
+        # Airflow's ObjectStoragePath: s3://conn@bucket/... takes credentials from the
+        # connection, as push delivery does.
+        yield OtelSpanSource(settings.otel_landing_uri, mapping.otel, storage_path=storage_path)
         return
     from promptops.ingest.sources.litellm import SpendLogSource
 
