@@ -134,3 +134,15 @@ def test_lookalike_scenarios_are_validated(tmp_path, incident, problem):
     path.write_text(yaml.safe_dump({"incidents": [incident]}))
     with pytest.raises(ScenarioError, match=problem):
         load_scenario(path)
+
+
+def test_a_wrong_typed_user_id_fault_on_a_service_account_is_a_number_not_a_crash():
+    """Data faults and a scheduled batch together: the batch's caller has no digits to turn
+    into the wrong type (the demo scenario's day crashed on it)."""
+    from promptops.simulator.records import apply_mutation
+    from promptops.simulator.traffic import Mutation
+
+    for user, want in (("user-042", 42), ("svc-nightly-batch", sum(map(ord, "svc-nightly-batch")))):
+        rec = {"user_id": user}
+        apply_mutation(rec, Mutation("wrong_type", "user_id", 0), None, 0)  # type: ignore[arg-type]
+        assert rec["user_id"] == want

@@ -163,8 +163,9 @@ def apply_mutation(rec: dict[str, Any], mut: Mutation, batch: HourBatch, row: in
             rec[f] = str(rec[f])
         elif f == "status":
             rec[f] = 1
-        elif f == "user_id":
-            rec[f] = int(rec[f].rsplit("-", 1)[1])
+        elif f == "user_id":  # a number: user-042 -> 42; a service account by its letters
+            tail = rec[f].rsplit("-", 1)[-1]
+            rec[f] = int(tail) if tail.isdigit() else sum(map(ord, rec[f]))
         elif f == "call_id":
             rec[f] = int(rec[f][1:], 16)
     elif mut.reason == "negative_value":
