@@ -117,12 +117,20 @@ def promptops_daily():
     @task(task_display_name="Refresh the price map")
     def refresh_price_map(**context) -> dict:
         """LiteLLM's published map as a new version in the lake (the hourly cost reads the
-        newest); the diff goes to the log and XCom."""
-        from promptops.airflow_adapters.resources import lake
+        newest); what changed goes to Slack (`slack_alerts`), the log and XCom."""
+        from promptops.airflow_adapters import resources
+        from promptops.alerts.slack import SlackSendError, send_message
+        from promptops.metrics.price_map import price_map_message
         from promptops.metrics.price_map import refresh_price_map as refresh
 
-        diff = refresh(lake())
+        diff = refresh(resources.lake())
         print(diff.describe())
+        if not diff.unchanged:
+            try:  # the new version is stored either way: a lost post is only a warning
+                send_message(price_map_message(diff), conn_id="slack_alerts",
+                             webhooks=resources.slack_webhooks(), what="the price map diff")
+            except SlackSendError as exc:
+                print(f"WARNING: the price map diff was not posted: {exc}")
         return diff.as_dict()
 
     @task(task_display_name="Apply retention", trigger_rule="all_done")

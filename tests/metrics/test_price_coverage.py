@@ -42,3 +42,18 @@ def test_the_issues_unpriced_model_is_priced_as_google_bills_it():
     assert costs.priced.all()
     assert np.allclose(costs.cost, [1000 * 7.5e-8 + 500 * 3e-7,   # up to 128k prompt tokens
                                     200_000 * 1.5e-7 + 1000 * 6e-7])  # above: the tier price
+
+
+def test_a_refresh_that_changed_the_map_reads_as_one_slack_message():
+    from promptops.metrics.price_map import diff_price_maps, price_map_message
+
+    price = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "mode": "chat"}
+    old = {"model-repriced": price, "model-removed": price}
+    new = {"model-repriced": {**price, "input_cost_per_token": 2e-6}, "model-added": price}
+    diff = diff_price_maps(old, new)
+    assert not diff.unchanged
+    text = price_map_message(diff)["text"]
+    assert text.startswith("*Price map refreshed*")
+    for name in ("model-added", "model-removed", "model-repriced"):
+        assert name in text
+    assert diff_price_maps(old, old).unchanged

@@ -321,3 +321,11 @@ def _read_bytes(uri: str) -> bytes:
 
 def _digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
+
+
+def price_map_message(diff: PriceMapDiff) -> dict[str, Any]:
+    """The Slack message of a refresh that changed the map: counts and the first names."""
+    text = f"*Price map refreshed*: {diff.describe()}"
+    return {"text": text[:3000],
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}]}
+
