@@ -120,3 +120,21 @@ def test_empty_table_and_bad_tables():
         evaluate(cfg, dup, NO_HISTORY, HOUR)
     with pytest.raises(ValueError, match=r"missing column\(s\) samples"):
         evaluate(cfg, metrics([]).drop_columns(["samples"]), NO_HISTORY, HOUR)
+
+
+def test_the_calls_without_a_user_and_the_rest_beyond_the_top_users_are_no_caller():
+    """A source without user ids puts every call in user=(none), and the users beyond the
+    top ones are 'other': many callers together, never judged as one abusive caller."""
+    rule = {"kind": "threshold", "metric": "peak_calls_per_minute", "direction": "above",
+            "warning": 100, "critical": 300, "min_samples": 1, "dimensions": ["user"],
+            "use_bound": False, "unit": "calls/min"}
+    table = metrics([("peak_calls_per_minute", "user", "(none)", 900.0, 50_000),
+                     ("peak_calls_per_minute", "user", "other", 600.0, 30_000),
+                     ("peak_calls_per_minute", "user", "user-042", 350.0, 9_000),
+                     ("success_rate", "team", "(none)", 0.5, 5_000)])
+    found = evaluate(config(abusive=rule), table, NO_HISTORY, HOUR)
+    assert [f.labels["slice"] for f in found] == ["user-042"]
+    # Other dimensions keep their (none) slice: calls without a team still fail.
+    found = evaluate(config(success_rate={**SUCCESS, "dimensions": ["team"]}), table,
+                     NO_HISTORY, HOUR)
+    assert [f.labels["slice"] for f in found] == ["(none)"]

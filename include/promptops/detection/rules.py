@@ -66,6 +66,8 @@ from promptops.contracts.metric_table import (
     INTENT_ACCURACY,
     METRICS,
     METRICS_SCHEMA,
+    NONE_SLICE,
+    OTHER_SLICE,
     OVERALL,
     RELEVANCE_MEAN,
     UNPRICED_REQUESTS,
@@ -178,6 +180,11 @@ class MetricFrame:
         mask = df["value"].notna().to_numpy() & (df["samples"].to_numpy() >= min_samples)
         if dimensions is not None:
             mask &= df.index.get_level_values("dimension").isin(dimensions)
+        # A caller is one user or key: the calls with none (a source without user ids) and
+        # the rest beyond the top users are many callers together, never judged as one.
+        if dimensions is None or "user" in dimensions:
+            mask &= ~(df.index.get_level_values("dimension").isin(["user"])
+                      & df.index.get_level_values("slice").isin([NONE_SLICE, OTHER_SLICE]))
         return df[mask]
 
     def values(self, metric: str, dimensions: list[str] | None = None) -> pd.Series:
