@@ -120,10 +120,16 @@ def promptops_daily():
         newest); what changed goes to Slack (`slack_alerts`), the log and XCom."""
         from promptops.airflow_adapters import resources
         from promptops.alerts.slack import SlackSendError, send_message
-        from promptops.metrics.price_map import price_map_message
+        from promptops.metrics.price_map import PriceMapError, price_map_message
         from promptops.metrics.price_map import refresh_price_map as refresh
 
-        diff = refresh(resources.lake())
+        try:
+            diff = refresh(resources.lake())
+        except PriceMapError as exc:
+            # Billing goes on with the version it has; an unreachable or broken published
+            # map must not fail the day's run (nor retry it for minutes, offline).
+            print(f"WARNING: {exc}; the hourly cost keeps the price map it has")
+            return {"refreshed": False, "error": str(exc)}
         print(diff.describe())
         if not diff.unchanged:
             try:  # the new version is stored either way: a lost post is only a warning
