@@ -556,8 +556,10 @@ def _unit_cost(table: PriceTable, model: str) -> float:
 
 def cheaper_model(model: str, books: Playbooks, table: PriceTable,
                   candidates: Sequence[str] | None = None) -> str | None:
-    """The configured stand-in, else the cheapest priced model of the same provider that
-    costs less (among ``candidates`` when given), else None."""
+    """The configured stand-in, else the cheapest model of the same provider and mode
+    (chat stays chat) priced per token that costs less (among ``candidates`` when given),
+    else None. LiteLLM's map prices realtime and audio models per second (no token price):
+    never a stand-in for a chat model."""
     if model in books.cheaper_models:
         return books.cheaper_models[model]
     price = table.get(model)
@@ -565,7 +567,8 @@ def cheaper_model(model: str, books: Playbooks, table: PriceTable,
         return None
     pool = [m for m in (candidates or table.models) if m != model and m in table
             and _price(table, m).litellm_provider == price.litellm_provider
-            and _unit_cost(table, m) < _unit_cost(table, model)]
+            and _price(table, m).mode == price.mode
+            and 0 < _unit_cost(table, m) < _unit_cost(table, model)]
     return min(pool, key=lambda m: (_unit_cost(table, m), m), default=None)
 
 

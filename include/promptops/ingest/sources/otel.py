@@ -76,6 +76,7 @@ from promptops.contracts.records import (
     INVALID_VALUE,
     NOT_AN_OBJECT,
 )
+from promptops.errors import InvalidInput
 from promptops.ingest.sources.base import SourcePage, source_reject
 from promptops.ingest.sources.mapping import FieldPaths
 from promptops.timeutil import as_utc, hour_floor, hours_between
@@ -205,7 +206,7 @@ class OtelSpanSource:
     def __init__(self, landing_uri: str, mapping: FieldPaths, *, lateness_hours: int = 1,
                  storage_path: StoragePathFactory = UPath) -> None:
         if lateness_hours < 0:
-            raise ValueError(f"lateness_hours is {lateness_hours}: use 0 or more hours")
+            raise InvalidInput(f"lateness_hours is {lateness_hours}: use 0 or more hours")
         self.landing_uri = landing_uri
         self.root = storage_path(landing_uri.rstrip("/"))
         self.lateness_hours = lateness_hours
@@ -251,7 +252,7 @@ class OtelSpanSource:
         """Pages of at most ``limit`` records (and rejects) for the spans that started in
         ``[start, end)``."""
         if limit < 1:
-            raise ValueError(f"limit is {limit}: a page holds at least 1 record")
+            raise InvalidInput(f"limit is {limit}: a page holds at least 1 record")
         start, end = as_utc(start), as_utc(end)
         lo, hi = _epoch_nanos(start), _epoch_nanos(end)
         last = hour_floor(end - timedelta(microseconds=1))
