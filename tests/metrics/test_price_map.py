@@ -49,8 +49,8 @@ PER_REQUEST = {"perplexity/sonar-medium-online": 0.005}
 _REFERENCE = r"""
 import json, os, sys
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-from litellm import cost_per_token
-from litellm.types.utils import Usage
+from litellm import completion_cost, cost_per_token
+from litellm.types.utils import ModelResponse, Usage
 out = []
 for model, provider, p, c, cached, writes, ms in json.load(sys.stdin):
     usage = Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c,
@@ -58,7 +58,12 @@ for model, provider, p, c, cached, writes, ms in json.load(sys.stdin):
                                          "cache_creation_tokens": writes})
     a, b = cost_per_token(model=model, custom_llm_provider=provider, usage_object=usage,
                           response_time_ms=ms)
-    out.append(a + b)
+    # completion_cost on a response as the proxy sees it (its duration in _response_ms).
+    response = ModelResponse(model=model, usage=usage)
+    response._response_ms = ms
+    whole = completion_cost(completion_response=response, model=model,
+                            custom_llm_provider=provider)
+    out.append([a + b, whole])
 print(json.dumps(out))
 """
 
@@ -78,7 +83,7 @@ def _plain_env(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def litellm_costs() -> list[float]:
+def litellm_costs() -> list[list[float]]:
     python = _litellm_python()
     if python is None:
         pytest.skip("no .venv-litellm (scripts/bootstrap.sh makes it)")
@@ -97,9 +102,11 @@ def test_costs_equal_litellms_own(litellm_costs):
     costs = prices.cost(model, prompt, completion, cached, provider=provider,
                         cache_creation_tokens=writes, latency_ms=latency)
     assert costs.priced.all(), costs.unpriced_models
-    expected = np.array(litellm_costs) + np.array([PER_REQUEST.get(m, 0.0) for m in model])
-    for case, ours, theirs in zip(CASES, costs.cost, expected, strict=True):
-        assert ours == pytest.approx(theirs, rel=1e-9, abs=0), case
+    per_request = np.array([PER_REQUEST.get(m, 0.0) for m in model])
+    for reference in (0, 1):  # cost_per_token, completion_cost
+        expected = np.array([r[reference] for r in litellm_costs]) + per_request
+        for case, ours, theirs in zip(CASES, costs.cost, expected, strict=True):
+            assert ours == pytest.approx(theirs, rel=1e-9, abs=0), (case, reference)
     # The cases do reach the features: a tier, a cache write, a per-second price.
     assert costs.cost[5] > costs.cost[4] * 250_000 / 150_000
     assert costs.cost[12] > 0
