@@ -134,12 +134,16 @@ def promptops_hourly():
         """Metrics for every hour the ingest wrote (late records change earlier hours too)."""
         from promptops.airflow_adapters import resources
         from promptops.metrics.pricing import load_price_table
-        from promptops.pipelines.hourly import analyse_hour
+        from promptops.pipelines.hourly import analyse_hour, push_hour_metrics
 
         lake, prices = resources.lake(), load_price_table()
-        return [analyse_hour(lake, datetime.fromisoformat(h["hour"]), prices=prices,
+        done = [analyse_hour(lake, datetime.fromisoformat(h["hour"]), prices=prices,
                              judge_factory=resources.relevance_judge)
                 for h in ingested["hours"] if h["calls_uri"]]
+        hours = [datetime.fromisoformat(h["hour"]) for h in ingested["hours"] if h["calls_uri"]]
+        if hours:  # the newest hour to the Pushgateway, when one is set (never fails the run)
+            push_hour_metrics(lake, max(hours))
+        return done
 
     @task(task_display_name="Evaluate rules and alert")
     def evaluate_alerts(metrics: list[dict], **context) -> dict:

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
 
     #: Airflow connection that holds the platform's base URL (host) and API key (password).
     platform_conn_id: str = "prompt_platform"
+    #: A Prometheus Pushgateway (``http://pushgateway:9091``): each evaluation pushes its key
+    #: metrics there (README "Integrations"); unset, nothing is pushed.
+    pushgateway_url: str | None = None
+    pushgateway_timeout_s: float = Field(default=5.0, gt=0)
 
     # Where call records come from (README "Where your records come from").
     #: ``platform_api`` (the simulator's and the contract's API), ``otel`` (OpenTelemetry

@@ -78,6 +78,23 @@ def analyse_hour(lake: Lake, hour: datetime, *, prices: PriceTable | None = None
     return summary
 
 
+def push_hour_metrics(lake: Lake, hour: datetime, *, dag: str = "promptops_hourly",
+                      scope: str = "hourly") -> bool | None:
+    """Push the hour's metrics partition to the Pushgateway (``PROMPTOPS_PUSHGATEWAY_URL``);
+    None when none is set, False (and a warning) when the push failed: never raises for it."""
+    from promptops.metrics.prometheus import push_hour
+    from promptops.settings import get_settings
+
+    settings = get_settings()
+    if not settings.pushgateway_url:
+        return None
+    table = lake.read_partition(METRICS, hour_floor(hour))
+    if table is None:
+        return False
+    return push_hour(table, hour_floor(hour), settings.pushgateway_url, dag=dag, scope=scope,
+                     timeout_s=settings.pushgateway_timeout_s)
+
+
 def findings_for_hour(lake: Lake, hour: datetime,
                       config: ThresholdsConfig | None = None, *,
                       baselines: bool = True, root_cause: bool = True,

@@ -1,0 +1,115 @@
+"""Metrics out: each evaluation's key metrics pushed to a Prometheus Pushgateway.
+
+A batch job cannot be scraped, so it pushes (Prometheus' documented path for batch jobs):
+after the hourly metrics, the run's hour goes to ``PROMPTOPS_PUSHGATEWAY_URL`` with
+``prometheus_client.push_to_gateway``, grouped by ``job="promptops"``, ``dag`` and
+``scope``, so each push replaces the previous one of its DAG and scope. Off unless the URL
+is set; a failed push warns and never fails the run.
+
+Names follow Prometheus' conventions: ``promptops_`` prefix, base units in the name
+(seconds, USD, ratio), gauges of the evaluated hour (``promptops_hour_*``), labels
+``dimension`` and ``slice`` only, with the metric table's own bounded cardinality (its top
+users; call ids never). Latency quantiles share one name with a ``quantile`` label.
+``promptops_hour_start_timestamp_seconds`` says which hour the values are of.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from promptops.contracts import metric_table as mt
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from prometheus_client import CollectorRegistry
+
+log = logging.getLogger(__name__)
+
+JOB = "promptops"
+#: The metric table's dimensions pushed by default (``user`` is left out: a label per user
+#: is the cardinality Prometheus warns against, even cut to the top users).
+DEFAULT_DIMENSIONS = (mt.OVERALL, "model", "provider", "app", "team", "region", "template")
+#: metric table name -> (Prometheus name, help, factor to the base unit, extra labels).
+PUSHED: dict[str, tuple[str, str, float, dict[str, str]]] = {
+    mt.COST_USD: ("promptops_hour_cost_usd", "Priced cost of the hour's calls (USD).", 1.0,
+                  {}),
+    mt.TOTAL_TOKENS: ("promptops_hour_tokens", "Prompt plus completion tokens of the hour.",
+                      1.0, {}),
+    mt.REQUESTS: ("promptops_hour_requests", "Calls in the hour.", 1.0, {}),
+    mt.SUCCESS_RATE: ("promptops_hour_success_ratio", "Share of the hour's calls that "
+                      "succeeded.", 1.0, {}),
+    "latency_p50_ms": ("promptops_hour_latency_seconds", "Latency quantile of the hour's "
+                       "calls.", 1e-3, {"quantile": "0.5"}),
+    mt.LATENCY_P95_MS: ("promptops_hour_latency_seconds", "", 1e-3, {"quantile": "0.95"}),
+    "latency_p99_ms": ("promptops_hour_latency_seconds", "", 1e-3, {"quantile": "0.99"}),
+    mt.INTENT_ACCURACY: ("promptops_hour_intent_accuracy_ratio", "Share of labelled calls "
+                         "whose predicted intent was right.", 1.0, {}),
+    mt.RELEVANCE_MEAN: ("promptops_hour_relevance_score", "Mean answer relevance (1-5) of "
+                        "the scored calls.", 1.0, {}),
+}
+
+
+def hour_registry(table: pa.Table, hour: datetime,
+                  dimensions: Sequence[str] = DEFAULT_DIMENSIONS) -> CollectorRegistry:
+    """A registry holding the hour's pushed metrics (rows with a value, in ``dimensions``)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    gauges: dict[str, Gauge] = {}
+    for name, help_, _, extra in PUSHED.values():
+        if name not in gauges:
+            gauges[name] = Gauge(name, help_ or name, ["dimension", "slice", *extra],
+                                 registry=registry)
+    rows = table.select(["metric", "dimension", "slice", "value"]).to_pylist()
+    for row in _wanted(rows, set(dimensions)):
+        name, _, factor, extra = PUSHED[row["metric"]]
+        gauges[name].labels(dimension=row["dimension"], slice=row["slice"],
+                            **extra).set(row["value"] * factor)
+    Gauge("promptops_hour_start_timestamp_seconds", "Start of the hour the values are of.",
+          registry=registry).set(hour.timestamp())
+    return registry
+
+
+def _wanted(rows: Iterable[dict], dimensions: set[str]) -> Iterable[dict]:
+    for row in rows:
+        if row["metric"] in PUSHED and row["dimension"] in dimensions \
+                and row["value"] is not None:
+            yield row
+
+
+def push(registry: CollectorRegistry, url: str, *, grouping_key: dict[str, str],
+         timeout_s: float = 5.0) -> bool:
+    """Push ``registry`` to the gateway at ``url`` (replacing its group); False and a
+    warning, naming the gateway without any credentials in its URL, when it fails."""
+    from prometheus_client import push_to_gateway
+
+    try:
+        push_to_gateway(url, job=JOB, registry=registry, grouping_key=grouping_key,
+                        timeout=timeout_s)
+    except Exception as exc:  # a monitoring side channel must never fail the run
+        log.warning("metrics not pushed to the Pushgateway at %s (%s: %s); the run goes on",
+                    shown_url(url), type(exc).__name__, str(exc).replace(url, shown_url(url)))
+        return False
+    return True
+
+
+def push_hour(table: pa.Table, hour: datetime, url: str | None, *, dag: str,
+              scope: str = "hourly", timeout_s: float = 5.0) -> bool | None:
+    """Push the hour's metrics to ``url`` grouped by DAG and scope; None when no URL is set
+    (pushing is off), else whether it went through."""
+    if not url:
+        return None
+    return push(hour_registry(table, hour), url, grouping_key={"dag": dag, "scope": scope},
+                timeout_s=timeout_s)
+
+
+def shown_url(url: str) -> str:
+    """The URL without user and password (for messages)."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

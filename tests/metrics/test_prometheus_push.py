@@ -1,0 +1,108 @@
+"""Metrics out through Debian's real Pushgateway and Prometheus: an hour of simulator calls,
+pushed, scraped and queried back through Prometheus' HTTP API, to the cent."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from promptops.contracts.records import validate_page
+from promptops.metrics.hourly import compute_hourly_metrics
+from promptops.metrics.pricing import load_price_table
+from promptops.metrics.prometheus import hour_registry, push, push_hour
+from promptops.simulator.config import SimConfig
+from promptops.simulator.platform import Platform
+from tests.helpers.prometheus import free_port, prometheus_scraping, pushgateway, query
+
+HOUR = datetime(2026, 9, 7, 14, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def metrics_table():
+    platform = Platform(SimConfig.build(calls_per_hour=3000, seed=5), start=HOUR)
+    records = platform.records(HOUR, HOUR + timedelta(hours=1), now=HOUR + timedelta(hours=2))
+    calls = validate_page(records, HOUR, HOUR + timedelta(hours=1)).good
+    return compute_hourly_metrics(calls, HOUR, load_price_table())
+
+
+def value_of(table, metric: str, dimension: str = "overall") -> float:
+    rows = [r for r in table.to_pylist()
+            if r["metric"] == metric and r["dimension"] == dimension]
+    return rows[0]["value"]
+
+
+def test_prometheus_answers_the_hours_cost_to_the_cent(metrics_table, tmp_path):
+    with pushgateway() as gateway:
+        assert push_hour(metrics_table, HOUR, gateway, dag="promptops_hourly") is True
+        target = gateway.removeprefix("http://")
+        with prometheus_scraping(target, tmp_path) as prom:
+            got = query(prom, 'promptops_hour_cost_usd{dimension="overall",'
+                              'dag="promptops_hourly",scope="hourly",job="promptops"}')
+            assert len(got) == 1
+            assert round(float(got[0]["value"][1]), 2) == \
+                round(value_of(metrics_table, "cost_usd"), 2)
+            p95 = query(prom, 'promptops_hour_latency_seconds{dimension="overall",'
+                              'quantile="0.95"}')
+            assert float(p95[0]["value"][1]) == pytest.approx(
+                value_of(metrics_table, "latency_p95_ms") / 1000)
+            start = query(prom, "promptops_hour_start_timestamp_seconds")
+            assert float(start[0]["value"][1]) == HOUR.timestamp()
+        # A second push of the same DAG and scope replaces the group, not adds to it.
+        later = HOUR + timedelta(hours=1)
+        assert push_hour(metrics_table, later, gateway, dag="promptops_hourly") is True
+        text = httpx.get(f"{gateway}/metrics", timeout=5).text
+        stamps = [line for line in text.splitlines()
+                  if line.startswith("promptops_hour_start_timestamp_seconds{")]
+        assert len(stamps) == 1
+        assert float(stamps[0].rsplit(" ", 1)[1]) == later.timestamp()
+
+
+def test_labels_are_bounded_to_the_configured_dimensions(metrics_table):
+    registry = hour_registry(metrics_table, HOUR)
+    labels = {(s.labels.get("dimension"), s.labels.get("slice"))
+              for m in registry.collect() for s in m.samples}
+    dims = {d for d, _ in labels if d}
+    assert dims <= {"overall", "model", "provider", "app", "team", "region", "template"}
+    assert "user" not in dims and not any("call" in (s or "") for _, s in labels)
+    names = {m.name for m in registry.collect()}
+    assert {"promptops_hour_cost_usd", "promptops_hour_latency_seconds",
+            "promptops_hour_success_ratio"} <= names
+
+
+def test_an_unreachable_gateway_warns_without_its_credentials_and_never_raises(
+        metrics_table, caplog):
+    url = f"http://pusher:s3cret@127.0.0.1:{free_port()}"
+    with caplog.at_level(logging.WARNING, logger="promptops.metrics.prometheus"):
+        assert push(hour_registry(metrics_table, HOUR), url,
+                    grouping_key={"dag": "promptops_hourly", "scope": "hourly"},
+                    timeout_s=2) is False
+    assert "not pushed" in caplog.text and "127.0.0.1" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert push_hour(metrics_table, HOUR, None, dag="promptops_hourly") is None
+
+
+def test_the_hourly_pipeline_pushes_the_hour_only_when_a_gateway_is_set(
+        metrics_table, tmp_path, monkeypatch):
+    from promptops.lake.store import Lake
+    from promptops.metrics.hourly import write_hourly_metrics
+    from promptops.pipelines.hourly import push_hour_metrics
+    from promptops.settings import get_settings
+
+    lake = Lake(f"file://{tmp_path / 'lake'}")
+    write_hourly_metrics(lake, HOUR, metrics_table)
+    monkeypatch.delenv("PROMPTOPS_PUSHGATEWAY_URL", raising=False)
+    get_settings.cache_clear()
+    assert push_hour_metrics(lake, HOUR) is None
+    with pushgateway() as gateway:
+        monkeypatch.setenv("PROMPTOPS_PUSHGATEWAY_URL", gateway)
+        get_settings.cache_clear()
+        try:
+            assert push_hour_metrics(lake, HOUR) is True
+            assert push_hour_metrics(lake, HOUR + timedelta(hours=5)) is False  # no partition
+        finally:
+            get_settings.cache_clear()
+        text = httpx.get(f"{gateway}/metrics", timeout=5).text
+    assert 'promptops_hour_requests{dag="promptops_hourly",dimension="overall"' in text
