@@ -88,6 +88,9 @@ def promptops_health():
                                   thresholds_loader=resources.thresholds,
                                   webhooks=resources.slack_webhooks(),
                                   variable_reader=resources.variable_reader)
+        from promptops.pipelines.hourly import push_alert_outcome
+
+        push_alert_outcome(outcome, dag="promptops_health", scope="health")
         print(f"health: {outcome['findings']} findings, {len(outcome['firing'])} firing, "
               f"{len(outcome['notifications'])} notifications, "
               f"{outcome['recurring_load_suppressed']} recurring caller load(s) not alerted")

@@ -159,6 +159,9 @@ def promptops_hourly():
                                     run_url=run_url(context),
                                     webhooks=resources.slack_webhooks(),
                                     variable_reader=resources.variable_reader)
+        from promptops.pipelines.hourly import push_alert_outcome
+
+        push_alert_outcome(outcome, dag="promptops_hourly", scope="hourly")
         print(f"alerts: {len(outcome['firing'])} firing, {len(outcome['pending'])} pending, "
               f"{len(outcome['resolved'])} resolved, "
               f"{len(outcome['notifications'])} notifications"

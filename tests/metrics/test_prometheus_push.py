@@ -106,3 +106,42 @@ def test_the_hourly_pipeline_pushes_the_hour_only_when_a_gateway_is_set(
             get_settings.cache_clear()
         text = httpx.get(f"{gateway}/metrics", timeout=5).text
     assert 'promptops_hour_requests{dag="promptops_hourly",dimension="overall"' in text
+
+
+def test_baseline_bands_go_out_beside_the_hours_metrics(metrics_table):
+    import pyarrow as pa
+
+    bands = pa.table({"metric": ["cost_usd", "latency_p95_ms", "requests"],
+                      "dimension": ["overall", "overall", "user"],
+                      "slice": ["*", "*", "user-042"],
+                      "expected": [12.5, 2500.0, 40.0], "lower": [10.0, 1800.0, 0.0],
+                      "upper": [15.0, None, 90.0]})
+    registry = hour_registry(metrics_table, HOUR, bands=bands)
+    got = {(s.name, s.labels["metric"]): s.value for m in registry.collect()
+           for s in m.samples if s.name.startswith("promptops_baseline_")}
+    assert got == {("promptops_baseline_expected", "cost_usd"): 12.5,
+                   ("promptops_baseline_lower", "cost_usd"): 10.0,
+                   ("promptops_baseline_upper", "cost_usd"): 15.0,
+                   ("promptops_baseline_expected", "latency_p95_ms"): 2.5,  # seconds
+                   ("promptops_baseline_lower", "latency_p95_ms"): 1.8}
+
+
+def test_open_incidents_count_once_at_their_worst_severity():
+    from promptops.metrics.prometheus import alerts_registry, push_alerts
+
+    outcome = {"firing": [
+        {"severity": "critical", "incident_id": "a", "fingerprint": "1"},
+        {"severity": "warning", "incident_id": "a", "fingerprint": "2"},
+        {"severity": "warning", "incident_id": "b", "fingerprint": "3"},
+        {"severity": "warning", "incident_id": "b", "fingerprint": "4"}]}
+    samples = {(s.name, s.labels["severity"]): s.value
+               for m in alerts_registry(outcome).collect() for s in m.samples}
+    assert samples[("promptops_open_incidents", "critical")] == 1
+    assert samples[("promptops_open_incidents", "warning")] == 1
+    assert samples[("promptops_firing_alerts", "warning")] == 3
+    assert samples[("promptops_open_incidents", "info")] == 0
+    with pushgateway() as gateway:
+        assert push_alerts(outcome, gateway, dag="promptops_health", scope="health") is True
+        text = httpx.get(f"{gateway}/metrics", timeout=5).text
+    assert 'promptops_open_incidents{dag="promptops_health"' in text
+    assert 'part="alerts"' in text

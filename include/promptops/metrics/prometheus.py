@@ -54,8 +54,12 @@ PUSHED: dict[str, tuple[str, str, float, dict[str, str]]] = {
 
 
 def hour_registry(table: pa.Table, hour: datetime,
-                  dimensions: Sequence[str] = DEFAULT_DIMENSIONS) -> CollectorRegistry:
-    """A registry holding the hour's pushed metrics (rows with a value, in ``dimensions``)."""
+                  dimensions: Sequence[str] = DEFAULT_DIMENSIONS,
+                  bands: pa.Table | None = None) -> CollectorRegistry:
+    """A registry holding the hour's pushed metrics (rows with a value, in ``dimensions``)
+    and, with the daily run's ``bands`` of that hour, each pushed metric's baseline:
+    ``promptops_baseline_expected`` / ``_lower`` / ``_upper`` (label ``metric``, in the
+    metric's base unit)."""
     from prometheus_client import CollectorRegistry, Gauge
 
     registry = CollectorRegistry()
@@ -71,6 +75,54 @@ def hour_registry(table: pa.Table, hour: datetime,
                             **extra).set(row["value"] * factor)
     Gauge("promptops_hour_start_timestamp_seconds", "Start of the hour the values are of.",
           registry=registry).set(hour.timestamp())
+    if bands is not None and bands.num_rows:
+        _baseline_gauges(registry, bands, set(dimensions))
+    return registry
+
+
+def _baseline_gauges(registry: CollectorRegistry, bands: pa.Table,
+                     dimensions: set[str]) -> None:
+    from prometheus_client import Gauge
+
+    names = ("expected", "lower", "upper")
+    gauges = {n: Gauge(f"promptops_baseline_{n}", f"The Holt-Winters baseline's {n} value "
+                       f"of the hour (the metric's base unit).",
+                       ["metric", "dimension", "slice"], registry=registry) for n in names}
+    for row in bands.select(["metric", "dimension", "slice", *names]).to_pylist():
+        if row["metric"] not in PUSHED or row["dimension"] not in dimensions:
+            continue
+        factor = PUSHED[row["metric"]][2]
+        for n in names:
+            if row[n] is not None:
+                gauges[n].labels(metric=row["metric"], dimension=row["dimension"],
+                                 slice=row["slice"]).set(row[n] * factor)
+
+
+def alerts_registry(outcome: dict) -> CollectorRegistry:
+    """Open incidents and firing alerts by severity, from an alert engine outcome
+    (``EvaluationOutcome.as_dict()``): an incident counts at its worst member's severity."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from promptops.contracts.findings import SEVERITY_ORDER
+
+    registry = CollectorRegistry()
+    incidents = Gauge("promptops_open_incidents", "Incidents with a firing member, by their "
+                      "worst severity.", ["severity"], registry=registry)
+    alerts = Gauge("promptops_firing_alerts", "Firing alerts, by severity.", ["severity"],
+                   registry=registry)
+    worst: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for view in outcome.get("firing", []):
+        severity = str(view.get("severity", "info"))
+        counts[severity] = counts.get(severity, 0) + 1
+        iid = view.get("incident_id") or view.get("fingerprint")
+        if iid is not None and SEVERITY_ORDER.get(severity, -1) >= \
+                SEVERITY_ORDER.get(worst.get(iid, ""), -1):
+            worst[iid] = severity
+    for severity in SEVERITY_ORDER:  # every severity present, 0 when none
+        alerts.labels(severity=severity).set(counts.get(severity, 0))
+        incidents.labels(severity=severity).set(sum(1 for v in worst.values()
+                                                    if v == severity))
     return registry
 
 
@@ -98,12 +150,24 @@ def push(registry: CollectorRegistry, url: str, *, grouping_key: dict[str, str],
 
 
 def push_hour(table: pa.Table, hour: datetime, url: str | None, *, dag: str,
-              scope: str = "hourly", timeout_s: float = 5.0) -> bool | None:
-    """Push the hour's metrics to ``url`` grouped by DAG and scope; None when no URL is set
-    (pushing is off), else whether it went through."""
+              scope: str = "hourly", timeout_s: float = 5.0,
+              bands: pa.Table | None = None) -> bool | None:
+    """Push the hour's metrics (and baselines) to ``url`` grouped by DAG and scope; None when
+    no URL is set (pushing is off), else whether it went through."""
     if not url:
         return None
-    return push(hour_registry(table, hour), url, grouping_key={"dag": dag, "scope": scope},
+    return push(hour_registry(table, hour, bands=bands), url,
+                grouping_key={"dag": dag, "scope": scope}, timeout_s=timeout_s)
+
+
+def push_alerts(outcome: dict, url: str | None, *, dag: str, scope: str,
+                timeout_s: float = 5.0) -> bool | None:
+    """Push the evaluation's open incidents and firing alerts (their own group, ``part``
+    ``alerts``, so the hour's metrics stay); None when no URL is set."""
+    if not url:
+        return None
+    return push(alerts_registry(outcome), url,
+                grouping_key={"dag": dag, "scope": scope, "part": "alerts"},
                 timeout_s=timeout_s)
 
 

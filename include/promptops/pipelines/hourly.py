@@ -88,11 +88,28 @@ def push_hour_metrics(lake: Lake, hour: datetime, *, dag: str = "promptops_hourl
     settings = get_settings()
     if not settings.pushgateway_url:
         return None
+    from promptops.detection.baselines.bands import read_bands
+
     table = lake.read_partition(METRICS, hour_floor(hour))
     if table is None:
         return False
+    try:
+        bands = read_bands(lake, hour)
+    except Exception as exc:  # the baseline is context; the metrics still go out
+        log.warning("baselines of %s not pushed: %s", hour.isoformat(), exc)
+        bands = None
     return push_hour(table, hour_floor(hour), settings.pushgateway_url, dag=dag, scope=scope,
-                     timeout_s=settings.pushgateway_timeout_s)
+                     timeout_s=settings.pushgateway_timeout_s, bands=bands)
+
+
+def push_alert_outcome(outcome: dict, *, dag: str, scope: str) -> bool | None:
+    """Open incidents and firing alerts of an evaluation to the Pushgateway, when one is set."""
+    from promptops.metrics.prometheus import push_alerts
+    from promptops.settings import get_settings
+
+    settings = get_settings()
+    return push_alerts(outcome, settings.pushgateway_url, dag=dag, scope=scope,
+                       timeout_s=settings.pushgateway_timeout_s)
 
 
 def findings_for_hour(lake: Lake, hour: datetime,
