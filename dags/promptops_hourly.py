@@ -137,10 +137,9 @@ def promptops_hourly():
         from promptops.pipelines.hourly import analyse_hour, push_hour_metrics
 
         lake, prices = resources.lake(), load_price_table()
-        done = [analyse_hour(lake, datetime.fromisoformat(h["hour"]), prices=prices,
-                             judge_factory=resources.relevance_judge)
-                for h in ingested["hours"] if h["calls_uri"]]
         hours = [datetime.fromisoformat(h["hour"]) for h in ingested["hours"] if h["calls_uri"]]
+        done = [analyse_hour(lake, hour, prices=prices, judge_factory=resources.relevance_judge)
+                for hour in hours]
         if hours:  # the newest hour to the Pushgateway, when one is set (never fails the run)
             push_hour_metrics(lake, max(hours))
         return done

@@ -91,6 +91,15 @@ def slack_connection(url: str) -> str:
     return json.dumps({"conn_type": "slackwebhook", "password": url})
 
 
+def route_to_sink(monkeypatch: Any, sink_url: str) -> None:
+    """The two Slack connections as the DAGs read them (env), on the local sink: critical
+    alerts page on their own channel, warnings go to the team's."""
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS_CRITICAL", json.dumps(
+        {"conn_type": "slackwebhook", "password": sink_url + "/services/PAGE/critical"}))
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps(
+        {"conn_type": "slackwebhook", "password": sink_url + "/services/TEAM/warning"}))
+
+
 def set_faults(sink_url: str, *faults: dict[str, Any]) -> None:
     requests.post(sink_url + "/_faults", json=list(faults), timeout=5).raise_for_status()
 

@@ -45,18 +45,25 @@ def _wait_ready(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 
 
 
 @contextlib.contextmanager
-def pushgateway() -> Iterator[str]:
-    """A Pushgateway on a free loopback port; yields its base URL."""
-    port = free_port()
-    proc = subprocess.Popen([binary(PUSHGATEWAY), f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _serve(command: list[str], port: int, what: str) -> Iterator[str]:
+    """Run a server on ``port`` until the block ends; yields its base URL once ready."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(f"{url}/-/ready", proc, "prometheus-pushgateway")
+        _wait_ready(f"{url}/-/ready", proc, what)
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def pushgateway() -> Iterator[str]:
+    """A Pushgateway on a free loopback port; yields its base URL."""
+    port = free_port()
+    with _serve([binary(PUSHGATEWAY), f"--web.listen-address=127.0.0.1:{port}"], port,
+                "prometheus-pushgateway") as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -70,17 +77,10 @@ def prometheus_scraping(target: str, workdir: Path) -> Iterator[str]:
                       "  - job_name: pushgateway\n"
                       "    honor_labels: true\n"
                       f"    static_configs: [{{targets: ['{target}']}}]\n")
-    proc = subprocess.Popen([binary(PROMETHEUS), f"--config.file={config}",
-                             f"--storage.tsdb.path={workdir / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(f"{url}/-/ready", proc, "prometheus")
+    with _serve([binary(PROMETHEUS), f"--config.file={config}",
+                 f"--storage.tsdb.path={workdir / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{port}"], port, "prometheus") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def query(url: str, promql: str, timeout_s: float = 30.0) -> list[dict]:

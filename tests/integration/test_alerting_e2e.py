@@ -13,6 +13,7 @@ import pytest
 from promptops.lake.store import Lake
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
 from tests.helpers import ROOT
+from tests.helpers.alerts import route_to_sink
 
 SCENARIO = Path(__file__).parent / "scenarios" / "model_error_burst.yaml"
 MODEL = "claude-3-5-sonnet"
@@ -43,11 +44,7 @@ def test_model_error_burst_pages_once_and_resolves_once(airflow_db, tmp_path, mo
         monkeypatch.setenv("PROMPTOPS_THRESHOLD__daily_tokens__budget", "500000000")
         monkeypatch.setenv("AIRFLOW_CONN_PROMPT_PLATFORM", json.dumps(
             {"conn_type": "http", "host": sim.url, "password": sim.api_key}))
-        # Critical alerts page (their own channel); warnings go to the team channel.
-        monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS_CRITICAL", json.dumps(
-            {"conn_type": "slackwebhook", "password": sink.url + "/services/PAGE/critical"}))
-        monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps(
-            {"conn_type": "slackwebhook", "password": sink.url + "/services/TEAM/warning"}))
+        route_to_sink(monkeypatch, sink.url)
         get_settings.cache_clear()
         try:
             dag = DagBag(dag_folder=str(ROOT / "dags")).dags["promptops_hourly"]

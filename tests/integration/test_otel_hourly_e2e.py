@@ -15,6 +15,7 @@ import pytest
 from promptops.lake.store import Lake
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
 from tests.helpers import ROOT
+from tests.helpers.alerts import route_to_sink
 from tests.helpers.otel_spans import (
     collector_json,
     instrumented_openai,
@@ -72,10 +73,7 @@ def test_spans_to_lake_metrics_and_a_success_rate_alert(airflow_db, tmp_path, mo
         monkeypatch.setenv("PROMPTOPS_STATE_DIR", str(tmp_path / "state"))
         # No platform connection at all: the otel source must not need one.
         monkeypatch.delenv("AIRFLOW_CONN_PROMPT_PLATFORM", raising=False)
-        monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS_CRITICAL", json.dumps(
-            {"conn_type": "slackwebhook", "password": sink.url + "/services/PAGE/critical"}))
-        monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps(
-            {"conn_type": "slackwebhook", "password": sink.url + "/services/TEAM/warning"}))
+        route_to_sink(monkeypatch, sink.url)
         get_settings.cache_clear()
         try:
             dag = DagBag(dag_folder=str(ROOT / "dags")).dags["promptops_hourly"]
