@@ -2,7 +2,7 @@
 # Runs the whole test suite (lint included). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/bootstrap.sh
+scripts/bootstrap.sh --tests
 .venv/bin/ruff check .
 .venv/bin/mypy
 # Two workers: many tests wait on processes they started. Tests of the shared Airflow stack

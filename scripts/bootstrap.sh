@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates or refreshes the project's virtual environment (.venv) with uv.
 # Re-installs only when requirements*.txt or pyproject.toml changed since the last install.
+# --tests also makes .venv-litellm, the LiteLLM reference the price and source tests ask.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# LiteLLM as a reference for the tests (its own environment: see requirements-litellm.txt).
+# LiteLLM as a reference for the tests only (its own environment: see
+# requirements-litellm.txt); ./test.sh asks for it with --tests, ./run.sh does not.
+[ "${1:-}" = "--tests" ] || exit 0
 tool_stamp=.venv-litellm/.promptops-installed
 tool_want=$(sha256sum requirements-litellm.txt | cut -d' ' -f1)
 if [ "$(cat "$tool_stamp" 2>/dev/null)" != "$tool_want" ]; then
