@@ -58,10 +58,12 @@ def _evaluate(store: AlertStore, findings, at, run_id):
     return out, recorder.sent
 
 
-#: Fields added for incidents; an old document gets their defaults and nothing else changes.
+#: Fields added for incidents and alert targets; an old document gets their defaults and
+#: nothing else changes.
 _INCIDENT_DEFAULTS = {"incident_id": None, "cause": "", "opened_at": None, "threads": {},
                       "members": [], "keys": [], "route_sent": {},
-                      "first_on_route": False, "all_clear_waits": False}
+                      "first_on_route": False, "all_clear_waits": False, "target": None,
+                      "target_sent": {}}
 
 
 def _without_incident_defaults(value):

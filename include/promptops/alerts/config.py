@@ -176,11 +176,62 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Incident messages a target gets: its opening, its updates, its reminders, its all-clear.
+MessageReason = Literal["new", "update", "repeat", "resolved"]
+
+#: What each kind of target gets by default. A pager opens on ``new``, follows severity
+#: changes (same dedup key: the same PagerDuty incident) and resolves; a reminder would
+#: only repeat a trigger PagerDuty already holds. Alertmanager is also sent every
+#: evaluation that its incident is open (``refresh``), which holds the alert open there.
+DEFAULT_TARGET_MESSAGES: dict[str, list[str]] = {
+    "alertmanager": ["new", "update", "repeat", "resolved"],
+    "pagerduty": ["new", "update", "resolved"],
+    "webhook": ["new", "update", "repeat", "resolved"],
+    "email": ["new", "update", "resolved"],
+}
+
+
+class TargetConfig(_Strict):
+    """A place alerts go beside Slack (see :mod:`promptops.alerts.targets`)."""
+
+    type: Literal["alertmanager", "pagerduty", "webhook", "email"]
+    #: The Airflow connection it sends with (URL, routing key, HMAC secret, SMTP server).
+    connection: str = Field(min_length=1)
+    #: The messages it gets; default per type (:data:`DEFAULT_TARGET_MESSAGES`).
+    messages: list[MessageReason] | None = None
+    #: Alertmanager: ``endsAt`` is this far past the evaluation, so the alert stays open
+    #: until the next evaluation re-sends it and lapses on its own if promptops stops.
+    hold: Duration = timedelta(hours=2)
+    #: Email: recipients (else the connection's extra ``to``); subject prefix.
+    to: list[str] = Field(default_factory=list)
+    subject_prefix: str = "[promptops]"
+    #: HTTP targets: retries of connection errors, 429 and 5xx, with exponential backoff.
+    max_retries: int = Field(default=3, ge=0, le=10)
+    timeout: Duration = timedelta(seconds=10)
+
+    @property
+    def wanted(self) -> list[str]:
+        return list(self.messages) if self.messages is not None \
+            else DEFAULT_TARGET_MESSAGES[self.type]
+
+    @model_validator(mode="after")
+    def _hold_positive(self) -> TargetConfig:
+        if self.hold <= timedelta(0):
+            raise ConfigError("hold must be positive, e.g. 2h (longer than the time between "
+                              "two evaluations)")
+        return self
+
+
 class Route(_Strict):
-    """Alerts matching every matcher go to the first of ``connections`` that exists."""
+    """Alerts matching every matcher go to the first of ``connections`` that exists, and to
+    every one of ``targets``."""
 
     matchers: list[Matcher] = Field(default_factory=list)
-    connections: list[str] = Field(min_length=1)
+    #: Slack connections, the first that exists being used; may be empty when the route has
+    #: targets.
+    connections: list[str] = Field(default_factory=list)
+    #: Names of entries of the config's ``targets:`` (Alertmanager, PagerDuty, ...).
+    targets: list[str] = Field(default_factory=list)
     #: Per-route overrides of the top-level settings.
     group_by: list[str] | None = None
     group_interval: Duration | None = None
@@ -193,6 +244,8 @@ class Route(_Strict):
     @model_validator(mode="after")
     def _known_severities(self) -> Route:
         severities_matched(self.matchers, "matchers")
+        if not self.connections and not self.targets:
+            raise ConfigError("a route needs Slack connections, targets, or both")
         return self
 
 
@@ -271,6 +324,13 @@ class AlertingConfig(_Strict):
     #: First matching route wins; alerts no route matches go to ``default_connections``.
     routes: list[Route] = Field(default_factory=list)
     default_connections: list[str] = Field(default_factory=lambda: ["slack_alerts"], min_length=1)
+    #: Targets of alerts no route matches.
+    default_targets: list[str] = Field(default_factory=list)
+    #: Alert targets beside Slack, by name (routes and ``default_targets`` name them).
+    targets: dict[str, TargetConfig] = Field(default_factory=dict)
+    #: A target's failed message is retried at later evaluations for this long, unless a
+    #: newer message of the same incident to that target replaces it.
+    target_retry_for: Duration = timedelta(days=1)
     inhibit_rules: list[InhibitRule] = Field(default_factory=list)
     #: YAML list of silences; relative paths are resolved against the config file's folder.
     silences_file: Path | None = None
@@ -295,12 +355,26 @@ class AlertingConfig(_Strict):
             raise ValueError("must not be negative")
         return v
 
+    @model_validator(mode="after")
+    def _targets_known(self) -> AlertingConfig:
+        named = [(f"routes.{i}.targets", t) for i, r in enumerate(self.routes)
+                 for t in r.targets] + [("default_targets", t) for t in self.default_targets]
+        for where, name in named:
+            if name not in self.targets:
+                known = ", ".join(sorted(self.targets)) or "none are defined"
+                raise ConfigError(f"{where}: no target {name!r} under targets: ({known})")
+        return self
+
     def route_for(self, labels: dict[str, str]) -> tuple[int, Route]:
         """The index (-1 = default) and route for an alert's identity labels."""
         for i, route in enumerate(self.routes):
             if route.matches(labels):
                 return i, route
-        return -1, Route(connections=self.default_connections)
+        return -1, self.default_route()
+
+    def default_route(self) -> Route:
+        """Where alerts no route matches go (and groups of a route removed since)."""
+        return Route(connections=self.default_connections, targets=self.default_targets)
 
     def group_by_for(self, route: Route) -> list[str]:
         return route.group_by if route.group_by is not None else self.group_by

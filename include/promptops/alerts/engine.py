@@ -134,6 +134,10 @@ class Notification:
     #: a route it had not used (a warning incident turning critical). A page is a critical
     #: notification with ``first_on_route``.
     first_on_route: bool = False
+    #: The alert target this copy goes to (a name under the config's ``targets:``); None:
+    #: the route's Slack connections. ``refresh`` notifications (Alertmanager only) re-send
+    #: an open incident each evaluation so that it stays open there.
+    target: str | None = None
 
     @property
     def severity(self) -> str:
@@ -146,7 +150,7 @@ class Notification:
         return cls(e.id, scope, e.group_key, e.group_labels, e.reason, list(e.connections),
                    parse_iso(e.evaluated_at), e.run_id, e.run_url, e.firing, e.resolved,
                    list(e.new), e.incident_id, e.cause, e.opened_at, dict(e.threads),
-                   e.first_on_route)
+                   e.first_on_route, e.target)
 
 
 @dataclass(frozen=True)

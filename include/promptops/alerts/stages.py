@@ -185,7 +185,7 @@ def group(records: dict[str, AlertRecord], muted: dict[str, str],
             index = gs.route_index
             # A route removed from the config since: its group goes to the defaults.
             route = config.routes[index] if 0 <= index < len(config.routes) \
-                else Route(connections=config.default_connections)
+                else config.default_route()
             groups[key] = Group(key, gs.labels, index, route)
     return dict(sorted(groups.items()))
 
@@ -193,7 +193,7 @@ def group(records: dict[str, AlertRecord], muted: dict[str, str],
 def _route_at(index: int, config: AlertingConfig) -> Route:
     # A route removed from the config since: its group goes to the defaults.
     return config.routes[index] if 0 <= index < len(config.routes) \
-        else Route(connections=config.default_connections)
+        else config.default_route()
 
 
 def incident_groups(records: dict[str, AlertRecord], muted: dict[str, str],

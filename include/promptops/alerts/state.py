@@ -177,6 +177,9 @@ class OutboxEntry:
     #: Incidents: the incident's first message on this route (its opening, or an escalation
     #: reaching the paging route): what a pager counts as a page.
     first_on_route: bool = False
+    #: The alert target this copy of the message goes to (None: the route's Slack
+    #: connections). A target's copy has its own id, claim and retries.
+    target: str | None = None
 
     def in_flight(self, claim_timeout: timedelta) -> bool:
         """An older evaluation's message that its run may still be sending."""
