@@ -87,7 +87,8 @@ def promptops_health():
                                   run_url=run_url(context),
                                   thresholds_loader=resources.thresholds,
                                   webhooks=resources.slack_webhooks(),
-                                  variable_reader=resources.variable_reader)
+                                  variable_reader=resources.variable_reader,
+                                  targets=resources.target_connections())
         from promptops.pipelines.hourly import push_alert_outcome
 
         push_alert_outcome(outcome, dag="promptops_health", scope="health")

@@ -157,7 +157,8 @@ def promptops_hourly():
         outcome = alert_on_findings(lake, findings, end, run_id=context["run_id"],
                                     run_url=run_url(context),
                                     webhooks=resources.slack_webhooks(),
-                                    variable_reader=resources.variable_reader)
+                                    variable_reader=resources.variable_reader,
+                                    targets=resources.target_connections())
         from promptops.pipelines.hourly import push_alert_outcome
 
         push_alert_outcome(outcome, dag="promptops_hourly", scope="hourly")

@@ -63,7 +63,7 @@ def _evaluate(store: AlertStore, findings, at, run_id):
 _INCIDENT_DEFAULTS = {"incident_id": None, "cause": "", "opened_at": None, "threads": {},
                       "members": [], "keys": [], "route_sent": {},
                       "first_on_route": False, "all_clear_waits": False, "target": None,
-                      "target_sent": {}}
+                      "target_sent": {}, "signature": ""}
 
 
 def _without_incident_defaults(value):

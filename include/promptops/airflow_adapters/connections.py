@@ -164,6 +164,30 @@ def connection_password(conn_id: str) -> str | None:
         return None
 
 
+class AirflowTargetConnections:
+    """:class:`promptops.alerts.targets.TargetConnections` from Airflow connections: the
+    alert targets' URLs, routing keys, HMAC secrets and SMTP servers. Each password is
+    registered with the log masker before the library sees it."""
+
+    def get(self, conn_id: str) -> Any:
+        from promptops.alerts.targets import TargetConnection
+
+        try:
+            conn = Connection.get(conn_id)
+        except AirflowNotFoundException:
+            return None
+        if conn.password:
+            mask_secret(conn.password, f"the password of connection {conn_id!r}")
+        try:
+            extra = conn.extra_dejson
+        except Exception:  # an extra that is not JSON: say so where it is used
+            log.warning("connection %r: its extra is not a JSON object; ignored", conn_id)
+            extra = {}
+        return TargetConnection(conn_id=conn_id, conn_type=conn.conn_type, host=conn.host,
+                                port=conn.port, login=conn.login, password=conn.password,
+                                schema=conn.schema, extra=dict(extra or {}))
+
+
 class AirflowSlackWebhooks:
     """:class:`promptops.alerts.slack.SlackWebhooks` through the Airflow Slack provider's
     ``SlackWebhookHook`` (connection of type ``slackwebhook``: the webhook URL in its

@@ -204,6 +204,12 @@ def slack_notifier(config: AlertingConfig, **kwargs: Any) -> SlackNotifier:
     return SlackNotifier.from_config(config, webhooks=slack_webhooks(), **kwargs)
 
 
+def target_connections() -> connections.AirflowTargetConnections:
+    """The alert targets' connections (Alertmanager, PagerDuty, webhook, SMTP) from
+    Airflow, their passwords masked in task logs."""
+    return connections.AirflowTargetConnections()
+
+
 def silences(config: AlertingConfig) -> SilenceSource:
     """The silences of the config's file and its Airflow Variable."""
     from promptops.alerts.silences import SilenceSource

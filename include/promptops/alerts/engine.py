@@ -63,7 +63,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from promptops.alerts import incidents
+from promptops.alerts import fanout, incidents
 from promptops.alerts.config import AlertingConfig
 from promptops.alerts.silences import Silence, SilenceSource
 from promptops.alerts.stages import Plan, plan_evaluation, plan_gap_fill
@@ -186,6 +186,15 @@ def apply_delivery(state: AlertState, entry: OutboxEntry, delivery: Delivery,
     current = next((e for e in state.outbox if e.id == entry.id), None)
     if current is not None and current.status == "sent":
         return state
+    if entry.target is not None:  # a target's copy: only its own outbox entry and ledger
+        if delivery.ok:
+            fanout.record_sent(state.groups, entry)
+            state.outbox = [e for e in state.outbox if e.id != entry.id]
+        elif current is not None:
+            current.status, current.attempt, current.error = "failed", attempt + 1, \
+                delivery.error
+        _report(state, entry, delivery)
+        return state
     gs = state.groups.setdefault(entry.group_key,
                                  GroupState(entry.group_labels, entry.route_index))
     status = "sent" if delivery.ok else "failed"
@@ -215,14 +224,19 @@ def apply_delivery(state: AlertState, entry: OutboxEntry, delivery: Delivery,
             current.status, current.attempt, current.error = "failed", attempt + 1, \
                 delivery.error
     mark_log_rows(state.last_log_rows, entry.id, status, delivery.connection_id)
+    _report(state, entry, delivery)
+    return state
+
+
+def _report(state: AlertState, entry: OutboxEntry, delivery: Delivery) -> None:
+    """The delivery in the stored outcome of its evaluation (what a rerun returns)."""
     outcome = state.last_outcome
-    if outcome and iso(outcome.evaluated_at) == entry.evaluated_at:
+    if outcome:
         for n in outcome.notifications:
             if n.notification_id == entry.id:
-                n.status, n.connection_id, n.error = status, delivery.connection_id, \
-                    delivery.error
+                n.status = "sent" if delivery.ok else "failed"
+                n.connection_id, n.error = delivery.connection_id, delivery.error
                 n.attempts += delivery.attempts
-    return state
 
 
 # -- the engine -----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from promptops.alerts import incidents
+from promptops.alerts import fanout, incidents
 from promptops.alerts.config import AlertingConfig, Route, matches_all
 from promptops.alerts.incidents import is_incident
 from promptops.alerts.silences import Silence
@@ -419,13 +419,22 @@ def plan_evaluation(state: AlertState | None, findings: dict[str, Finding], now:
     # Older evaluations' messages: keep the ones that may still be in flight (their groups
     # wait); drop failed or abandoned ones, whose groups are simply due again.
     in_flight = [e for e in state.outbox if e.in_flight(config.claim_timeout)]
-    waiting = {e.group_key for e in in_flight}
+    # Only a Slack message in flight holds its group back; targets have their own copies.
+    waiting = {e.group_key for e in in_flight if e.target is None}
     due = schedule(groups, records, muted, known, waiting, now, config, scope=scope,
                    run_id=run_id, run_url=run_url, peers=peers)
+    # The routes' alert targets: a copy of each message, Alertmanager's refresh of each
+    # open incident, and older copies still to deliver (promptops.alerts.fanout).
+    copies = fanout.target_copies(due.entries, {**known, **due.groups}, config)
+    copies += fanout.refresh_copies(
+        _open_groups(groups, due.groups, waiting, now, config, scope, run_id, run_url),
+        due.entries + copies, config)
+    retried = fanout.retained(state.outbox, in_flight, copies, config, now)
+    sends = due.entries + copies + retried
 
     state.version, state.scope = STATE_VERSION, scope
     state.last_evaluated_at, state.last_run_id = iso(now), run_id
-    state.alerts, state.outbox = records, in_flight + due.entries
+    state.alerts, state.outbox = records, in_flight + sends
     state.groups = {**_closed_kept(state.groups, now), **due.groups}
     # Keep resolved alerts while a message may still have to tell Slack about them.
     state.prune_resolved()
@@ -435,8 +444,28 @@ def plan_evaluation(state: AlertState | None, findings: dict[str, Finding], now:
                                    scope=scope, run_id=run_id)
     state.last_log_rows += incident_rows(groups, known, state.alerts, muted, due.entries,
                                          now, scope=scope, run_id=run_id)
-    outcome = _outcome(state.alerts, muted, due.entries, now, scope=scope, run_id=run_id)
-    return Plan(state, due.entries, outcome, state.last_log_rows)
+    outcome = _outcome(state.alerts, muted, sends, now, scope=scope, run_id=run_id)
+    return Plan(state, sends, outcome, state.last_log_rows)
+
+
+def _open_groups(groups: dict[str, Group], states: dict[str, GroupState], waiting: set[str],
+                 now: datetime, config: AlertingConfig, scope: str, run_id: str | None,
+                 run_url: str | None) -> list[tuple[OutboxEntry, GroupState | None]]:
+    """Each open, unmuted group whose route has an Alertmanager target, as the message
+    that refreshes it there (no other group is built: most routes have none)."""
+    out: list[tuple[OutboxEntry, GroupState | None]] = []
+    for key, g in groups.items():
+        if not g.firing or key in waiting or not any(
+                t in config.targets and config.targets[t].type == "alertmanager"
+                for t in g.route.targets):
+            continue
+        gs = states.get(key)
+        entry = _message(_hash(scope, key, iso(now), fanout.REFRESH), g, now, run_id, run_url,
+                         fanout.REFRESH, g.firing, [], [])
+        if is_incident(key) and gs is not None:
+            entry = _with_incident(entry, gs)
+        out.append((entry, gs))
+    return out
 
 
 def _grouped(state: AlertState, records: dict[str, AlertRecord], muted: dict[str, str],
@@ -609,6 +638,7 @@ def plan_gap_fill(state: AlertState, findings: dict[str, Finding], now: datetime
     muted = mute(state.alerts, config, latest_silences)
     entries = _schedule_promoted(state, promoted, muted, latest, now, config, scope=scope,
                                  run_id=run_id, run_url=run_url)
+    entries += fanout.target_copies(entries, state.groups, config)
     state.outbox = state.outbox + entries
     rows = _gap_log_rows(firing_then, muted_then, state.alerts, entries, history, now,
                          scope=scope, run_id=run_id)
@@ -659,7 +689,8 @@ def _schedule_promoted(state: AlertState, promoted: list[str], muted: dict[str, 
     unless one is in flight or the group waits for its group_interval (a later evaluation
     sends it). Adds the state of a group messaged for the first time."""
     records = state.alerts
-    waiting = {e.group_key for e in state.outbox if e.in_flight(config.claim_timeout)}
+    waiting = {e.group_key for e in state.outbox
+               if e.target is None and e.in_flight(config.claim_timeout)}
     if config.grouping == "incidents":
         return _schedule_promoted_incidents(state, promoted, muted, waiting, latest, now,
                                             config, scope=scope, run_id=run_id,

@@ -131,6 +131,8 @@ class GroupState:
     opened_at: str | None = None
     #: Incidents: the last delivered message per route index (the hourly floor per route).
     route_sent: dict[str, str] = field(default_factory=dict)
+    #: The signature of the last message each alert target received (by target name).
+    target_sent: dict[str, str] = field(default_factory=dict)
     #: Incidents with a bot token: the ``ts`` of its opening message per connection, which
     #: updates reply to (``thread_ts``) and ``chat.update`` rewrites.
     threads: dict[str, str] = field(default_factory=dict)
@@ -180,6 +182,9 @@ class OutboxEntry:
     #: The alert target this copy of the message goes to (None: the route's Slack
     #: connections). A target's copy has its own id, claim and retries.
     target: str | None = None
+    #: A target's copy: what makes it the same message as one the target already got
+    #: (:func:`promptops.alerts.fanout.signature`).
+    signature: str = ""
 
     def in_flight(self, claim_timeout: timedelta) -> bool:
         """An older evaluation's message that its run may still be sending."""
@@ -210,12 +215,14 @@ class NotificationReport:
     #: False when the result could not be written to the state store.
     recorded: bool = True
     incident_id: str | None = None
+    #: The alert target it went to; None: the route's Slack connections.
+    target: str | None = None
 
     @classmethod
     def pending(cls, entry: OutboxEntry) -> NotificationReport:
         return cls(entry.id, entry.group_key, entry.group_labels, entry.reason,
                    len(entry.firing), len(entry.resolved), "pending",
-                   incident_id=entry.incident_id)
+                   incident_id=entry.incident_id, target=entry.target)
 
     def update_from(self, delivery: Delivery) -> None:
         self.status = "sent" if delivery.ok else "failed"

@@ -76,6 +76,15 @@ class TargetConnections(Protocol):
         """The connection, or None when it does not exist."""
 
 
+class _NoConnections:
+    def get(self, conn_id: str) -> TargetConnection | None:
+        return None
+
+
+#: No target connection exists (outside Airflow, unless a caller hands its own).
+NO_TARGET_CONNECTIONS: TargetConnections = _NoConnections()
+
+
 class TargetSender(Protocol):
     def deliver(self, n: Notification, target: TargetConfig,
                 conn: TargetConnection) -> Delivery: ...
@@ -179,6 +188,8 @@ class TargetNotifier:
 
     def deliver(self, notification: Notification) -> Delivery:
         if notification.target is None:
+            if not notification.connections:  # a route of targets only: nothing for Slack
+                return Delivery(ok=True, attempts=0)
             return self.slack.deliver(notification)
         target = self.config.targets.get(notification.target)
         if target is None:
@@ -230,6 +241,6 @@ SENDERS: dict[str, Callable[[], TargetSender]] = {
     "email": _email}
 
 
-__all__ = ["CONNECTION_HINT", "RETRY_STATUSES", "SENDERS", "TargetConnection",
+__all__ = ["CONNECTION_HINT", "NO_TARGET_CONNECTIONS", "RETRY_STATUSES", "SENDERS", "TargetConnection",
            "TargetConnections", "TargetNotifier", "TargetSender", "alert_line", "annotation",
            "attempts_of", "cause_text", "failure", "http_session", "title"]

@@ -22,6 +22,7 @@ from promptops.timeutil import as_utc
 
 if TYPE_CHECKING:
     from promptops.alerts.slack import SlackWebhooks
+    from promptops.alerts.targets import TargetConnections
     from promptops.contracts.findings import Finding
     from promptops.detection.caller_history import CallerHistoryConfig
     from promptops.detection.thresholds import ThresholdsConfig
@@ -142,12 +143,13 @@ def evaluate_health(lake: Lake, at: datetime, rows: list[dict], *, run_id: str,
                     webhooks: SlackWebhooks,
                     variable_reader: Callable[[str], str | None] | None = None,
                     thresholds_loader: Callable[[], ThresholdsConfig] | None = None,
-                    run_url: str | None = None) -> dict:
+                    run_url: str | None = None,
+                    targets: TargetConnections | None = None) -> dict:
     """Store the evaluation's rows, judge them (:func:`judge_health`), alert; returns the
     engine's outcome plus ``findings`` and ``recurring_load_suppressed`` (counts).
     ``thresholds_loader`` loads the rules once the rows are stored (default: the file's; a
     DAG task's adds the Variable's overrides); ``webhooks`` and ``variable_reader`` go to
-    :func:`promptops.pipelines.hourly.alert_on_findings`."""
+    :func:`promptops.pipelines.hourly.alert_on_findings`, as do ``targets``."""
     from promptops.detection.thresholds import load_thresholds
     from promptops.metrics.health import write_health_metrics
     from promptops.pipelines.hourly import alert_on_findings
@@ -158,7 +160,7 @@ def evaluate_health(lake: Lake, at: datetime, rows: list[dict], *, run_id: str,
     judged = judge_health(lake, at, table, (thresholds_loader or load_thresholds)())
     outcome = alert_on_findings(lake, judged.findings, at, run_id=run_id, run_url=run_url,
                                 scope="health", webhooks=webhooks,
-                                variable_reader=variable_reader)
+                                variable_reader=variable_reader, targets=targets)
     outcome["findings"] = len(judged.findings)
     outcome["recurring_load_suppressed"] = len(judged.recurring_load_suppressed)
     return outcome

@@ -35,6 +35,7 @@ from promptops.timeutil import as_utc, hour_floor
 
 if TYPE_CHECKING:
     from promptops.alerts.slack import SlackWebhooks
+    from promptops.alerts.targets import TargetConnections
 
 log = logging.getLogger(__name__)
 
@@ -172,20 +173,25 @@ HEAL_REQUESTS_SCHEMA = pa.schema([
 def alert_on_findings(lake: Lake, findings: list[Finding], now: datetime, *, run_id: str,
                       webhooks: SlackWebhooks,
                       variable_reader: Callable[[str], str | None] | None = None,
-                      run_url: str | None = None, scope: str = "hourly") -> dict:
+                      run_url: str | None = None, scope: str = "hourly",
+                      targets: TargetConnections | None = None) -> dict:
     """Run the alert engine on one evaluation; returns its outcome as a JSON-safe dict.
-    ``webhooks``: the Slack connections; ``variable_reader``: reads the silences Variable
-    (both from ``airflow_adapters.resources`` in a DAG task)."""
+    ``webhooks``: the Slack connections; ``variable_reader``: reads the silences Variable;
+    ``targets``: the connections of the alert targets beside Slack (all three from
+    ``airflow_adapters.resources`` in a DAG task; without ``targets`` a route's target
+    fails, saying its connection does not exist)."""
     # Imported here: slack_sdk and the engine are only needed by the evaluating task.
     from promptops.alerts.config import load_alerting_config
     from promptops.alerts.engine import AlertEngine
     from promptops.alerts.silences import SilenceSource
     from promptops.alerts.slack import SlackNotifier
     from promptops.alerts.store import AlertStore
+    from promptops.alerts.targets import NO_TARGET_CONNECTIONS, TargetNotifier
 
     config = load_alerting_config()
-    engine = AlertEngine(config, AlertStore(lake, scope=scope),
-                         SlackNotifier.from_config(config, webhooks=webhooks),
+    notifier = TargetNotifier(config, SlackNotifier.from_config(config, webhooks=webhooks),
+                              targets if targets is not None else NO_TARGET_CONNECTIONS)
+    engine = AlertEngine(config, AlertStore(lake, scope=scope), notifier,
                          silences=SilenceSource.from_config(config,
                                                             variable_reader=variable_reader))
     outcome = engine.evaluate(findings, now, run_id=run_id, run_url=run_url)
