@@ -121,6 +121,9 @@ def promptops_hourly():
         summary = merge_windows(lake(), list(pulled), run_id=context["run_id"],
                                 max_reject_share=get_settings().max_reject_share,
                                 replace=replace_requested(context["dag_run"].conf)).as_dict()
+        from promptops.pipelines.hourly import push_ingest_summary
+
+        push_ingest_summary(summary)  # counts, rejects and lag, when a Pushgateway is set
         context["outlet_events"][CALLS_ASSET].extra = {
             "partitions": [h["calls_uri"] for h in summary["hours"]],
             "window_start": summary["window_start"],

@@ -145,3 +145,51 @@ def test_open_incidents_count_once_at_their_worst_severity():
         text = httpx.get(f"{gateway}/metrics", timeout=5).text
     assert 'promptops_open_incidents{dag="promptops_health"' in text
     assert 'part="alerts"' in text
+
+
+def test_the_health_sensors_values_go_out_in_base_units_without_users():
+    from promptops.metrics.health import recent_call_rows
+    from promptops.metrics.prometheus import health_registry, push_health
+
+    at = HOUR + timedelta(minutes=35)
+    platform = Platform(SimConfig.build(calls_per_hour=3000, seed=5), start=HOUR)
+    records = platform.records(HOUR, at, now=at)
+    calls = validate_page(records, HOUR, at).good
+    table = recent_call_rows(calls, at, minutes=5)
+    samples = {(s.name, s.labels.get("quantile", "")): s.value
+               for m in health_registry(table, at).collect() for s in m.samples
+               if s.labels.get("dimension", "overall") == "overall"}
+    assert samples[("promptops_5m_requests", "")] == value_of(table, "requests")
+    assert samples[("promptops_5m_latency_seconds", "0.95")] == pytest.approx(
+        value_of(table, "latency_p95_ms") / 1000)
+    assert samples[("promptops_health_evaluated_timestamp_seconds", "")] == at.timestamp()
+    # The per-user abuse rows of the window stay out: one label per user is unbounded.
+    assert "user" in set(table.column("dimension").to_pylist())
+    labels = {s.labels.get("dimension") for m in health_registry(table, at).collect()
+              for s in m.samples}
+    assert "user" not in labels
+    with pushgateway() as gateway:
+        assert push_health(table, at, gateway, dag="promptops_health") is True
+        text = httpx.get(f"{gateway}/metrics", timeout=5).text
+    assert 'promptops_5m_success_ratio{dag="promptops_health"' in text
+    assert push_health(table, at, None, dag="promptops_health") is None
+
+
+def test_ingest_counts_rejects_and_lag_go_out_in_their_own_group():
+    from promptops.metrics.prometheus import ingest_registry, push_ingest
+
+    summary = {"window_start": "2026-09-07T13:00:00+00:00",
+               "window_end": "2026-09-07T15:00:00+00:00", "received": 120, "written": 100,
+               "duplicates": 5, "rejected": {"missing_field": 10, "bad_ts": 5}}
+    finished = datetime(2026, 9, 7, 15, 4, 30, tzinfo=UTC)
+    samples = {(s.name, s.labels.get("reason", "")): s.value
+               for m in ingest_registry(summary, finished).collect() for s in m.samples}
+    assert samples[("promptops_ingest_lag_seconds", "")] == 270
+    assert samples[("promptops_ingest_rejected_records", "missing_field")] == 10
+    assert samples[("promptops_ingest_written_records", "")] == 100
+    with pushgateway() as gateway:
+        assert push_ingest(summary, finished, gateway, dag="promptops_hourly") is True
+        text = httpx.get(f"{gateway}/metrics", timeout=5).text
+    line = [x for x in text.splitlines()
+            if x.startswith("promptops_ingest_rejected_records{") and "bad_ts" in x]
+    assert len(line) == 1 and 'part="ingest"' in line[0] and line[0].endswith(" 5")

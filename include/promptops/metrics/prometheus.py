@@ -80,6 +80,80 @@ def hour_registry(table: pa.Table, hour: datetime,
     return registry
 
 
+#: The 5-minute health sensor's rows (metric table name -> Prometheus name, help, factor,
+#: extra labels), of the dimensions in :data:`HEALTH_DIMENSIONS` (never per user).
+HEALTH_PUSHED: dict[str, tuple[str, str, float, dict[str, str]]] = {
+    "api_up": ("promptops_api_up", "1 when the platform's /health said ok at the last "
+               "5-minute check, else 0.", 1.0, {}),
+    "api_health_latency_ms": ("promptops_api_health_latency_seconds", "Latency of the last "
+                              "/health answer.", 1e-3, {}),
+    mt.REQUESTS: ("promptops_5m_requests", "Calls in the last 5 minutes.", 1.0, {}),
+    mt.SUCCESS_RATE: ("promptops_5m_success_ratio", "Share of the last 5 minutes' calls that "
+                      "succeeded.", 1.0, {}),
+    mt.LATENCY_P95_MS: ("promptops_5m_latency_seconds", "Latency quantile of the last 5 "
+                        "minutes' calls.", 1e-3, {"quantile": "0.95"}),
+    "gpu_utilization_pct": ("promptops_gpu_utilization_ratio", "GPU utilisation at the last "
+                            "check.", 1e-2, {}),
+    "gpu_memory_used_pct": ("promptops_gpu_memory_used_ratio", "Share of GPU memory in use at "
+                            "the last check.", 1e-2, {}),
+    "gpu_temperature_c": ("promptops_gpu_temperature_celsius", "GPU temperature at the last "
+                          "check.", 1.0, {}),
+}
+HEALTH_DIMENSIONS = (mt.OVERALL, "gpu", "gpu_node")
+
+
+def health_registry(table: pa.Table, at: datetime) -> CollectorRegistry:
+    """The 5-minute evaluation's rows: API up and latency, the last 5 minutes' calls,
+    success and p95, and each GPU's utilisation, memory and temperature."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    gauges: dict[str, Gauge] = {}
+    rows = table.select(["metric", "dimension", "slice", "value"]).to_pylist()
+    for row in rows:
+        spec = HEALTH_PUSHED.get(row["metric"])
+        if spec is None or row["dimension"] not in HEALTH_DIMENSIONS or row["value"] is None:
+            continue
+        name, help_, factor, extra = spec
+        if name not in gauges:
+            gauges[name] = Gauge(name, help_, ["dimension", "slice", *extra],
+                                 registry=registry)
+        gauges[name].labels(dimension=row["dimension"], slice=row["slice"],
+                            **extra).set(row["value"] * factor)
+    Gauge("promptops_health_evaluated_timestamp_seconds", "When the 5-minute sensor's values "
+          "were taken.", registry=registry).set(at.timestamp())
+    return registry
+
+
+def ingest_registry(summary: dict, finished_at: datetime) -> CollectorRegistry:
+    """An ingest run's counts (``IngestSummary.as_dict()``): records received, written,
+    duplicate and rejected (by reason, the quarantine's), and its lag: how long after its
+    window's end the window was in the lake."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    for key, help_ in (("received", "Records the last ingest run received."),
+                       ("written", "Records the last ingest run wrote to the lake."),
+                       ("duplicates", "Records the last ingest run dropped as duplicates.")):
+        Gauge(f"promptops_ingest_{key}_records", help_, registry=registry).set(
+            float(summary.get(key) or 0))
+    rejected = Gauge("promptops_ingest_rejected_records", "Records the last ingest run kept "
+                     "aside in the quarantine, by reason.", ["reason"], registry=registry)
+    for reason, n in sorted((summary.get("rejected") or {}).items()):
+        rejected.labels(reason=reason).set(float(n))
+    end = summary.get("window_end")
+    if end:
+        end_ts = datetime.fromisoformat(end).timestamp()
+        Gauge("promptops_ingest_window_end_timestamp_seconds", "End of the window the last "
+              "ingest run covered.", registry=registry).set(end_ts)
+        Gauge("promptops_ingest_lag_seconds", "How long after its window's end the last "
+              "ingest run finished.", registry=registry).set(
+                  max(0.0, finished_at.timestamp() - end_ts))
+    Gauge("promptops_ingest_last_success_timestamp_seconds", "When the last ingest run "
+          "finished.", registry=registry).set(finished_at.timestamp())
+    return registry
+
+
 def _baseline_gauges(registry: CollectorRegistry, bands: pa.Table,
                      dimensions: set[str]) -> None:
     from prometheus_client import Gauge
@@ -168,6 +242,25 @@ def push_alerts(outcome: dict, url: str | None, *, dag: str, scope: str,
         return None
     return push(alerts_registry(outcome), url,
                 grouping_key={"dag": dag, "scope": scope, "part": "alerts"},
+                timeout_s=timeout_s)
+
+
+def push_health(table: pa.Table, at: datetime, url: str | None, *, dag: str,
+                scope: str = "health", timeout_s: float = 5.0) -> bool | None:
+    """Push the 5-minute sensor's values, grouped by DAG and scope; None when no URL is set."""
+    if not url:
+        return None
+    return push(health_registry(table, at), url, grouping_key={"dag": dag, "scope": scope},
+                timeout_s=timeout_s)
+
+
+def push_ingest(summary: dict, finished_at: datetime, url: str | None, *, dag: str,
+                scope: str = "hourly", timeout_s: float = 5.0) -> bool | None:
+    """Push an ingest run's counts and lag (group ``part="ingest"``); None when no URL."""
+    if not url:
+        return None
+    return push(ingest_registry(summary, finished_at), url,
+                grouping_key={"dag": dag, "scope": scope, "part": "ingest"},
                 timeout_s=timeout_s)
 
 

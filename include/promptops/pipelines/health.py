@@ -157,6 +157,12 @@ def evaluate_health(lake: Lake, at: datetime, rows: list[dict], *, run_id: str,
     at = as_utc(at)
     table = table_of(rows)
     write_health_metrics(lake, at, table)
+    from promptops.metrics.prometheus import push_health
+    from promptops.settings import get_settings
+
+    settings = get_settings()  # the sensor's values to the Pushgateway, when one is set
+    push_health(table, at, settings.pushgateway_url, dag="promptops_health",
+                timeout_s=settings.pushgateway_timeout_s)
     judged = judge_health(lake, at, table, (thresholds_loader or load_thresholds)())
     outcome = alert_on_findings(lake, judged.findings, at, run_id=run_id, run_url=run_url,
                                 scope="health", webhooks=webhooks,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -101,6 +101,17 @@ def push_hour_metrics(lake: Lake, hour: datetime, *, dag: str = "promptops_hourl
         bands = None
     return push_hour(table, hour_floor(hour), settings.pushgateway_url, dag=dag, scope=scope,
                      timeout_s=settings.pushgateway_timeout_s, bands=bands)
+
+
+def push_ingest_summary(summary: dict, *, dag: str = "promptops_hourly",
+                        scope: str = "hourly") -> bool | None:
+    """An ingest run's counts, rejects and lag to the Pushgateway, when one is set."""
+    from promptops.metrics.prometheus import push_ingest
+    from promptops.settings import get_settings
+
+    settings = get_settings()
+    return push_ingest(summary, datetime.now(UTC), settings.pushgateway_url, dag=dag,
+                       scope=scope, timeout_s=settings.pushgateway_timeout_s)
 
 
 def push_alert_outcome(outcome: dict, *, dag: str, scope: str) -> bool | None:
