@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     #: metrics there (README "Integrations"); unset, nothing is pushed.
     pushgateway_url: str | None = None
     pushgateway_timeout_s: float = Field(default=5.0, gt=0)
+    #: The alerting config (routes, targets, inhibition; default include/config/alerting.yaml).
+    alerting_file: Path | None = None
 
     # Where call records come from (README "Where your records come from").
     #: ``platform_api`` (the simulator's and the contract's API), ``otel`` (OpenTelemetry

@@ -407,8 +407,12 @@ def parse_alerting_config(data: Any, source: str = "<alerting config>",
 
 
 def load_alerting_config(path: str | Path | None = None) -> AlertingConfig:
-    """Read ``include/config/alerting.yaml`` (or ``path``)."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    """Read ``path``, else ``PROMPTOPS_ALERTING_FILE``, else ``include/config/alerting.yaml``."""
+    if path is None:
+        from promptops.settings import get_settings
+
+        path = get_settings().alerting_file or DEFAULT_CONFIG_PATH
+    path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:

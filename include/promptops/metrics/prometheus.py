@@ -132,10 +132,11 @@ def ingest_registry(summary: dict, finished_at: datetime) -> CollectorRegistry:
     from prometheus_client import CollectorRegistry, Gauge
 
     registry = CollectorRegistry()
-    for key, help_ in (("received", "Records the last ingest run received."),
-                       ("written", "Records the last ingest run wrote to the lake."),
-                       ("duplicates", "Records the last ingest run dropped as duplicates.")):
-        Gauge(f"promptops_ingest_{key}_records", help_, registry=registry).set(
+    for key, name, help_ in (
+            ("received", "received", "Records the last ingest run received."),
+            ("written", "written", "Records the last ingest run wrote to the lake."),
+            ("duplicates", "duplicate", "Records the last ingest run dropped as duplicates.")):
+        Gauge(f"promptops_ingest_{name}_records", help_, registry=registry).set(
             float(summary.get(key) or 0))
     rejected = Gauge("promptops_ingest_rejected_records", "Records the last ingest run kept "
                      "aside in the quarantine, by reason.", ["reason"], registry=registry)
