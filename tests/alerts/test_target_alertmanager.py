@@ -108,10 +108,10 @@ def test_alert_shows_in_alertmanager_with_labels_annotations_and_held_ends_at(
         "alertname": "success_rate", "severity": "critical", "metric": "success_rate",
         "dimension": "model", "slice": "gpt-4o", "model": "gpt-4o",
         "team_name": "search",  # sanitised; the empty label is dropped
-        "promptops_scope": "hourly", "incident_id": inc, "cause": "model=gpt-4o"}
+        "promptops_scope": "hourly", "incident_id": inc}
     assert got["annotations"] == {
         "summary": "success_rate on model=gpt-4o is 0.8 (threshold 0.95)",
-        "description": title(n), "root_cause": "provider outage",
+        "description": title(n), "cause": "model=gpt-4o", "root_cause": "provider outage",
         "runbook": "https://rb/1", "heal_playbook": "switch_model", "run_url": RUN_URL}
     assert got["generatorURL"] == RUN_URL
     assert got["status"]["state"] == "active"

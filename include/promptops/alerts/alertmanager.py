@@ -6,10 +6,10 @@ connection has a login) and reports a :class:`~promptops.alerts.engine.Delivery`
 
 - Labels identify the alert in Alertmanager and stay the same for its whole life:
   ``alertname`` (the rule), ``severity``, the alert's own labels (names made valid
-  Prometheus label names, empty values dropped), ``promptops_scope``, ``incident_id`` and
-  ``cause`` when set. A severity change is another engine alert, so another label set.
-- Annotations: ``summary``, ``description`` (the notification's one-line title),
-  ``root_cause``, ``runbook``, ``heal_playbook`` when the alert has them, ``run_url``.
+  Prometheus label names, empty values dropped), ``promptops_scope`` and ``incident_id``
+  when set. A severity change is another engine alert, so another label set.
+- Annotations: ``summary``, ``description`` (the notification's one-line title), ``cause``
+  (the incident's primary cause, which may sharpen while it is open), ``root_cause``, ``runbook``, ``heal_playbook`` when the alert has them, ``run_url``.
 - ``startsAt`` is when the alert fired. A batch job cannot re-send every 30 seconds as
   Prometheus does, so a firing alert's ``endsAt`` is the evaluation time plus the target's
   ``hold``; the engine re-sends open incidents each evaluation (reason ``refresh``), which
@@ -91,13 +91,13 @@ def alert_labels(n: Notification, alert: Mapping[str, Any]) -> dict[str, str]:
     labels["promptops_scope"] = n.scope
     if n.incident_id:
         labels["incident_id"] = n.incident_id
-    if n.cause:
-        labels["cause"] = n.cause
     return labels
 
 
 def alert_annotations(n: Notification, alert: Mapping[str, Any]) -> dict[str, str]:
     annotations = {"summary": str(alert.get("summary") or ""), "description": title(n)}
+    if n.cause:  # an annotation: an incident's cause may sharpen while it is open
+        annotations["cause"] = n.cause
     own = alert.get("annotations") or {}
     for name in COPIED_ANNOTATIONS:
         if own.get(name):

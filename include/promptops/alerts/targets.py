@@ -90,16 +90,34 @@ class TargetSender(Protocol):
                 conn: TargetConnection) -> Delivery: ...
 
 
+class _CappedRetry(Retry):
+    """urllib3's ``Retry``, waiting at most ``cap`` seconds for a ``Retry-After``: a
+    receiver asking for an hour must not hold an Airflow task that long (the next
+    evaluation retries instead)."""
+
+    cap: float = 30.0
+
+    def new(self, **kw: Any) -> _CappedRetry:
+        out = super().new(**kw)
+        out.cap = self.cap
+        return out
+
+    def get_retry_after(self, response: Any) -> float | None:
+        value = super().get_retry_after(response)
+        return None if value is None else min(value, self.cap)
+
+
 def http_session(*, max_retries: int = 3, backoff_s: float = 0.5,
                  max_retry_after_s: float = 30.0) -> requests.Session:
     """A session that retries connection errors, 429 and 5xx with exponential backoff,
     waiting what a 429's ``Retry-After`` asks (up to ``max_retry_after_s``); POST included,
     since every target's request is idempotent by its key (dedup key, labels, delivery id)."""
-    retry = Retry(total=max_retries, connect=max_retries, read=max_retries,
-                  status=max_retries, backoff_factor=backoff_s, backoff_max=max_retry_after_s,
-                  status_forcelist=RETRY_STATUSES, allowed_methods=None,
-                  respect_retry_after_header=True, raise_on_status=False)
-    retry.DEFAULT_BACKOFF_MAX = max_retry_after_s  # type: ignore[misc]
+    retry = _CappedRetry(total=max_retries, connect=max_retries, read=max_retries,
+                         status=max_retries, backoff_factor=backoff_s,
+                         backoff_max=max_retry_after_s, status_forcelist=RETRY_STATUSES,
+                         allowed_methods=None, respect_retry_after_header=True,
+                         raise_on_status=False)
+    retry.cap = max_retry_after_s
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
