@@ -46,8 +46,9 @@ def connection(url: str, password: str = PASSWORD) -> TargetConnection:
                             password=password)
 
 
-def sender() -> AlertmanagerSender:
-    return AlertmanagerSender(backoff_s=0.01, max_retry_after_s=0.1)
+def sender(clock: datetime | None = None) -> AlertmanagerSender:
+    return AlertmanagerSender(backoff_s=0.01, max_retry_after_s=0.1,
+                              clock=(lambda: clock) if clock else None)
 
 
 def alert(now: datetime, incident: str, **over: Any) -> dict[str, Any]:
@@ -99,7 +100,7 @@ def test_alert_shows_in_alertmanager_with_labels_annotations_and_held_ends_at(
     inc = incident_id()
     n = notification(now, inc)
 
-    delivery = sender().deliver(n, target(), connection(am.url))
+    delivery = sender(now).deliver(n, target(), connection(am.url))
 
     assert delivery.ok, delivery.error
     assert delivery.connection_id == "am_conn"
@@ -124,7 +125,7 @@ def test_refresh_does_not_notify_again_and_resolve_notifies_resolved_exactly_onc
         am: Alertmanager, receiver: WebhookReceiver) -> None:
     now = wall()
     inc = incident_id()
-    s, t, c = sender(), target(), connection(am.url)
+    s, t, c = sender(now), target(), connection(am.url)
 
     assert s.deliver(notification(now, inc), t, c).ok
     [first] = receiver.wait_for(1, incident_id=inc)
@@ -200,11 +201,16 @@ def test_resolved_alert_ends_when_it_resolved_and_firing_ones_are_held() -> None
     now = datetime(2026, 12, 1, 10, tzinfo=UTC)
     n = notification(now, "inc-1", "resolved", resolved=True)
     n.resolved[0]["resolved_at"] = "2026-12-01T09:55:00+00:00"
-    [body] = postable_alerts(n, target(hold="90m"))
+    [body] = postable_alerts(n, target(hold="90m"), now)
     assert body["endsAt"] == "2026-12-01T09:55:00+00:00"
     assert body["startsAt"] == "2026-12-01T09:50:00+00:00"
-    [held] = postable_alerts(notification(now, "inc-1"), target(hold="90m"))
+    [held] = postable_alerts(notification(now, "inc-1"), target(hold="90m"), now)
     assert held["endsAt"] == "2026-12-01T11:30:00+00:00"
+    # A run catching up on a past hour holds the incident open from now, not from then:
+    # Alertmanager would take an endsAt in its past as the alert being over.
+    later = now + timedelta(hours=5)
+    [caught_up] = postable_alerts(notification(now, "inc-1"), target(hold="90m"), later)
+    assert caught_up["endsAt"] == "2026-12-01T16:30:00+00:00"
 
 
 def test_connection_without_host_is_permanent() -> None:

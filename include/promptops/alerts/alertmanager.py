@@ -11,8 +11,8 @@ connection has a login) and reports a :class:`~promptops.alerts.engine.Delivery`
 - Annotations: ``summary``, ``description`` (the notification's one-line title), ``cause``
   (the incident's primary cause, which may sharpen while it is open), ``root_cause``, ``runbook``, ``heal_playbook`` when the alert has them, ``run_url``.
 - ``startsAt`` is when the alert fired. A batch job cannot re-send every 30 seconds as
-  Prometheus does, so a firing alert's ``endsAt`` is the evaluation time plus the target's
-  ``hold``; the engine re-sends open incidents each evaluation (reason ``refresh``), which
+  Prometheus does, so a firing alert's ``endsAt`` is the evaluation time (or the time of
+  sending, when a run catches up on past hours) plus the target's ``hold``; the engine re-sends open incidents each evaluation (reason ``refresh``), which
   moves ``endsAt`` on, and an alert lapses by itself if promptops stops. A resolved alert's
   ``endsAt`` is when it resolved, which resolves it in Alertmanager at once.
 - Answers: 200 is delivered. Connection errors, 429 and 5xx are retried with backoff
@@ -27,7 +27,7 @@ notification log keeps receivers from hearing about an unchanged group twice.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -107,10 +107,14 @@ def alert_annotations(n: Notification, alert: Mapping[str, Any]) -> dict[str, st
     return annotations
 
 
-def postable_alerts(n: Notification, target: TargetConfig) -> list[dict[str, Any]]:
-    """The body of ``POST /api/v2/alerts``: the firing members held open until
-    ``evaluated_at + hold``, the resolved ones ended when they resolved."""
-    held_until = _iso(n.evaluated_at + target.hold)
+def postable_alerts(n: Notification, target: TargetConfig,
+                    sent_at: datetime | None = None) -> list[dict[str, Any]]:
+    """The body of ``POST /api/v2/alerts``: the firing members held open for ``hold``
+    past the evaluation, or past ``sent_at`` (now) when that is later: Alertmanager judges
+    ``endsAt`` by its own clock, and a run catching up on past hours must not post an
+    open incident as already over. The resolved ones end when they resolved."""
+    sent_at = sent_at or datetime.now(UTC)
+    held_until = _iso(max(n.evaluated_at, sent_at) + target.hold)
     body: list[dict[str, Any]] = []
     for alert, resolved in [*((a, False) for a in n.firing), *((a, True) for a in n.resolved)]:
         started = alert.get("fired_at") or alert.get("active_since") or n.evaluated_at
@@ -130,9 +134,11 @@ def postable_alerts(n: Notification, target: TargetConfig) -> list[dict[str, Any
 class AlertmanagerSender:
     """Posts notifications to Alertmanager (see the module docstring)."""
 
-    def __init__(self, *, backoff_s: float = 0.5, max_retry_after_s: float = 30.0) -> None:
+    def __init__(self, *, backoff_s: float = 0.5, max_retry_after_s: float = 30.0,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.backoff_s = backoff_s
         self.max_retry_after_s = max_retry_after_s
+        self.clock = clock or (lambda: datetime.now(UTC))
 
     def deliver(self, n: Notification, target: TargetConfig,
                 conn: TargetConnection) -> Delivery:
@@ -142,7 +148,7 @@ class AlertmanagerSender:
             return Delivery(ok=False, connection_id=conn.conn_id, attempts=0, permanent=True,
                             error=f"{what}: connection {conn.conn_id!r} has no host; set it "
                                   f"to Alertmanager's base URL, e.g. http://alertmanager:9093")
-        alerts = postable_alerts(n, target)
+        alerts = postable_alerts(n, target, self.clock())
         if not alerts:
             return Delivery(ok=True, connection_id=conn.conn_id, attempts=0)
         auth = (conn.login, conn.password or "") if conn.login else None
