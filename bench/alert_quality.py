@@ -178,6 +178,8 @@ class Msg:
     alerts: tuple[dict, ...]
     incident_id: str | None = None
     root_cause: str | None = None
+    #: The alert target this copy went to (``targets:`` in alerting.yaml); None: Slack.
+    target: str | None = None
 
     @property
     def is_page(self) -> bool:
@@ -200,7 +202,7 @@ def msg_of(notification: Any) -> Msg:
     firing = tuple(get("firing") or ()) or tuple(get("resolved") or ())
     return Msg(str(get("scope", "")), str(get("reason", "")), str(get("severity", "info")),
                get("evaluated_at"), tuple(get("connections") or ()), firing,
-               get("incident_id"), _incident_cause(notification))
+               get("incident_id"), _incident_cause(notification), get("target"))
 
 
 def _incident_cause(notification: Any) -> str | None:
@@ -402,9 +404,31 @@ def lookalike_hits(outside: list[Msg], labels: list[Label]) -> dict[str, dict[st
     return out
 
 
+def target_summary(copies: list[Msg], owners: list[str | None]) -> dict[str, Any]:
+    """Per alert target: its copies per incident by reason, and those outside incidents
+    (Alertmanager's per-evaluation ``refresh`` copies counted apart: they notify nobody)."""
+    out: dict[str, Any] = {}
+    for m, owner in zip(copies, owners, strict=True):
+        t = out.setdefault(str(m.target), {"incidents": {}, "outside": 0, "outside_new": 0,
+                                           "refresh": 0})
+        if m.reason == "refresh":
+            t["refresh"] += 1
+        elif owner is None:
+            t["outside"] += 1
+            t["outside_new"] += m.reason == "new"
+        else:
+            reasons = t["incidents"].setdefault(owner, {})
+            reasons[m.reason] = reasons.get(m.reason, 0) + 1
+    return out
+
+
 def score(messages: list[Msg], labels: list[Label], days: int,
           start: datetime = START) -> dict[str, Any]:
-    """The whole report of one run, as a JSON-safe dict."""
+    """The whole report of one run, as a JSON-safe dict. Copies for alert targets are
+    summarised apart (``targets``); everything else scores the Slack messages."""
+    copies = [m for m in messages if m.target is not None]
+    targets = target_summary(copies, attribute(copies, labels)) if copies else {}
+    messages = [m for m in messages if m.target is None]
     owners = attribute(messages, labels)
     grouped: dict[str | None, list[Msg]] = defaultdict(list)
     for m, owner in zip(messages, owners, strict=True):
@@ -434,6 +458,7 @@ def score(messages: list[Msg], labels: list[Label], days: int,
         "lookalikes": lookalike_hits(outside, labels),
         "top_offenders": offenders([m for m in outside if m.firing]),
         "messages_total": len(messages),
+        "targets": targets,
     }
 
 
@@ -675,12 +700,13 @@ def msg_to_json(m: Msg) -> dict[str, Any]:
                                if k.startswith("root_cause")}} for a in m.alerts]
     return {"scope": m.scope, "reason": m.reason, "severity": m.severity,
             "at": m.at.isoformat(), "route": list(m.route), "alerts": alerts,
-            "incident_id": m.incident_id, "root_cause": m.root_cause}
+            "incident_id": m.incident_id, "root_cause": m.root_cause, "target": m.target}
 
 
 def msg_from_json(d: dict[str, Any]) -> Msg:
     return Msg(d["scope"], d["reason"], d["severity"], datetime.fromisoformat(d["at"]),
-               tuple(d["route"]), tuple(d["alerts"]), d.get("incident_id"), d.get("root_cause"))
+               tuple(d["route"]), tuple(d["alerts"]), d.get("incident_id"), d.get("root_cause"),
+               d.get("target"))
 
 
 def rescore(report: dict[str, Any]) -> dict[str, Any]:
@@ -750,14 +776,29 @@ def print_report(report: dict[str, Any]) -> None:
               f"{max(msgs, default=0)}; max per incident per route per hour "
               f"{run['max_per_incident_route_hour']}; all messages {run['messages_total']}")
         _print_outside("incidents run", run)
+        _print_targets("incidents run", run)
     control = report.get("control_run")
     if control:
         print(f"\nCONTROL RUN (no incidents, seed {report['seed'] + 1000}, same look-alikes)")
         _print_outside("control run", control)
+        _print_targets("control run", control)
     if "done_when" in report:
         print("\nDONE WHEN")
         for check, ok in report["done_when"].items():
             print(f"  {'PASS' if ok else 'FAIL'}  {check}")
+
+
+def _print_targets(name: str, run: dict[str, Any]) -> None:
+    """Each alert target's copies (PROMPTOPS_ALERTING_FILE with routes naming targets)."""
+    for target, t in sorted((run.get("targets") or {}).items()):
+        per = t["incidents"]
+        opened = [r.get("new", 0) for r in per.values()]
+        total = [sum(r.values()) for r in per.values()]
+        print(f"target {target} ({name}): {len(per)} incidents reached, openings per "
+              f"incident max {max(opened, default=0)}, messages per incident mean "
+              f"{sum(total) / max(1, len(total)):.1f} max {max(total, default=0)}; outside "
+              f"incidents {t['outside']} ({t['outside_new']} openings); refreshes "
+              f"{t['refresh']}")
 
 
 def _print_outside(name: str, run: dict[str, Any]) -> None:

@@ -217,6 +217,28 @@ def test_score_and_done_when_on_a_tiny_run():
     assert not checks["nothing on the batch, the rollout or the holiday"]
 
 
+def test_target_copies_are_summarised_apart_and_do_not_count_as_slack_messages():
+    from dataclasses import replace
+
+    labels = [label("error_burst", at(8, 10), 2, {"model": "claude-3-5-sonnet"}),
+              *aq.labels_for(9, incidents=False)]
+    good = replace(msg(at(8, 11), "critical", alerts=[alert(
+        "success_rate", "model", "claude-3-5-sonnet", "critical")]), incident_id="i1")
+    copies = [replace(good, target="pd"), replace(good, target="am"),
+              replace(good, target="am", reason="refresh", at=at(8, 12)),
+              replace(good, target="pd", reason="resolved", at=at(8, 13)),
+              replace(msg(at(3, 2, 30), "critical"), target="pd")]
+    scored = aq.score([good, *copies], labels, 9)
+    assert scored == {**aq.score([good], labels, 9), "targets": scored["targets"]}
+    pd, am = scored["targets"]["pd"], scored["targets"]["am"]
+    [name] = pd["incidents"]
+    assert pd["incidents"][name] == {"new": 1, "resolved": 1}
+    assert (pd["outside"], pd["outside_new"]) == (1, 1)
+    assert am["incidents"][name] == {"new": 1} and am["refresh"] == 1
+    again = aq.msg_from_json(aq.msg_to_json(copies[0]))
+    assert again.target == "pd"
+
+
 def test_a_saved_run_scores_the_same_again():
     labels = aq.labels_for(9, incidents=False)
     m = msg(at(3, 2, 30), "critical", alerts=[alert("token_burst_5m", "user",
