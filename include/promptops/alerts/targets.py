@@ -140,8 +140,10 @@ def failure(what: str, conn: TargetConnection, exc: BaseException | None = None,
     if exc is not None:
         reason = redact(str(getattr(exc, "reason", "") or exc), secrets)[:200]
         detail = f"{type(exc).__name__}: {reason}"
-    else:
+    elif status is not None:
         detail = f"HTTP {status}" + (f" {redact(body.strip(), secrets)[:200]}" if body else "")
+    else:
+        detail = redact(body.strip(), secrets)[:200] or "no answer"
     then = hint or ("fix the connection or the target's settings" if permanent
                     else "the next evaluation retries")
     return Delivery(ok=False, connection_id=conn.conn_id, attempts=attempts,
@@ -230,7 +232,8 @@ CONNECTION_HINT = {
                     "password only for basic auth",
     "pagerduty": "type pagerduty_events, the integration (routing) key as its password",
     "webhook": "host: the receiver's URL; password: the shared HMAC secret",
-    "email": "type smtp, host, port, login, password; extra from_email",
+    "email": "type smtp, host, port, login, password; extra from_email, and disable_ssl / "
+             "disable_tls as the server needs (implicit TLS is the default, as Airflow's)",
 }
 
 

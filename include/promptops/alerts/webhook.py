@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -141,11 +140,8 @@ class WebhookSender:
         for prefix in ("http://", "https://"):
             adapter = cast(HTTPAdapter, session.adapters[prefix])
             # The shared session retries 429 and 500/502/503/504; a webhook receiver also
-            # answers 408 and other 5xx for transient trouble. urllib3 caps Retry-After by
-            # retry_after_max (six hours by default), so the cap is set here too.
-            adapter.max_retries = adapter.max_retries.new(
-                status_forcelist=RETRY_STATUSES,
-                retry_after_max=max(1, math.ceil(self.max_retry_after_s)))
+            # answers 408 and other 5xx for transient trouble.
+            adapter.max_retries = adapter.max_retries.new(status_forcelist=RETRY_STATUSES)
         return session
 
     def deliver(self, n: Notification, target: TargetConfig,
