@@ -113,10 +113,13 @@ def test_alert_shows_in_alertmanager_with_labels_annotations_and_held_ends_at(
     assert got["annotations"] == {
         "summary": "success_rate on model=gpt-4o is 0.8 (threshold 0.95)",
         "description": title(n), "cause": "model=gpt-4o", "root_cause": "provider outage",
-        "runbook": "https://rb/1", "heal_playbook": "switch_model", "run_url": RUN_URL}
+        "runbook": "https://rb/1", "heal_playbook": "switch_model", "run_url": RUN_URL,
+        "fired_at": (now - timedelta(minutes=10)).isoformat()}
     assert got["generatorURL"] == RUN_URL
     assert got["status"]["state"] == "active"
-    assert parse(got["startsAt"]) == now - timedelta(minutes=10)  # fired_at
+    # Started when sent: an older start makes Alertmanager flush the group before the rest
+    # of the batch is in (two notifications for one incident).
+    assert parse(got["startsAt"]) == now
     # held open for `hold` past the evaluation, since nothing re-sends it every 30 s
     assert parse(got["endsAt"]) == now + timedelta(hours=2)
 
@@ -206,6 +209,8 @@ def test_resolved_alert_ends_when_it_resolved_and_firing_ones_are_held() -> None
     assert body["startsAt"] == "2026-12-01T09:50:00+00:00"
     [held] = postable_alerts(notification(now, "inc-1"), target(hold="90m"), now)
     assert held["endsAt"] == "2026-12-01T11:30:00+00:00"
+    assert held["startsAt"] == "2026-12-01T10:00:00+00:00"
+    assert held["annotations"]["fired_at"] == "2026-12-01T09:50:00+00:00"
     # A run catching up on a past hour holds the incident open from now, not from then:
     # Alertmanager would take an endsAt in its past as the alert being over.
     later = now + timedelta(hours=5)

@@ -10,7 +10,8 @@ connection has a login) and reports a :class:`~promptops.alerts.engine.Delivery`
   when set. A severity change is another engine alert, so another label set.
 - Annotations: ``summary``, ``description`` (the notification's one-line title), ``cause``
   (the incident's primary cause, which may sharpen while it is open), ``root_cause``, ``runbook``, ``heal_playbook`` when the alert has them, ``run_url``.
-- ``startsAt`` is when the alert fired. A batch job cannot re-send every 30 seconds as
+- ``startsAt`` is when it was first sent (the data's time is the ``fired_at``
+  annotation; see :func:`postable_alerts` for why). A batch job cannot re-send every 30 seconds as
   Prometheus does, so a firing alert's ``endsAt`` is the evaluation time (or the time of
   sending, when a run catches up on past hours) plus the target's ``hold``; the engine re-sends open incidents each evaluation (reason ``refresh``), which
   moves ``endsAt`` on, and an alert lapses by itself if promptops stops. A resolved alert's
@@ -117,11 +118,20 @@ def postable_alerts(n: Notification, target: TargetConfig,
     held_until = _iso(max(n.evaluated_at, sent_at) + target.hold)
     body: list[dict[str, Any]] = []
     for alert, resolved in [*((a, False) for a in n.firing), *((a, True) for a in n.resolved)]:
-        started = alert.get("fired_at") or alert.get("active_since") or n.evaluated_at
+        fired = alert.get("fired_at") or alert.get("active_since") or n.evaluated_at
+        # A firing alert starts when it is sent. Alertmanager flushes a group at once when
+        # an alert's start is older than its group_wait, racing the rest of this very
+        # batch: an incident fired an hour ago (the data's time) would notify twice, first
+        # half of it. Alertmanager keeps the earliest start of a re-sent alert; the data's
+        # time is the ``fired_at`` annotation. A resolved one keeps its times (start before
+        # end, as Alertmanager requires).
+        started = fired if resolved else sent_at
         ends = (alert.get("resolved_at") or n.evaluated_at) if resolved else None
+        annotations = alert_annotations(n, alert)
+        annotations["fired_at"] = _iso(fired)
         item: dict[str, Any] = {
             "labels": alert_labels(n, alert),
-            "annotations": alert_annotations(n, alert),
+            "annotations": annotations,
             "startsAt": _iso(started),
             "endsAt": _iso(ends) if ends is not None else held_until,
         }
