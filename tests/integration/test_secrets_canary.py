@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from promptops.simulator import SimulatorProcess, SlackSinkProcess
 from tests.helpers import ROOT
@@ -77,6 +78,16 @@ def db_dump(db: Path) -> str:
         con.close()
 
 
+def _evaluations(db: Path) -> list[str]:
+    """The alert evaluations' outcomes (XCom of ``evaluate_alerts``), as text."""
+    con = sqlite3.connect(db)
+    try:
+        return [repr(v) for (v,) in con.execute(
+            "SELECT value FROM xcom WHERE task_id = 'evaluate_alerts'")]
+    finally:
+        con.close()
+
+
 def load_dag(dag_id: str):
     from airflow.dag_processing.dagbag import DagBag
 
@@ -96,7 +107,14 @@ def test_no_secret_leaks_when_every_external_call_fails(airflow_db, tmp_path, mo
     platform_key = f"canary-platform-{tag}"
     slack_secret = f"canary-slack-{tag}"
     judge_key = f"canary-judge-{tag}"
-    canaries = [platform_key, slack_secret, judge_key]
+    # The alert targets' secrets: PagerDuty's routing key, the webhook's HMAC secret, the
+    # SMTP and Alertmanager passwords.
+    routing_key = f"canary-pd-{tag}"
+    hmac_secret = f"canary-hmac-{tag}"
+    smtp_password = f"canary-smtp-{tag}"
+    am_password = f"canary-am-{tag}"
+    canaries = [platform_key, slack_secret, judge_key, routing_key, hmac_secret,
+                smtp_password, am_password]
     lake_dir, state_dir = tmp_path / "lake", tmp_path / "state"
     monkeypatch.setenv("PROMPTOPS_LAKE_URI", f"file://{lake_dir}")
     monkeypatch.setenv("PROMPTOPS_STATE_DIR", str(state_dir))
@@ -111,6 +129,30 @@ def test_no_secret_leaks_when_every_external_call_fails(airflow_db, tmp_path, mo
         get_settings.cache_clear()
         dagrun = load_dag(dag_id).test(**kwargs)
         states[name] = dagrun.state
+
+    # Every target on the critical route, each failing: PagerDuty refuses the key (400),
+    # the webhook receiver the signature (401), SMTP and Alertmanager refuse connections.
+    from promptops.simulator import pagerduty_sink, webhook_sink
+
+    pd = pagerduty_sink.start_in_thread("127.0.0.1", 0)
+    hook = webhook_sink.start_in_thread("127.0.0.1", 0, "not-the-canary-secret")
+    config = yaml.safe_load((ROOT / "include" / "config" / "alerting.yaml").read_text())
+    for route in config["routes"]:
+        if route["matchers"] == ['severity="critical"']:
+            route["targets"] = ["pagerduty", "alertmanager", "webhook", "oncall_email"]
+    config["silences_file"] = None
+    (tmp_path / "alerting.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("PROMPTOPS_ALERTING_FILE", str(tmp_path / "alerting.yaml"))
+    monkeypatch.setenv("AIRFLOW_CONN_PAGERDUTY_EVENTS", json.dumps(
+        {"conn_type": "pagerduty_events", "host": pd.url, "password": routing_key}))
+    monkeypatch.setenv("AIRFLOW_CONN_PROMPTOPS_WEBHOOK", http_uri(hook.url, hmac_secret))
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(
+        {"conn_type": "smtp", "host": "127.0.0.1", "port": closed_port(), "login": "promptops",
+         "password": smtp_password, "extra": {"from_email": "p@example.com",
+                                               "disable_ssl": True}}))
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTMANAGER_DEFAULT", json.dumps(
+        {"conn_type": "http", "host": f"http://127.0.0.1:{closed_port()}", "login": "am",
+         "password": am_password}))
 
     with SimulatorProcess("--scenario", str(SCENARIO), api_key=platform_key,
                           seed=None) as sim, SlackSinkProcess() as sink:
@@ -160,6 +202,13 @@ def test_no_secret_leaks_when_every_external_call_fails(airflow_db, tmp_path, mo
     assert states["heal-401"] == "failed"
     assert states["hourly-refused"] == "failed"
     assert posted == []  # Slack never accepted a message in this test
+    # The targets were tried and refused (PagerDuty's 400 and the webhook's 401 are
+    # answered without storing anything).
+    pd.shutdown()
+    hook.shutdown()
+    assert pd.book.events() == [] and hook.messages.list() == []
+    tried = [ti for ti in _evaluations(airflow_db) if "pagerduty" in ti]
+    assert tried, "no alert reached the targets: the search would cover nothing"
 
     out = capfd.readouterr()
     text = out.out + out.err + db_dump(airflow_db)
