@@ -67,6 +67,7 @@ from promptops.alerts.targets import (
     cause_text,
     failure,
 )
+from promptops.errors import ConfigError
 from promptops.secrets import redact
 from promptops.timeutil import as_utc
 
@@ -241,7 +242,7 @@ def _addresses(value: Any) -> list[str]:
     return [str(a).strip() for a in items if str(a).strip()]
 
 
-class EmailConfigError(ValueError):
+class EmailConfigError(ConfigError):
     """The connection or target cannot work as set: the message says what is wrong,
     ``hint`` what to set."""
 

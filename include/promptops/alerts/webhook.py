@@ -46,6 +46,7 @@ from promptops.alerts.targets import (
     http_session,
     title,
 )
+from promptops.errors import ConfigError
 
 if TYPE_CHECKING:
     from promptops.alerts.config import TargetConfig
@@ -64,7 +65,7 @@ ALERT_FIELDS = ("fingerprint", "rule", "severity", "labels", "summary", "value",
                 "annotations", "fired_at", "resolved_at", "active_since")
 
 
-class WebhookConfigError(ValueError):
+class WebhookConfigError(ConfigError):
     """The target's connection cannot work as set (the Delivery's error says what to set)."""
 
 
