@@ -153,10 +153,18 @@ def promptops_hourly():
         from promptops.airflow_adapters import resources
         from promptops.pipelines.hourly import alert_on_findings, findings_for_hour
 
+        from promptops.pipelines.hourly import check_budgets
+
         lake = resources.lake()
         start, end = context["data_interval_start"], context["data_interval_end"]
         findings = findings_for_hour(lake, start, resources.thresholds())
         print(f"{len(findings)} rule findings for [{start}, {end})")
+        # Budgets (budgets.yaml and the Variable promptops_budgets): a threshold crossed for
+        # the first time this period is one more finding of this evaluation.
+        crossed, budgets = check_budgets(lake, end, resources.budget_overrides())
+        findings += crossed
+        print(f"budgets: {sum(budgets['scopes'].values())} scopes judged, "
+              f"{len(crossed)} thresholds newly crossed")
         outcome = alert_on_findings(lake, findings, end, run_id=context["run_id"],
                                     run_url=run_url(context),
                                     webhooks=resources.slack_webhooks(),

@@ -147,3 +147,12 @@ def test_incident_settings_are_checked_with_the_key_named():
         parse_alerting_config({"grouping": "by_rule"})
     with pytest.raises(AlertingConfigError, match="incidents.min_message_interval"):
         parse_alerting_config({"incidents": {"min_message_interval": "soon"}})
+
+
+def test_a_route_may_match_a_rule_and_a_severity():
+    from promptops.alerts.config import parse_alerting_config
+
+    cfg = parse_alerting_config({"routes": [
+        {"matchers": ['rule="budget"', 'severity="critical"'], "connections": ["page"]}]})
+    assert cfg.route_for({"rule": "budget", "severity": "critical"})[0] == 0
+    assert cfg.route_for({"rule": "budget", "severity": "warning"})[0] == -1

@@ -230,6 +230,14 @@ def threshold_overrides() -> Mapping[str, Any] | None:
     return parse_variable_overrides(variable(VARIABLE_KEY))
 
 
+def budget_overrides() -> Mapping[str, Any] | None:
+    """The budgets the Variable ``promptops_budgets`` adds, changes or removes (None when
+    unset); raises ``BudgetConfigError`` for a value that is not a JSON object."""
+    from promptops.detection.budgets.config import VARIABLE_KEY, parse_variable
+
+    return parse_variable(variable(VARIABLE_KEY))
+
+
 def celery_redis_broker_url() -> str | None:
     """The Celery broker's URL when Airflow runs the CeleryExecutor on Redis, else None
     (a broker URL alone means nothing: the provider has a default one)."""

@@ -219,6 +219,8 @@ def silences(config: AlertingConfig) -> SilenceSource:
 
 #: The Airflow Variable ``promptops_thresholds``'s overrides (None when unset).
 threshold_overrides = connections.threshold_overrides
+#: The Airflow Variable ``promptops_budgets``'s budgets (None when unset).
+budget_overrides = connections.budget_overrides
 
 
 def thresholds() -> ThresholdsConfig:

@@ -161,8 +161,8 @@ def severities_matched(matchers: list[Matcher], what: str) -> list[str]:
         if m.name == "severity" and m.op in ("=", "!=") and m.value not in SEVERITY_ORDER:
             raise ConfigError(f"{what}: {m} names an unknown severity {m.value!r}; severities "
                              f"are {_KNOWN_SEVERITIES}")
-    levels = [s for s in SEVERITY_ORDER if matches_all(matchers, {"severity": s})
-              or not any(m.name == "severity" for m in matchers)]
+    on_severity = [m for m in matchers if m.name == "severity"]
+    levels = [s for s in SEVERITY_ORDER if matches_all(on_severity, {"severity": s})]
     if not levels:
         shown = ", ".join(str(m) for m in matchers if m.name == "severity")
         raise ConfigError(f"{what}: {shown} matches no severity; severities are "

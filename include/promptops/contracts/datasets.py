@@ -22,6 +22,9 @@ HEALTH_METRICS = "health_metrics"
 #: (one record file ``profile.parquet`` in the folder of the day it is for, hour 00).
 CALLER_PROFILES = "caller_profiles"
 BASELINES = "baselines"
+#: Exact spend per hour and per value of overall/user/team/app/key (every value, no top N):
+#: what budgets are summed from (promptops.metrics.spend).
+SPEND = "spend"
 #: Versioned root-cause models (``version=YYYY-MM-DD/``), not hourly partitions.
 ANOMALY_MODELS = "models/anomaly"
 
@@ -31,6 +34,8 @@ ALERT_STATE = "alert_state"
 ALERT_LOG = "alert_log"
 HEAL_REQUESTS = "heal_requests"
 HEAL_AUDIT = "heal_audit"
+#: Which budget thresholds fired in which period (exclusive-create blobs, one per crossing).
+BUDGET_LEDGER = "budget_ledger"
 
 #: Daily cost reports, one folder per day (``date=YYYY-MM-DD/index.html`` and its files).
 REPORTS = "reports"

@@ -42,14 +42,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from promptops.contracts.datasets import CALLS
+from promptops.contracts.datasets import CALLS, SPEND
 from promptops.errors import InvalidInput
 from promptops.lake.store import Lake, PartitionInfo
 from promptops.metrics.pricing import PriceTable
 from promptops.timeutil import as_utc, hour_floor
-
-#: The dataset of hourly spend partitions. (To move to promptops.contracts.datasets.)
-SPEND = "spend"
 
 OVERALL = "overall"
 #: The ``value`` of the ``overall`` row.

@@ -2,16 +2,17 @@
 
 - :func:`analyse_hour`: the hour's calls partition -> tidy metrics (plus, when enabled, the
   relevance judge's rows) -> the hour's ``metrics`` partition (replaced, so reruns never
-  duplicate).
+  duplicate), and the hour's exact spend per user, team, app and key (``spend``).
+- :func:`check_budgets`: the budgets of ``budgets.yaml`` judged at the hour's end.
 - :func:`findings_for_hour`: the hour's metrics and the history the rules need -> findings.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,7 +61,10 @@ def analyse_hour(lake: Lake, hour: datetime, *, prices: PriceTable | None = None
     hour = hour_floor(hour)
     prices = prices if prices is not None else load_price_table()
     judge = judge if judge is not None else JudgeConfig()
-    columns = list(dict.fromkeys(INPUT_COLUMNS + (_JUDGE_COLUMNS if judge.enabled else ())))
+    from promptops.metrics import spend
+
+    columns = list(dict.fromkeys(INPUT_COLUMNS + spend.INPUT_COLUMNS
+                                 + (_JUDGE_COLUMNS if judge.enabled else ())))
     calls = lake.read_partition(CALLS, hour, columns=columns)
     if calls is None:
         raise MissingCallsPartition(
@@ -75,8 +79,27 @@ def analyse_hour(lake: Lake, hour: datetime, *, prices: PriceTable | None = None
         table = pa.concat_tables([table, verdicts.metrics().cast(table.schema)])
         summary["judge"] = verdicts.summary()
     info = write_hourly_metrics(lake, hour, table)
-    summary.update(uri=info.uri, rows=table.num_rows)
+    # Exact spend per user, team, app and key (every value): what budgets sum.
+    spent = spend.hour_spend(calls, hour, prices)
+    spend.write_hour_spend(lake, hour, spent)
+    summary.update(uri=info.uri, rows=table.num_rows, spend_rows=spent.num_rows)
     return summary
+
+
+def check_budgets(lake: Lake, at: datetime,
+                  variable_overrides: Mapping[str, Any] | None = None) -> tuple[list[Finding],
+                                                                               dict]:
+    """Judge ``budgets.yaml`` (plus the Variable's overrides) at ``at``, the evaluated
+    hour's end: the findings of thresholds crossed for the first time this period, and the
+    outcome for the run's XCom and the daily report."""
+    from promptops.detection.budgets.config import load_budgets
+    from promptops.detection.budgets.evaluate import evaluate_budgets
+
+    config = load_budgets(variable_overrides=variable_overrides)
+    if not config.budgets:
+        return [], {"rows": [], "scopes": {}}
+    outcome = evaluate_budgets(lake, config, at)
+    return outcome.findings, outcome.as_dict()
 
 
 def push_hour_metrics(lake: Lake, hour: datetime, *, dag: str = "promptops_hourly",

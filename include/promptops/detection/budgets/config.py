@@ -27,6 +27,7 @@ Variable and hand it in as a parsed mapping.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -301,6 +302,22 @@ def scope_values(budget: Budget) -> list[str] | None:
 
 
 # -- loading ------------------------------------------------------------------------------
+
+
+def parse_variable(text: str | None) -> Mapping[str, Any] | None:
+    """The Airflow Variable ``promptops_budgets`` as :func:`load_budgets` takes it; None
+    when it is unset or empty."""
+    if text is None or not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BudgetConfigError(f"Airflow Variable {VARIABLE_KEY}: not valid JSON ({exc.msg} "
+                                f"at line {exc.lineno}); write {{\"budgets\": [...]}}") from None
+    if not isinstance(data, dict):
+        raise BudgetConfigError(f"Airflow Variable {VARIABLE_KEY}: must be a JSON object "
+                                f"{{\"budgets\": [...]}}, got {type(data).__name__}")
+    return data
 
 
 def load_budgets(path: str | os.PathLike[str] | None = None,

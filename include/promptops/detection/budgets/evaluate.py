@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from promptops.contracts.datasets import BUDGET_LEDGER
 from promptops.contracts.findings import Finding
 from promptops.detection.budgets.config import (
     Budget,
@@ -58,7 +59,7 @@ from promptops.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 
-LEDGER = "budget_ledger"
+LEDGER = BUDGET_LEDGER
 RULE = "budget"
 #: Hours of hourly spend a forecast is fitted on, and over which shares are measured.
 HISTORY = timedelta(days=21)
