@@ -151,9 +151,7 @@ def promptops_hourly():
     def evaluate_alerts(metrics: list[dict], **context) -> dict:
         """Rules on the run's hour, then the alert engine (state, claims, Slack, alert log)."""
         from promptops.airflow_adapters import resources
-        from promptops.pipelines.hourly import alert_on_findings, findings_for_hour
-
-        from promptops.pipelines.hourly import check_budgets
+        from promptops.pipelines.hourly import alert_on_findings, check_budgets, findings_for_hour
 
         lake = resources.lake()
         start, end = context["data_interval_start"], context["data_interval_end"]
