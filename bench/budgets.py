@@ -158,6 +158,21 @@ def worker_month(args: argparse.Namespace) -> dict:
     out["hourly_series_one_user"], series = _timed(
         lambda: hourly_series(lake, MONTH, end, "user", named[0]), args.repeat)
     out["series_hours"] = len(series)
+    # What the hourly run does: every user's monthly budget judged at the month's last hour
+    # (exact spend, the platform's forecast scaled by share, the thresholds and the ledger).
+    from promptops.detection.budgets.config import BudgetsConfig
+    from promptops.detection.budgets.evaluate import evaluate_budgets
+
+    config = BudgetsConfig.model_validate({"budgets": [{
+        "name": "every-user-monthly", "scope": {"user": "*"}, "metric": "cost",
+        "amount": 50.0, "period": "month", "timezone": "UTC",
+        "thresholds": [{"at": 0.8, "severity": "warning"},
+                       {"at": 1.0, "severity": "critical", "on": "forecast"}]}]})
+    at = end - timedelta(hours=1)
+    out["evaluate_every_user"], outcome = _timed(
+        lambda: evaluate_budgets(lake, config, at), args.repeat)
+    out["evaluated_scopes"] = outcome.scopes["every-user-monthly"]
+    out["findings"] = len(outcome.findings)
     out["peak_rss_mb"] = _peak_mb()
     return out
 
@@ -230,8 +245,12 @@ def main() -> None:
     for key, what in (("spend_between_every_user", "spend_between, every user"),
                       ("spend_between_100_users", "spend_between, 100 named users"),
                       ("shares_every_user", "shares, every user"),
-                      ("hourly_series_one_user", "hourly_series, one user")):
+                      ("hourly_series_one_user", "hourly_series, one user"),
+                      ("evaluate_every_user", "evaluate_budgets, every user")):
         print(f"  {what:32s} {_fmt(month[key])}")
+    print(f"  evaluate_budgets judged {month['evaluated_scopes']:,} users "
+          f"({month['findings']:,} thresholds newly crossed on the first run; a rerun of "
+          f"the same hour raises the same ones)")
     print(f"  peak RSS {month['peak_rss_mb']:.0f} MB (after imports: "
           f"{month['rss_before_mb']:.0f} MB)")
 

@@ -63,9 +63,10 @@ def error(path, **kwargs) -> str:
     return str(exc.value)
 
 
-def test_shipped_file_is_valid_and_has_the_documented_examples(monkeypatch):
+def test_no_budget_is_set_by_default_and_the_example_file_is_valid(monkeypatch):
     monkeypatch.delenv(FILE_ENV, raising=False)
-    cfg = load_budgets()
+    assert load_budgets().budgets == []
+    cfg = load_budgets(DEFAULT_PATH.with_name("budgets.example.yaml"))
     monthly = cfg.get("platform-monthly")
     assert monthly is not None and scope_dimension(monthly) is None
     assert (monthly.metric, monthly.period, monthly.timezone) == ("cost", "month",
