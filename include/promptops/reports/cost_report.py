@@ -83,7 +83,7 @@ TEMPLATE = "daily_report.html.j2"
 CHARTS = ("cost_by_hour", "cost_by_team", "cost_by_app", "top_users", "tokens_vs_budget",
           "daily_trend", "month_to_date", "quality")
 #: Plain tables written as CSV too.
-TABLES = ("unpriced_models", "incidents", "hours", "cost_movers")
+TABLES = ("unpriced_models", "incidents", "hours", "cost_movers", "budgets")
 #: Names the plugin may serve from a report folder.
 REPORT_FILE_RE = re.compile(r"^[a-z0-9_]+\.(?:html|png|csv|json)$")
 _DATE_DIR_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
@@ -863,6 +863,41 @@ def movers_section(d: ReportDay) -> Section:
                         "comparisons": [c.as_dict(config.top) for c in movers]}})
 
 
+def budgets_section(d: ReportDay, budgets: Any = None) -> Section:
+    """Every budget of ``budgets.yaml`` as of the day's end: per scope (the nearest to their
+    amount first), spent, the projection with its interval and method, the thresholds
+    crossed this period and the heal each asks for. Read only: nothing is claimed."""
+    from promptops.detection.budgets.config import load_budgets
+    from promptops.detection.budgets.evaluate import evaluate_budgets
+
+    config = budgets if budgets is not None else load_budgets()
+    columns = ["budget", "scope", "metric", "period", "amount", "spent", "used", "projected",
+               "lower", "upper", "method", "crossed", "heal"]
+    if not config.budgets:
+        return Section(tables={"budgets": pd.DataFrame(columns=columns)},
+                       summary={"budgets": 0, "budgets_crossed": 0})
+    outcome = evaluate_budgets(d.lake, config, min(d.end, d.now), claim=False)
+    records = []
+    for r in outcome.rows:
+        budget = config.get(r.budget)
+        heals = sorted({t.heal for t in budget.thresholds if t.heal and any(
+            c.endswith(f"{t.at * 100:g}%") for c in r.crossed)}) if budget else []
+        records.append({
+            "budget": r.budget + (" (soft)" if r.soft else ""),
+            "scope": "overall" if r.dimension == "overall" else f"{r.dimension}={r.value}",
+            "metric": r.metric, "period": r.period, "amount": r.amount, "spent": r.spent,
+            "used": r.spent / r.amount if r.amount else None, "projected": r.projected,
+            "lower": r.lower, "upper": r.upper,
+            "method": r.method + (f" ({r.reason})" if r.reason else ""),
+            "crossed": ", ".join(r.crossed) + (" (may exceed)" if r.may_exceed else ""),
+            "heal": ", ".join(heals)})
+    table = pd.DataFrame(records, columns=columns).set_index("budget")
+    return Section(tables={"budgets": table}, summary={
+        "budgets": len(config.budgets),
+        "budgets_crossed": sum(1 for r in outcome.rows if r.crossed),
+        "budget_missing_hours": outcome.missing_hours})
+
+
 def report_sections(d: ReportDay, budget_tokens: float | None, budget_cost_usd: float | None
                     ) -> dict[str, Section]:
     """Every section of the day's report, in the order their files are written."""
@@ -880,6 +915,7 @@ def report_sections(d: ReportDay, budget_tokens: float | None, budget_cost_usd: 
         "unpriced": unpriced_section(d),
         "incidents": incidents_section(d),
         "movers": movers_section(d),
+        "budgets": budgets_section(d),
         "completeness": completeness_section(d, cost_by_hour.tables["cost_by_hour"],
                                              tokens.tables["tokens_vs_budget"]),
     }
@@ -918,6 +954,7 @@ def build_report(lake: Lake, day: date | datetime | str, *, budget_tokens: float
         **sections["incidents"].summary, **sections["breakdown"].summary,
         "run_url": run_url,
         **sections["movers"].summary,
+        **sections["budgets"].summary,
     }
     if "relevance_judge_mean" in summary:  # last in summary.json, where it has always been
         summary["relevance_judge_mean"] = summary.pop("relevance_judge_mean")

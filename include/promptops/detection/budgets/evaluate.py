@@ -143,8 +143,10 @@ class Ledger:
         return self.blobs.read(key) == stamp
 
 
-def evaluate_budgets(lake: Lake, config: BudgetsConfig, at: datetime) -> BudgetOutcome:
-    """Judge every budget at ``at`` (the evaluated hour's end)."""
+def evaluate_budgets(lake: Lake, config: BudgetsConfig, at: datetime, *,
+                     claim: bool = True) -> BudgetOutcome:
+    """Judge every budget at ``at`` (the evaluated hour's end). ``claim=False`` only reads
+    (the daily report): what is crossed is said, nothing is claimed or raised."""
     from promptops.metrics.spend import spend_between
 
     at = as_utc(at)
@@ -179,12 +181,11 @@ def evaluate_budgets(lake: Lake, config: BudgetsConfig, at: datetime) -> BudgetO
         budget_rows = [_row(budget, dim, name, period, proj)
                        for name, proj in zip(names, projections, strict=True)]
         for row in budget_rows:
-            _judge(row, budget, ledger, period, at)
-            if not budget.soft:
+            _judge(row, budget, ledger if claim else None, period, at)
+            if not budget.soft and claim:
                 findings += _findings(row, budget, period, at)
         budget_rows.sort(key=lambda r: (-max(r.used, r.projected / r.amount), r.value))
-        rows += [r for r in budget_rows if r.crossed or r.may_exceed][:TOP_ROWS] or \
-            budget_rows[:TOP_ROWS]
+        rows += budget_rows[:TOP_ROWS]  # nearest their amount first: the crossed ones
     return BudgetOutcome(at, rows, findings, scopes, missing)
 
 
@@ -227,7 +228,7 @@ def _project(lake: Lake, budget: Budget, dim: str, names: list[str], spent: np.n
                                           many.linear, strict=True)]
 
 
-def _judge(row: ScopeRow, budget: Budget, ledger: Ledger, period: Period,
+def _judge(row: ScopeRow, budget: Budget, ledger: Ledger | None, period: Period,
            at: datetime) -> None:
     interval = row.method not in ("linear", "period_over")
     for t in budget.thresholds:
@@ -237,11 +238,13 @@ def _judge(row: ScopeRow, budget: Budget, ledger: Ledger, period: Period,
             continue
         label = threshold_label(t)
         row.crossed.append(label)
-        if not budget.soft and ledger.claim(budget.name, period, row.value, label, at):
+        if not budget.soft and ledger is not None and \
+                ledger.claim(budget.name, period, row.value, label, at):
             row.fired.append(label)
     if interval and row.upper >= row.amount > row.lower and row.spent < row.amount:
         row.may_exceed = True
-        if not budget.soft and ledger.claim(budget.name, period, row.value, "may exceed", at):
+        if not budget.soft and ledger is not None and \
+                ledger.claim(budget.name, period, row.value, "may exceed", at):
             row.fired.append("may exceed")
 
 
