@@ -626,7 +626,7 @@ def simulate(days: int, seed: int, *, incidents: bool, calls_per_hour: int = 200
     from promptops.detection.thresholds import load_thresholds
     from promptops.lake.store import Lake
     from promptops.metrics.pricing import load_price_table
-    from promptops.pipelines.hourly import analyse_hour, findings_for_hour
+    from promptops.pipelines.hourly import analyse_hour, check_budgets, findings_for_hour
     from promptops.simulator import Platform, SimConfig
 
     work = Path(tempfile.mkdtemp(prefix="promptops-alert-quality-"))
@@ -664,6 +664,7 @@ def simulate(days: int, seed: int, *, incidents: bool, calls_per_hour: int = 200
         t3 = time.perf_counter()
         analyse_hour(lake, hour, prices=prices)
         found = findings_for_hour(lake, hour, prices=prices)
+        found += check_budgets(lake, hour + HOUR)[0]  # none unless PROMPTOPS_BUDGETS_FILE
         engines["hourly"].evaluate(found, hour + HOUR, run_id=f"hourly-{hour:%Y%m%dT%H}")
         t4 = time.perf_counter()
         for key, dt in (("daily", t1 - t0), ("generate", t2 - t1), ("health", t3 - t2),
