@@ -33,6 +33,23 @@ def test_the_report_lists_each_budget_with_its_projection_and_crossings(tmp_path
     assert round(u2["spent"], 6) == 2.4 and u2["crossed"] == "" and u2["heal"] == ""
     assert "all-soft (soft)" in table.index
     assert section.summary["budgets"] == 2 and section.summary["budgets_crossed"] == 1
-    # Read only: the hourly run still raises these crossings when it sees them.
-    assert [f.labels["threshold"] for f in evaluate_budgets(
-        lake, config, start + timedelta(days=1)).findings] == ["80%", "100%"]
+    assert u1["actions"] == ""  # no heal ran yet
+    # The heal path rate-limits u1 for the 100% crossing: the report says what it did.
+    from promptops.detection.budgets.evaluate import crossing_fingerprints
+    from promptops.heal.audit import AuditRecord, write_audit
+
+    row = next(r for r in evaluate_budgets(lake, config, start + timedelta(days=1),
+                                           claim=False).rows if r.value == "u1")
+    fingerprints = crossing_fingerprints(row, config.get("users-daily"))
+    assert len(fingerprints) == 2
+    write_audit(lake, AuditRecord(idempotency_key="heal-u1", requested_at=start + timedelta(
+        hours=10), action="rate_limit", target="u1", decision="approved", dry_run=False,
+        alert_fingerprint=fingerprints[1], platform_status="succeeded"))
+    again = budgets_section(read_report_day(lake, DAY, now=NOW), config).tables["budgets"]
+    assert again[again["scope"] == "user=u1"].iloc[0]["actions"] == \
+        "rate_limit u1: approved, succeeded"
+    # Read only: the hourly run still raises these crossings when it sees them, and their
+    # fingerprints are the ones the report looks up in the audit.
+    raised = evaluate_budgets(lake, config, start + timedelta(days=1)).findings
+    assert [f.labels["threshold"] for f in raised] == ["80%", "100%"]
+    assert [f.fingerprint for f in raised] == fingerprints

@@ -868,18 +868,30 @@ def budgets_section(d: ReportDay, budgets: Any = None) -> Section:
     amount first), spent, the projection with its interval and method, the thresholds
     crossed this period and the heal each asks for. Read only: nothing is claimed."""
     from promptops.detection.budgets.config import load_budgets
-    from promptops.detection.budgets.evaluate import evaluate_budgets
+    from promptops.detection.budgets.evaluate import crossing_fingerprints, evaluate_budgets
+    from promptops.heal.audit import read_audit
 
     config = budgets if budgets is not None else load_budgets()
     columns = ["budget", "scope", "metric", "period", "amount", "spent", "used", "projected",
-               "lower", "upper", "method", "crossed", "heal"]
+               "lower", "upper", "method", "crossed", "heal", "actions"]
     if not config.budgets:
         return Section(tables={"budgets": pd.DataFrame(columns=columns)},
                        summary={"budgets": 0, "budgets_crossed": 0})
-    outcome = evaluate_budgets(d.lake, config, min(d.end, d.now), claim=False)
+    at = min(d.end, d.now)
+    outcome = evaluate_budgets(d.lake, config, at, claim=False)
+    # What the heal path did about the crossings: the audit's steps of their alerts.
+    earliest = min((datetime.fromisoformat(r.period_start) for r in outcome.rows), default=at)
+    steps: dict[str, list[str]] = {}
+    for a in read_audit(d.lake, earliest, at + timedelta(days=1)):
+        if a.alert_fingerprint:
+            steps.setdefault(a.alert_fingerprint, []).append(
+                f"{a.action} {a.target}: {a.decision}"
+                + (f", {a.platform_status}" if a.platform_status else ""))
     records = []
     for r in outcome.rows:
         budget = config.get(r.budget)
+        done = [s for fp in (crossing_fingerprints(r, budget) if budget else [])
+                for s in steps.get(fp, [])]
         heals = sorted({t.heal for t in budget.thresholds if t.heal and any(
             c.endswith(f"{t.at * 100:g}%") for c in r.crossed)}) if budget else []
         records.append({
@@ -890,7 +902,7 @@ def budgets_section(d: ReportDay, budgets: Any = None) -> Section:
             "lower": r.lower, "upper": r.upper,
             "method": r.method + (f" ({r.reason})" if r.reason else ""),
             "crossed": ", ".join(r.crossed) + (" (may exceed)" if r.may_exceed else ""),
-            "heal": ", ".join(heals)})
+            "heal": ", ".join(heals), "actions": "; ".join(done)})
     table = pd.DataFrame(records, columns=columns).set_index("budget")
     return Section(tables={"budgets": table}, summary={
         "budgets": len(config.budgets),

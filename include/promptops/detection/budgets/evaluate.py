@@ -248,6 +248,24 @@ def _judge(row: ScopeRow, budget: Budget, ledger: Ledger | None, period: Period,
             row.fired.append("may exceed")
 
 
+def finding_labels(row: ScopeRow, threshold: str) -> dict[str, str]:
+    """The identity labels of a crossing's finding (its fingerprint with rule and
+    severity): what the heal audit's ``alert_fingerprint`` refers to."""
+    return {"metric": f"budget_{row.metric}", "dimension": row.dimension, "slice": row.value,
+            "budget": row.budget, "threshold": threshold}
+
+
+def crossing_fingerprints(row: ScopeRow, budget: Budget) -> list[str]:
+    """The fingerprints of the findings this row's crossed thresholds raised."""
+    out = []
+    for t in budget.thresholds:
+        label = threshold_label(t)
+        if label in row.crossed:
+            out.append(Finding(rule=RULE, severity=t.severity, kind="budget",
+                               labels=finding_labels(row, label), summary="").fingerprint)
+    return out
+
+
 def _fmt(metric: str, value: float) -> str:
     return f"${value:,.2f}" if metric == "cost" else f"{value:,.0f} tokens"
 
@@ -278,8 +296,7 @@ def _findings(row: ScopeRow, budget: Budget, period: Period, at: datetime) -> li
             annotations["projection_note"] = row.reason
         if t is not None and t.heal:
             annotations["heal_playbook"] = t.heal
-        labels = {"metric": f"budget_{row.metric}", "dimension": row.dimension,
-                  "slice": row.value, "budget": budget.name, "threshold": label}
+        labels = finding_labels(row, label)
         out.append(Finding(rule=RULE, severity=severity, kind="budget", labels=labels,
                            summary=summary, value=row.spent, threshold=row.amount,
                            pending_for=1, keep_firing_for=hours_left,
@@ -287,5 +304,6 @@ def _findings(row: ScopeRow, budget: Budget, period: Period, at: datetime) -> li
     return out
 
 
-__all__ = ["LEDGER", "RULE", "BudgetOutcome", "Ledger", "ScopeRow",
+__all__ = ["LEDGER", "RULE", "BudgetOutcome", "Ledger", "ScopeRow", "crossing_fingerprints",
+           "finding_labels",
            "evaluate_budgets", "threshold_label"]
