@@ -41,9 +41,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from promptops.simulator.httpbase import JsonHandler, SimHTTPServer
+from promptops.simulator.slack_sink import add_fault_rules
 from promptops.simulator.timeutil import format_ts
 
 ENQUEUE = "/v2/enqueue"
@@ -290,20 +291,7 @@ class PagerDutySinkHandler(JsonHandler):
                              "errors": errors})
 
     def _add_faults(self, raw: bytes) -> None:
-        try:
-            data = orjson.loads(raw)
-            items = data if isinstance(data, list) else [data]
-            faults = [PagerDutyFault.model_validate(item) for item in items]
-        except orjson.JSONDecodeError:
-            self.send_json(400, {"error": "body must be a JSON fault rule or a list of them"})
-            return
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'rule'}: {e['msg']}"
-                                 for e in exc.errors(include_url=False))
-            self.send_json(400, {"error": problems})
-            return
-        self.server.faults.add(faults)
-        self.send_json(200, {"faults": self.server.faults.list()})
+        add_fault_rules(self, raw, PagerDutyFault)
 
     def _answer_fault(self, fault: PagerDutyFault) -> None:
         if fault.mode == "rate_limit":

@@ -99,6 +99,26 @@ class SinkFault(BaseModel):
         return self
 
 
+def add_fault_rules(handler: JsonHandler, raw: bytes, model: type[BaseModel]) -> None:
+    """``POST /_faults`` of any sink: one rule or a list of rules of ``model``, queued on
+    ``handler.server.faults`` (answered with what is queued), or 400 naming what is wrong."""
+    try:
+        data = orjson.loads(raw)
+        items = data if isinstance(data, list) else [data]
+        faults = [model.model_validate(item) for item in items]
+    except orjson.JSONDecodeError:
+        handler.send_json(400, {"error": "body must be a JSON fault rule or a list of them"})
+        return
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'rule'}: {e['msg']}"
+                             for e in exc.errors(include_url=False))
+        handler.send_json(400, {"error": problems})
+        return
+    queue = handler.server.faults  # type: ignore[attr-defined]
+    queue.add(faults)
+    handler.send_json(200, {"faults": queue.list()})
+
+
 class FaultQueue:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -209,20 +229,7 @@ class SlackSinkHandler(JsonHandler):
         self.send_body(status, text.encode(), "text/plain; charset=utf-8", headers)
 
     def _add_faults(self, raw: bytes) -> None:
-        try:
-            data = orjson.loads(raw)
-            items = data if isinstance(data, list) else [data]
-            faults = [SinkFault.model_validate(item) for item in items]
-        except orjson.JSONDecodeError:
-            self.send_json(400, {"error": "body must be a JSON fault rule or a list of them"})
-            return
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'rule'}: {e['msg']}"
-                                 for e in exc.errors(include_url=False))
-            self.send_json(400, {"error": problems})
-            return
-        self.server.faults.add(faults)
-        self.send_json(200, {"faults": self.server.faults.list()})
+        add_fault_rules(self, raw, SinkFault)
 
     def _answer_fault(self, fault: SinkFault) -> None:
         if fault.mode == "rate_limit":

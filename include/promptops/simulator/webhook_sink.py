@@ -40,7 +40,6 @@ import time
 from typing import cast
 
 import orjson
-from pydantic import ValidationError
 
 from promptops.alerts.webhook import (
     DELIVERY_HEADER,
@@ -49,7 +48,7 @@ from promptops.alerts.webhook import (
     verify_signature,
 )
 from promptops.simulator.httpbase import JsonHandler, SimHTTPServer
-from promptops.simulator.slack_sink import FaultQueue, MessageStore, SinkFault
+from promptops.simulator.slack_sink import FaultQueue, MessageStore, SinkFault, add_fault_rules
 
 _KEPT_HEADERS = (TIMESTAMP_HEADER, SIGNATURE_HEADER, DELIVERY_HEADER, "Content-Type",
                  "User-Agent")
@@ -136,20 +135,7 @@ class WebhookSinkHandler(JsonHandler):
         return None
 
     def _add_faults(self, raw: bytes) -> None:
-        try:
-            data = orjson.loads(raw)
-            items = data if isinstance(data, list) else [data]
-            faults = [SinkFault.model_validate(item) for item in items]
-        except orjson.JSONDecodeError:
-            self.send_json(400, {"error": "body must be a JSON fault rule or a list of them"})
-            return
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'rule'}: {e['msg']}"
-                                 for e in exc.errors(include_url=False))
-            self.send_json(400, {"error": problems})
-            return
-        self.server.faults.add(faults)
-        self.send_json(200, {"faults": self.server.faults.list()})
+        add_fault_rules(self, raw, SinkFault)
 
     def _answer_fault(self, fault: SinkFault) -> None:
         if fault.mode == "rate_limit":
