@@ -85,6 +85,19 @@ def build() -> Dashboard:
         .with_panel(Stat().title("Open incidents").datasource(DS).height(8).span(8)
                     .with_target(q('sum by (severity) (promptops_open_incidents'
                                    '{job="promptops"})', "{{severity}}")))
+        .with_row(Row("Budgets"))
+        .with_panel(Timeseries().title("Budget used and projected (share of the amount)")
+                    .unit("percentunit").datasource(DS).height(8).span(16)
+                    .with_target(q('promptops_budget_spent{job="promptops"} / ignoring(bound) '
+                                   'promptops_budget_amount{job="promptops"}',
+                                   "{{budget}} {{dimension}}={{slice}} spent"))
+                    .with_target(q('promptops_budget_projected{job="promptops",bound="expected"}'
+                                   ' / ignoring(bound) promptops_budget_amount{job="promptops"}',
+                                   "{{budget}} {{dimension}}={{slice}} projected", "B")))
+        .with_panel(Stat().title("Ingest lag").unit("s").datasource(DS).height(8).span(8)
+                    .with_target(q('promptops_ingest_lag_seconds{job="promptops"}', "lag"))
+                    .with_target(q('sum(promptops_ingest_rejected_records{job="promptops"})',
+                                   "rejected", "B")))
     )
 
 

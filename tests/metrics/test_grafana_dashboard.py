@@ -20,7 +20,9 @@ DASHBOARD = ROOT / "include" / "grafana" / "promptops.json"
 PUSHED_NAMES = {name for name, *_ in PUSHED.values()} | {
     "promptops_hour_start_timestamp_seconds", "promptops_open_incidents",
     "promptops_firing_alerts", "promptops_baseline_expected", "promptops_baseline_lower",
-    "promptops_baseline_upper"}
+    "promptops_baseline_upper", "promptops_budget_spent", "promptops_budget_amount",
+    "promptops_budget_projected", "promptops_ingest_lag_seconds",
+    "promptops_ingest_rejected_records"}
 
 
 def exprs() -> list[str]:

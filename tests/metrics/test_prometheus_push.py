@@ -193,3 +193,32 @@ def test_ingest_counts_rejects_and_lag_go_out_in_their_own_group():
     line = [x for x in text.splitlines()
             if x.startswith("promptops_ingest_rejected_records{") and "bad_ts" in x]
     assert len(line) == 1 and 'part="ingest"' in line[0] and line[0].endswith(" 5")
+
+
+def test_budgets_go_out_with_their_projection_interval(tmp_path):
+    from promptops.detection.budgets.config import BudgetsConfig
+    from promptops.detection.budgets.evaluate import evaluate_budgets
+    from promptops.lake.store import Lake
+    from promptops.metrics.prometheus import push_budgets
+    from tests.detection.budgets.test_budget_evaluate import spend_hour
+
+    lake = Lake(f"file://{tmp_path / 'lake'}")
+    start = datetime(2026, 11, 20, tzinfo=UTC)
+    for i in range(4):
+        spend_hour(lake, start + timedelta(hours=i), {"u1": 2.0, "u2": 0.5})
+    config = BudgetsConfig.model_validate({"budgets": [{
+        "name": "u-daily", "scope": {"user": ["u1", "u2"]}, "metric": "cost", "amount": 10,
+        "period": "day", "thresholds": [{"at": 0.8, "severity": "warning"}]}]})
+    outcome = evaluate_budgets(lake, config, start + timedelta(hours=4)).as_dict()
+    with pushgateway() as gateway:
+        assert push_budgets(outcome, gateway) is True
+        text = httpx.get(f"{gateway}/metrics", timeout=5).text
+    lines = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line.startswith("promptops_budget_") and 'slice="u1"' in line}
+    spent = next(v for k, v in lines.items() if k.startswith("promptops_budget_spent{"))
+    assert spent == 8.0
+    expected = next(v for k, v in lines.items()
+                    if k.startswith("promptops_budget_projected{") and 'bound="expected"' in k)
+    assert expected == 48.0  # four hours of history: linear, $2 an hour for 24 hours
+    assert all('part="budgets"' in k for k in lines)
+    assert push_budgets(outcome, None) is None

@@ -155,6 +155,32 @@ def ingest_registry(summary: dict, finished_at: datetime) -> CollectorRegistry:
     return registry
 
 
+def budgets_registry(outcome: dict) -> CollectorRegistry:
+    """The budgets as judged by an hourly run (``BudgetOutcome.as_dict()``): per budget
+    and kept scope (at most 20 per budget, the nearest their amount: bounded), the amount,
+    what is spent and the end-of-period projection with its interval, in the budget's
+    unit (USD or tokens)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    names = ["budget", "dimension", "slice", "metric", "period"]
+    amount = Gauge("promptops_budget_amount", "The budget's amount for the scope (USD or "
+                   "tokens, per metric).", names, registry=registry)
+    spent = Gauge("promptops_budget_spent", "Spent this period so far.", names,
+                  registry=registry)
+    projected = Gauge("promptops_budget_projected", "End-of-period projection: expected, "
+                      "lower and upper end of its interval.", [*names, "bound"],
+                      registry=registry)
+    for row in outcome.get("rows", []):
+        labels = {"budget": row["budget"], "dimension": row["dimension"],
+                  "slice": row["value"], "metric": row["metric"], "period": row["period"]}
+        amount.labels(**labels).set(row["amount"])
+        spent.labels(**labels).set(row["spent"])
+        for bound, key in (("expected", "projected"), ("lower", "lower"), ("upper", "upper")):
+            projected.labels(**labels, bound=bound).set(row[key])
+    return registry
+
+
 def _baseline_gauges(registry: CollectorRegistry, bands: pa.Table,
                      dimensions: set[str]) -> None:
     from prometheus_client import Gauge
@@ -262,6 +288,16 @@ def push_ingest(summary: dict, finished_at: datetime, url: str | None, *, dag: s
         return None
     return push(ingest_registry(summary, finished_at), url,
                 grouping_key={"dag": dag, "scope": scope, "part": "ingest"},
+                timeout_s=timeout_s)
+
+
+def push_budgets(outcome: dict, url: str | None, *, dag: str = "promptops_hourly",
+                 scope: str = "hourly", timeout_s: float = 5.0) -> bool | None:
+    """Push the hour's budgets (group ``part="budgets"``); None when no URL is set."""
+    if not url:
+        return None
+    return push(budgets_registry(outcome), url,
+                grouping_key={"dag": dag, "scope": scope, "part": "budgets"},
                 timeout_s=timeout_s)
 
 

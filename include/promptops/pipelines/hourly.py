@@ -99,7 +99,13 @@ def check_budgets(lake: Lake, at: datetime,
     if not config.budgets:
         return [], {"rows": [], "scopes": {}}
     outcome = evaluate_budgets(lake, config, at)
-    return outcome.findings, outcome.as_dict()
+    result = outcome.as_dict()
+    from promptops.metrics.prometheus import push_budgets
+    from promptops.settings import get_settings
+
+    settings = get_settings()  # to the Pushgateway when one is set; never fails the run
+    push_budgets(result, settings.pushgateway_url, timeout_s=settings.pushgateway_timeout_s)
+    return outcome.findings, result
 
 
 def push_hour_metrics(lake: Lake, hour: datetime, *, dag: str = "promptops_hourly",
