@@ -372,6 +372,11 @@ class AlertingConfig(_Strict):
                 return i, route
         return -1, self.default_route()
 
+    def route_at(self, index: int) -> Route:
+        """The route a group was planned on; a route removed from the config since (or -1)
+        sends to the defaults."""
+        return self.routes[index] if 0 <= index < len(self.routes) else self.default_route()
+
     def default_route(self) -> Route:
         """Where alerts no route matches go (and groups of a route removed since)."""
         return Route(connections=self.default_connections, targets=self.default_targets)

@@ -29,16 +29,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 
-from promptops.alerts.config import AlertingConfig, Route
+from promptops.alerts.config import AlertingConfig
 from promptops.alerts.state import GroupState, OutboxEntry, parse_iso
 
 #: The reason of Alertmanager's per-evaluation copy of an open incident.
 REFRESH = "refresh"
-
-
-def route_of(entry: OutboxEntry, config: AlertingConfig) -> Route:
-    index = entry.route_index
-    return config.routes[index] if 0 <= index < len(config.routes) else config.default_route()
 
 
 def signature(entry: OutboxEntry, last_notified_at: str | None) -> str:
@@ -67,7 +62,7 @@ def target_copies(entries: Iterable[OutboxEntry], groups: Mapping[str, GroupStat
         gs = groups.get(entry.group_key)
         seen = gs.target_sent if gs is not None else {}
         sig = signature(entry, gs.last_notified_at if gs is not None else None)
-        for name in route_of(entry, config).targets:
+        for name in config.route_at(entry.route_index).targets:
             target = config.targets.get(name)
             if target is None or entry.reason not in target.wanted or seen.get(name) == sig:
                 continue
@@ -85,7 +80,7 @@ def refresh_copies(open_groups: Iterable[tuple[OutboxEntry, GroupState | None]],
     for entry, gs in open_groups:
         if not entry.firing:
             continue
-        for name in route_of(entry, config).targets:
+        for name in config.route_at(entry.route_index).targets:
             target = config.targets.get(name)
             if target is None or target.type != "alertmanager" or \
                     (entry.group_key, name) in going:
@@ -123,5 +118,5 @@ def record_sent(groups: dict[str, GroupState], entry: OutboxEntry) -> None:
         gs.target_sent[entry.target] = entry.signature
 
 
-__all__ = ["REFRESH", "copy_for", "record_sent", "refresh_copies", "retained", "route_of",
+__all__ = ["REFRESH", "copy_for", "record_sent", "refresh_copies", "retained",
            "signature", "target_copies"]

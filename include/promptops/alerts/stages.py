@@ -183,17 +183,9 @@ def group(records: dict[str, AlertRecord], muted: dict[str, str],
     for key, gs in known.items():
         if key not in groups:
             index = gs.route_index
-            # A route removed from the config since: its group goes to the defaults.
-            route = config.routes[index] if 0 <= index < len(config.routes) \
-                else config.default_route()
+            route = config.route_at(index)
             groups[key] = Group(key, gs.labels, index, route)
     return dict(sorted(groups.items()))
-
-
-def _route_at(index: int, config: AlertingConfig) -> Route:
-    # A route removed from the config since: its group goes to the defaults.
-    return config.routes[index] if 0 <= index < len(config.routes) \
-        else config.default_route()
 
 
 def incident_groups(records: dict[str, AlertRecord], muted: dict[str, str],
@@ -209,7 +201,7 @@ def incident_groups(records: dict[str, AlertRecord], muted: dict[str, str],
         if lead is not None:
             index, route = config.route_for(lead.identity)
         else:
-            index, route = gs.route_index, _route_at(gs.route_index, config)
+            index, route = gs.route_index, config.route_at(gs.route_index)
         shown.sort(key=lambda r: (-SEVERITY_ORDER.get(r.severity, -1), r.rule,
                                   r.labels.get("dimension", ""), r.labels.get("slice", "")))
         groups[key] = Group(key, gs.labels, index, route, shown, members)
@@ -350,7 +342,7 @@ def _floor_ok(g: Group, gs: GroupState, now: datetime, config: AlertingConfig) -
     recent: set[str] = set()
     for index, at in gs.route_sent.items():
         if now - parse_iso(at) < floor:
-            recent.update(_route_at(int(index), config).connections)
+            recent.update(config.route_at(int(index)).connections)
     return not set(g.route.connections) <= recent
 
 

@@ -339,19 +339,29 @@ def hourly_series(lake: Lake, start: datetime, end: datetime, dimension: str, va
     """One value's hourly ``metric`` (``"cost"``: USD of priced calls, or ``"tokens"``) over
     ``[start, end)``: 0 for an hour it made no call, NaN for an hour without a spend
     partition (unknown, for a forecast to treat as missing)."""
+    return hourly_series_of(lake, start, end, dimension, [value], metric)[value]
+
+
+def hourly_series_of(lake: Lake, start: datetime, end: datetime, dimension: str,
+                     values: Sequence[str], metric: str = "cost") -> dict[str, np.ndarray]:
+    """:func:`hourly_series` of several values of one dimension, reading each hour's
+    partition once."""
     _check_dimension(dimension)
     column = _metric_column(metric)
     hours = _window(start, end)
     missing: list[datetime] = []
-    rows = pa.concat_tables(list(_partitions(lake, hours, [dimension], [value], missing))
+    rows = pa.concat_tables(list(_partitions(lake, hours, [dimension], values, missing))
                             or [_EMPTY_SLOTS])
-    series = np.zeros(len(hours), dtype=np.float64)
+    base = np.zeros(len(hours), dtype=np.float64)
     if missing:
-        series[[(h - hours[0]) // timedelta(hours=1) for h in missing]] = np.nan
-    # One row per value per hour, so each slot is written at most once.
+        base[[(h - hours[0]) // timedelta(hours=1) for h in missing]] = np.nan
+    out = {v: base.copy() for v in values}
+    # One row per value per hour, so each slot of a value is written at most once.
     slots = rows.column("slot").to_numpy()
-    series[slots] = rows.column(column).to_numpy().astype(np.float64)
-    return series
+    amounts = rows.column(column).to_numpy().astype(np.float64)
+    for i, v in enumerate(rows.column("value").to_pylist()):
+        out[v][slots[i]] = amounts[i]
+    return out
 
 
 def shares(lake: Lake, start: datetime, end: datetime, dimension: str,

@@ -32,11 +32,12 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -84,6 +85,17 @@ def _timezone_problem(value: str) -> str | None:
         return (f"unknown time zone {value!r}; use an IANA name such as 'Europe/Berlin', "
                 "'America/Los_Angeles' or 'UTC'")
     return None
+
+
+def _known_timezone(value: str) -> str:
+    problem = _timezone_problem(value)
+    if problem:
+        raise ConfigError(problem)
+    return value
+
+
+#: An IANA time zone name, refused (with the reason) when zoneinfo does not know it.
+TimeZoneName = Annotated[str, AfterValidator(_known_timezone)]
 
 
 class Threshold(_Strict):
@@ -137,7 +149,7 @@ class Budget(_Strict):
     #: Length of a ``rolling`` period in days (required for it, not allowed otherwise).
     rolling_days: int | None = Field(default=None, ge=1, le=90)
     #: IANA name; default the file's top-level ``timezone``.
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     week_starts: WeekStart = "monday"
     thresholds: list[Threshold] = Field(min_length=1)
     #: Report only: never alerts or heals.
@@ -187,14 +199,6 @@ class Budget(_Strict):
         if bad:
             key, amount = next(iter(bad.items()))
             raise ValueError(f"{key}: must be > 0, got {amount:g}")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str) -> str:
-        problem = _timezone_problem(value)
-        if problem:
-            raise ValueError(problem)
         return value
 
     @field_validator("thresholds")
@@ -249,7 +253,7 @@ class Budget(_Strict):
 
 class BudgetsConfig(_Strict):
     #: Default time zone of every budget that sets none.
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     budgets: list[Budget] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -263,14 +267,6 @@ class BudgetsConfig(_Strict):
                 {"timezone": tz, **b} if isinstance(b, Mapping) and "timezone" not in b else b
                 for b in data["budgets"]]}
         return data
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str) -> str:
-        problem = _timezone_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> BudgetsConfig:

@@ -197,17 +197,15 @@ def _row(budget: Budget, dim: str, value: str, period: Period, p: Projection) ->
 
 def _project(lake: Lake, budget: Budget, dim: str, names: list[str], spent: np.ndarray,
              period: Period, at: datetime) -> list[Projection]:
-    from promptops.metrics.spend import hourly_series, spend_between
+    from promptops.metrics.spend import hourly_series, hourly_series_of, spend_between
 
     first, end = hour_bounds(period)
     elapsed = (at - first) / timedelta(hours=1)
     left = max(0, int((end - at) / timedelta(hours=1)))
     if len(names) <= MAX_FITTED:
-        out = []
-        for name, s in zip(names, spent, strict=True):
-            history = hourly_series(lake, at - HISTORY, at, dim, name, metric=budget.metric)
-            out.append(project_series(float(s), history, elapsed, left))
-        return out
+        histories = hourly_series_of(lake, at - HISTORY, at, dim, names, metric=budget.metric)
+        return [project_series(float(s), histories[name], elapsed, left)
+                for name, s in zip(names, spent, strict=True)]
     # Many scopes: the platform's forecast of the rest, scaled by each one's share.
     overall_spent = float(spent.sum())
     history = hourly_series(lake, at - HISTORY, at, "overall", "*", metric=budget.metric)
